@@ -1,0 +1,1 @@
+"""Framework adapters (one module per framework); see base.py for the protocol."""

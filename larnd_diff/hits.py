@@ -1,0 +1,89 @@
+"""The simulation result: one row per (event, pixel) with up to K ADC samples."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import numpy as np
+
+#: Number of backtracked segment ids kept per ADC sample (larnd-sim's track_pixel_map width).
+N_BACKTRACK = 5
+
+
+@dataclass(frozen=True)
+class Hits:
+    """Hits of one or more events.
+
+    Attributes (n rows, K = 10 samples):
+      event_id  (n,)      eventID of the row.
+      pixel     (n, 2)    pixel id (I, J), I = ix + 140 * TPC, J = iy (spec 2.5).
+      adc       (n, K)    digitised ADC value; NaN marks an empty slot.
+      time      (n, K)    ADC time in us from the start of the event; NaN marks an empty slot.
+      charge    (n, K)    converted charge in electrons before digitisation; NaN for an empty slot.
+      backtrack (n, K, 5) row numbers (in the input segments table) of the segments contributing to each sample,
+                          -1 = none; ``None`` where the producer does not backtrack.
+
+    Arrays are NumPy arrays for the reference, and the chosen framework's tensors for the differentiable
+    simulator (so autodiff flows through them). :meth:`numpy` converts any of them.
+    """
+
+    event_id: Any
+    pixel: Any
+    adc: Any
+    time: Any
+    charge: Any = None
+    backtrack: Any = None
+
+    def __len__(self) -> int:
+        return int(self.pixel.shape[0])
+
+    @property
+    def n_samples(self):
+        """Number of filled ADC slots per row (NumPy)."""
+        return np.sum(~np.isnan(_np(self.adc)), axis=1)
+
+    def numpy(self) -> "Hits":
+        return Hits(**{f.name: (None if getattr(self, f.name) is None else _np(getattr(self, f.name)))
+                       for f in fields(self)})
+
+    def select(self, rows) -> "Hits":
+        """Rows by boolean mask or integer index (NumPy arrays only)."""
+        h = self.numpy()
+        return Hits(**{f.name: (None if getattr(h, f.name) is None else getattr(h, f.name)[rows])
+                       for f in fields(h)})
+
+    def event(self, event_id) -> "Hits":
+        return self.select(np.asarray(self.numpy().event_id) == event_id)
+
+    def replace(self, **kw) -> "Hits":
+        return replace(self, **kw)
+
+    @staticmethod
+    def concatenate(parts: list["Hits"], n_samples: int = 10) -> "Hits":
+        parts = [p.numpy() for p in parts if len(p)]
+        if not parts:
+            return Hits.empty(n_samples)
+        out = {}
+        for f in fields(Hits):
+            vals = [getattr(p, f.name) for p in parts]
+            out[f.name] = None if any(v is None for v in vals) else np.concatenate(vals)
+        return Hits(**out)
+
+    @staticmethod
+    def empty(n_samples: int = 10, backtrack: bool = True) -> "Hits":
+        nan = np.empty((0, n_samples))
+        return Hits(event_id=np.empty(0, np.int64), pixel=np.empty((0, 2), np.int64), adc=nan, time=nan.copy(),
+                    charge=nan.copy(),
+                    backtrack=np.empty((0, n_samples, N_BACKTRACK), np.int64) if backtrack else None)
+
+
+def _np(x):
+    """Any backend's array (raw or EagerPy) to NumPy."""
+    if x is None or isinstance(x, np.ndarray):
+        return x
+    raw = getattr(x, "raw", x)  # EagerPy tensor
+    if hasattr(raw, "detach"):  # torch
+        return raw.detach().cpu().numpy()
+    if hasattr(raw, "numpy"):  # tensorflow
+        return raw.numpy()
+    return np.asarray(raw)

@@ -1,0 +1,1 @@
+"""Numba reference of the larnd-sim forward pass (the oracle)."""

@@ -1,0 +1,1 @@
+"""The differentiable simulator, written once against EagerPy tensors."""
