@@ -1,0 +1,71 @@
+"""Configuration of the differentiable simulator: relaxations of the non-smooth steps, dtype and memory policy."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal, Optional
+
+
+@dataclass(frozen=True)
+class Relaxation:
+    """How each non-smooth step of the reference (spec section 5) is treated.
+
+    onset_sharpness  None = the reference's hard stop of the induced current at arrival; a number s replaces the
+                     step by sigmoid(s * (t_s - t) / tau) (the paper uses 100).
+    charge           "truncate" = electron counts truncated to integers after quenching and after the lifetime
+                     (reference); "continuous" = kept as real numbers.
+    trigger          "tick" = integer trigger tick, time = tick * 600/6003 us (reference); "interpolated" = the
+                     same tick selects the integration window, but the reported time carries the gradient of the
+                     linearly interpolated threshold crossing (straight-through: forward value unchanged).
+    adc              "round" = round-half-even digitisation (reference); "continuous" = no rounding.
+    """
+
+    onset_sharpness: Optional[float] = None
+    charge: Literal["truncate", "continuous"] = "truncate"
+    trigger: Literal["tick", "interpolated"] = "tick"
+    adc: Literal["round", "continuous"] = "round"
+
+    def replace(self, **kw) -> "Relaxation":
+        return replace(self, **kw)
+
+
+#: Reference semantics, quirks included: for parity tests against the Numba reference.
+HARD = Relaxation()
+#: The fitting default: every output is a differentiable function of the parameters.
+SMOOTH = Relaxation(onset_sharpness=100.0, charge="continuous", trigger="interpolated", adc="continuous")
+
+PRESETS = {"hard": HARD, "smooth": SMOOTH}
+
+
+def as_relaxation(relaxation) -> Relaxation:
+    if isinstance(relaxation, Relaxation):
+        return relaxation
+    try:
+        return PRESETS[relaxation]
+    except KeyError:
+        raise ValueError(f"unknown relaxation preset {relaxation!r}; choose one of {sorted(PRESETS)} "
+                         "or pass a Relaxation") from None
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """Everything about *how* to simulate that is not physics.
+
+    relaxation     Relaxation or preset name.
+    dtype          "float64" or "float32" for the differentiable arithmetic.
+    chunk_size     larnd-sim processes an event in chunks of 600 consecutive segments (a quirk: a pixel touched by
+                   two chunks gets two independent waveforms). None = whole events.
+    memory_budget_bytes  upper bound for the working memory of one chunk of (segment, pixel) pairs; the induced
+                   current is evaluated in chunks that fit (and, with gradients, checkpointed per chunk).
+    pad_multiple   padded sizes are rounded up to a power-of-two-ish grid so that jitted backends see few shapes.
+    """
+
+    relaxation: Relaxation = HARD
+    dtype: Literal["float64", "float32"] = "float64"
+    chunk_size: Optional[int] = 600
+    memory_budget_bytes: int = 512 * 2**20
+    pad_multiple: int = 128
+
+    def __post_init__(self):
+        object.__setattr__(self, "relaxation", as_relaxation(self.relaxation))
+        if self.dtype not in ("float64", "float32"):
+            raise ValueError(f"dtype must be 'float64' or 'float32', not {self.dtype!r}")
