@@ -87,3 +87,31 @@ def _np(x):
     if hasattr(raw, "numpy"):  # tensorflow
         return raw.numpy()
     return np.asarray(raw)
+
+
+def save_hits(path, hits: Hits, group: str = "hits", mode: str = "a", attrs: dict | None = None) -> None:
+    """Write hits to an HDF5 group (one dataset per field; NaN marks empty slots)."""
+    import h5py
+
+    h = hits.numpy()
+    with h5py.File(path, mode) as f:
+        if group in f:
+            del f[group]
+        g = f.create_group(group)
+        for fld in fields(h):
+            value = getattr(h, fld.name)
+            if value is not None:
+                g.create_dataset(fld.name, data=value, compression="gzip", shuffle=True)
+        for k, v in (attrs or {}).items():
+            g.attrs[k] = v
+
+
+def load_hits(path, group: str = "hits") -> Hits:
+    """Read hits written by :func:`save_hits`."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        if group not in f:
+            raise KeyError(f"{path} has no group {group!r} (it has {sorted(f.keys())})")
+        g = f[group]
+        return Hits(**{fld.name: (g[fld.name][()] if fld.name in g else None) for fld in fields(Hits)})

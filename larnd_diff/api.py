@@ -1,0 +1,42 @@
+"""The one-call entry points: ``simulate`` dispatches to the Numba reference or the differentiable simulator."""
+from __future__ import annotations
+
+from .hits import Hits
+
+BACKENDS = ("reference", "numpy", "torch", "jax", "tensorflow")
+
+
+def simulate(segments, backend: str = "reference", *, device=None, params=None, noise: bool = False,
+             relaxation="hard", detector=None, dtype: str = "float64", seed: int = 0,
+             precision: str = "larnd-sim", chunk_size: int | None = 600, progress: bool = False,
+             config=None) -> Hits:
+    """Simulate the pixel hits of ``segments`` (simulation frame, z = drift; see :func:`load_segments`).
+
+    backend     "reference" (Numba, non-differentiable, the oracle; NumPy results) or a framework for the
+                differentiable simulator: "numpy" (forward only), "torch", "jax", "tensorflow". Results of a
+                framework backend are that framework's tensors, so its autodiff works through them.
+    device      framework device string ("cpu", "cuda:0", ...); None = the framework's default.
+    params      mapping of parameter name -> value (float or framework tensor) overriding the nominal values
+                (``larnd_diff.params.PARAMETERS``), or a :class:`~larnd_diff.params.Params`.
+    noise       electronics noise (reset 900 e-, discriminator 500 e-), seeded by ``seed``.
+    relaxation  "hard" (reference semantics), "smooth" (fitting default) or a ``Relaxation`` (framework backends).
+    precision   reference only: "larnd-sim" (float32 map of the real code) or "float64".
+    dtype       framework backends: "float64" or "float32".
+    chunk_size  segments per processing chunk within an event (larnd-sim's 600; None = whole events).
+    """
+    if backend == "reference":
+        from .reference import simulate as reference_simulate
+
+        return reference_simulate(segments, detector=detector, params=params, noise=noise, seed=seed,
+                                  precision=precision, chunk_size=chunk_size, progress=progress)
+    if backend not in BACKENDS:
+        from .ops import get_backend
+
+        get_backend(backend)  # a third-party backend registered through the entry point, or a clear error
+    from .sim import simulate as sim_simulate
+    from .sim.config import SimConfig
+
+    if config is None:
+        config = SimConfig(relaxation=relaxation, dtype=dtype, chunk_size=chunk_size)
+    return sim_simulate(segments, backend=backend, device=device, params=params, detector=detector,
+                        noise=noise, seed=seed, config=config)

@@ -1,0 +1,120 @@
+"""The ``larnd-diff`` command line."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def _params(items: list[str] | None) -> dict:
+    out = {}
+    for item in items or []:
+        name, _, value = item.partition("=")
+        if not _:
+            raise SystemExit(f"--param expects NAME=VALUE, got {item!r}")
+        out[name] = float(value)
+    return out
+
+
+def _detector(args):
+    from .detector import load_detector, module0
+
+    if args.detector_yaml or args.layout_yaml:
+        if not (args.detector_yaml and args.layout_yaml):
+            raise SystemExit("--detector-yaml and --layout-yaml go together")
+        return load_detector(args.detector_yaml, args.layout_yaml)
+    return module0()
+
+
+def cmd_generate(args) -> int:
+    from .generate import generate_mixed, generate_muons
+    from .io import save_segments
+
+    t0 = time.perf_counter()
+    if args.sample == "muons":
+        segs = generate_muons(n_events=args.events, tracks_per_event=args.tracks, seed=args.seed,
+                              energy_gev=args.energy)
+    else:
+        segs = generate_mixed(n_events=args.events, tracks_per_event=args.tracks, seed=args.seed)
+    save_segments(args.output, segs, overwrite=args.overwrite)
+    print(f"wrote {len(segs)} segments of {args.events} events ({float(segs['dx'].sum()):.1f} cm of track) "
+          f"to {args.output} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def cmd_simulate(args) -> int:
+    from .api import simulate
+    from .hits import save_hits
+    from .io import load_segments
+
+    det = _detector(args)
+    segs = load_segments(args.input, swap_xz=not args.no_swap, detector=det, outside=args.outside)
+    t0 = time.perf_counter()
+    hits = simulate(segs, backend=args.backend, device=args.device, params=_params(args.param),
+                    noise=args.noise, seed=args.seed, detector=det, relaxation=args.relaxation,
+                    precision=args.precision, progress=not args.quiet).numpy()
+    wall = time.perf_counter() - t0
+    save_hits(args.output, hits, mode="w", attrs={"backend": args.backend, "input": str(args.input),
+                                                 "params": json.dumps(_params(args.param))})
+    n_samples = int(hits.n_samples.sum())
+    print(f"{len(hits)} hit pixels, {n_samples} ADC samples from {len(segs)} segments in {wall:.1f} s "
+          f"-> {args.output}")
+    if args.packets:
+        from .export import write_packets
+
+        layout = args.layout_yaml or det.layout_path
+        if layout is None:
+            raise SystemExit("--packets needs the pixel-layout YAML with the chip/channel map: --layout-yaml FILE")
+        unmapped = write_packets(args.output, hits, layout, det, segments=segs)
+        print(f"LArPix packets written ({unmapped} samples on pixels without a read-out channel skipped)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="larnd-diff", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="generate a sample of tracks (segments HDF5, edep-sim frame)")
+    g.add_argument("-o", "--output", required=True, type=Path)
+    g.add_argument("--sample", choices=("muons", "mixed"), default="muons",
+                   help="1 GeV muons entering through the border (default) or mixed mu/pi/p of 0.1-2 GeV")
+    g.add_argument("-n", "--events", type=int, default=10)
+    g.add_argument("--tracks", type=int, default=1, help="tracks per event")
+    g.add_argument("--energy", type=float, default=1.0, help="muon energy in GeV")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--overwrite", action="store_true")
+    g.set_defaults(func=cmd_generate)
+
+    s = sub.add_parser("simulate", help="simulate pixel hits of a segments file")
+    s.add_argument("input", type=Path)
+    s.add_argument("-o", "--output", required=True, type=Path, help="HDF5 file for the hits (group 'hits')")
+    s.add_argument("--backend", default="reference",
+                   choices=("reference", "numpy", "torch", "jax", "tensorflow"))
+    s.add_argument("--device", default=None)
+    s.add_argument("--relaxation", default="hard", choices=("hard", "smooth"))
+    s.add_argument("--precision", default="larnd-sim", choices=("larnd-sim", "float64"),
+                   help="reference arithmetic (larnd-sim = its float32 map, matches the real outputs)")
+    s.add_argument("--param", action="append", metavar="NAME=VALUE", help="override a parameter (repeatable)")
+    s.add_argument("--noise", action="store_true", help="electronics noise on")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--no-swap", action="store_true", help="input is already in the simulation frame (z = drift)")
+    s.add_argument("--outside", choices=("error", "drop", "keep"), default="error",
+                   help="segments outside every TPC: stop with an error (default), drop them (counted), keep")
+    s.add_argument("--detector-yaml", type=Path, help="larnd-sim detector properties YAML (default: module0)")
+    s.add_argument("--layout-yaml", type=Path, help="larnd-sim pixel layout YAML (default: module0 2.2.16)")
+    s.add_argument("--packets", action="store_true",
+                   help="also write LArPix packets + mc_packets_assn + tracks (needs --layout-yaml)")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_simulate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
