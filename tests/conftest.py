@@ -45,12 +45,38 @@ def backend(request):
 
 
 def pytest_collection_modifyitems(config, items):
-    if config.getoption("--gpu"):
-        return
+    gpu = config.getoption("--gpu")
     skip_gpu = pytest.mark.skip(reason="GPU test: run with --gpu on a CUDA machine (tox -e gpu-<framework>)")
     for item in items:
-        if "gpu" in item.keywords:
+        if "backend" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.backend)
+        if "gpu" in item.keywords and not gpu:
             item.add_marker(skip_gpu)
+
+
+def cuda_device(backend: str) -> str:
+    """Device string of the first CUDA GPU visible to ``backend``; skips the test when there is none."""
+    if backend == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            return "cuda:0"
+    elif backend == "jax":
+        import jax
+
+        if any(d.platform == "gpu" for d in jax.devices()):
+            return "cuda:0"
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        if tf.config.list_physical_devices("GPU"):
+            return "GPU:0"
+    pytest.skip(f"no CUDA GPU visible to {backend} on this machine")
+
+
+@pytest.fixture
+def gpu_device(backend) -> str:
+    return cuda_device(backend)
 
 
 @pytest.fixture(scope="session")
