@@ -1,0 +1,123 @@
+"""The reference forward pass: quench -> drift -> per event, per chunk: pixels -> induced current -> front end."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..detector import resolve_detector
+from ..hits import N_BACKTRACK, Hits
+from ..params import as_params
+from .backtrack import backtrack_samples, segments_per_pixel
+from .drift import drift
+from .electronics import digitize, front_end
+from .induce import accumulate_waveforms, pair_signals, signal_windows
+from .pixels import neighbourhood_radius, segment_pixel_pairs, unique_pixels
+from .quench import quench
+from .rng import create_streams, n_streams
+
+PRECISIONS = ("larnd-sim", "float64")
+
+
+@dataclass(frozen=True)
+class ChunkWaveforms:
+    """Pixel waveforms of one processed chunk: current in C/us at ticks n x 0.1 us from the event start."""
+
+    event_id: int
+    chunk: int
+    pixels: np.ndarray      # (n, 2) (I, J), sorted
+    waveforms: np.ndarray   # (n, n_ticks_event) float64
+    rows: np.ndarray        # rows of the input table simulated in this chunk
+
+
+def chunk_waveforms(segs, det, vdrift, single):
+    """Unique pixels (n, 2), their waveforms (n, n_ticks) and the (pair row, pair segment) lists of one chunk."""
+    pitch = det.pixel_pitch
+    borders = det.tpc_borders
+    plane = segs["pixel_plane"].astype(np.int64)
+    radius = neighbourhood_radius(np.max(segs["tran_diff"]), pitch)
+    pair_seg, pair_pix = segment_pixel_pairs(
+        segs["x_start"], segs["y_start"], segs["x_end"], segs["y_end"], plane,
+        np.ascontiguousarray(borders[:, 0, 0]), np.ascontiguousarray(borders[:, 1, 0]), pitch,
+        det.n_pixels[0], det.n_pixels[1], det.n_tpcs, radius)
+    uniq, pair_row = unique_pixels(pair_pix)
+    n_ticks_event = det.n_ticks_event
+    if len(uniq) == 0:
+        return uniq, np.zeros((0, n_ticks_event)), pair_row, pair_seg
+    dt = det.t_sampling
+    track_starts, time_max = signal_windows(segs["t_start"].astype(np.float64), segs["t_end"].astype(np.float64),
+                                            vdrift, dt, det.time_padding, det.time_interval[1])
+    start_tick = np.rint(track_starts / dt).astype(np.int64)
+    plane_u = uniq[:, 0] // det.n_pixels[0]
+    x_c, y_c = det.pixel_center(uniq[:, 0], uniq[:, 1])
+    centres = np.stack([x_c, y_c], axis=1)[pair_row]
+    z_anode = borders[plane, 2, 0]
+    del plane_u
+    signals, n_live = pair_signals(
+        pair_seg, np.ascontiguousarray(centres), segs["x_start"], segs["y_start"], segs["z_start"],
+        segs["x_end"], segs["y_end"], segs["z_end"], segs["tran_diff"], segs["long_diff"],
+        segs["n_electrons"].astype(np.float64), segs["t_start"], z_anode, pitch, vdrift, dt, det.time_padding,
+        det.sampled_points, int(time_max), single)
+    waveforms = np.zeros((len(uniq), n_ticks_event))
+    accumulate_waveforms(waveforms, signals, n_live, pair_row, pair_seg, start_tick)
+    return uniq, waveforms, pair_row, pair_seg
+
+
+def simulate(segments, detector=None, params=None, *, noise=False, seed=0, precision="larnd-sim",
+             chunk_size=600, progress=False, return_waveforms=False):
+    """Simulate the hits of ``segments`` (simulation frame, z = drift axis) with larnd-sim's algorithm.
+
+    Returns :class:`larnd_diff.hits.Hits` (and a list of :class:`ChunkWaveforms` with ``return_waveforms``).
+    ``precision="larnd-sim"`` reproduces the reference's float32 map; ``"float64"`` computes in double.
+    Noise streams are seeded per chunk with ``seed + event index`` (larnd-sim: the event index).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    single = precision == "larnd-sim"
+    det = resolve_detector(detector)
+    p = as_params(params, nominal=det.nominal)
+    vdrift = float(p.vdrift_value)
+    el = det.electronics
+    dt = det.t_sampling
+    segments = np.asarray(segments)
+    drifted = drift(quench(segments, p, detector=det), det, p)
+    events = np.unique(drifted["eventID"])
+    parts, waves = [], []
+    it = events
+    if progress:
+        try:
+            from tqdm import tqdm
+            it = tqdm(events, desc="reference")
+        except ImportError:
+            pass
+    t_hi_pad = det.time_padding + 0.5 / vdrift
+    for i_event, ev in enumerate(it):
+        rows_ev = np.nonzero(drifted["eventID"] == ev)[0]
+        size = len(rows_ev) if chunk_size is None else int(chunk_size)
+        for i_chunk, c0 in enumerate(range(0, len(rows_ev), size)):
+            rows = rows_ev[c0:c0 + size]
+            segs = drifted[rows]
+            uniq, wf, pair_row, pair_seg = chunk_waveforms(segs, det, vdrift, single)
+            if return_waveforms:
+                waves.append(ChunkWaveforms(int(ev), i_chunk, uniq, wf, rows))
+            if len(uniq) == 0:
+                continue
+            n_rows = len(uniq)
+            state = create_streams(n_streams(n_rows), np.uint64(seed + i_event)) if noise else \
+                np.zeros((1, 2), np.uint64)
+            charges, ticks, counts = front_end(wf, dt, el.threshold_e, el.integration_ticks(dt), el.max_adc_values,
+                                               el.reset_noise_e, el.uncorrelated_noise_e, state, bool(noise))
+            keep = counts > 0
+            if not np.any(keep):
+                continue
+            filled = ticks >= 0
+            times = np.where(filled, ticks * det.adc_tick_us, np.nan)
+            adc = np.where(filled, digitize(np.where(filled, charges, 0.0), el), np.nan)
+            track_map = segments_per_pixel(pair_row, pair_seg, n_rows, N_BACKTRACK)
+            bt = backtrack_samples(track_map[keep], np.where(filled, times, 0.0)[keep], counts[keep],
+                                   segs["t_start"].astype(np.float64), segs["t_end"].astype(np.float64),
+                                   det.time_padding, t_hi_pad, rows.astype(np.int64))
+            parts.append(Hits(event_id=np.full(int(keep.sum()), ev, np.int64), pixel=uniq[keep],
+                              adc=adc[keep], time=times[keep], charge=(charges / 1.602e-19)[keep], backtrack=bt))
+    hits = Hits.concatenate(parts, el.max_adc_values)
+    return (hits, waves) if return_waveforms else hits
