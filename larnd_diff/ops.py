@@ -103,7 +103,9 @@ def _instance(name: str) -> Backend:
     if inst is None:
         cls = _load_builtin(name) if name in _BUILTIN else _load_entry_point(name)
         inst = _INSTANCES[name] = cls()
-        _BY_TYPE[inst.tensor_type] = inst
+        owner = _EP_TYPES.get(inst.tensor_type)
+        if owner in (None, name) and inst.tensor_type is not ep.Tensor:
+            _BY_TYPE[inst.tensor_type] = inst  # a plugin reusing a built-in tensor type must not steal dispatch
     return inst
 
 
@@ -172,7 +174,7 @@ def _raw_like(b: Backend, like_raw: Any, v: Any, dtype: str | None = None) -> An
     """A secondary argument as a raw tensor of ``b``: EagerPy/raw tensors pass; numbers/numpy are converted
     onto ``like_raw``'s device (with ``dtype``, default the like's dtype)."""
     v = unwrap(v)
-    if b.is_raw(v) and not (b.name != "numpy" and isinstance(v, np.ndarray)):
+    if b.is_raw(v):
         return v
     return b.raw_asarray(v, dtype or b.dtype_name(like_raw), b.device_of(like_raw))
 
@@ -182,7 +184,7 @@ def _raw_index(b: Backend, like_raw: Any, index: Any) -> Any:
     if isinstance(index, tuple):
         return tuple(_raw_index(b, like_raw, i) for i in index)
     index = unwrap(index)
-    if b.is_raw(index) and not (b.name != "numpy" and isinstance(index, np.ndarray)):
+    if b.is_raw(index):
         return index
     return b.raw_asarray(np.asarray(index, dtype=np.int64), "int64", b.device_of(like_raw))
 
