@@ -380,7 +380,8 @@ def step_tracks(points, directions, kinetic_mev, mass_mev, charge, detector: Det
     track, t0, dx, de = track[order], t0[order], dx[order], de[order]
     start = points[track] + directions[track] * t0[:, None]
     end = points[track] + directions[track] * (t0 + dx)[:, None]
-    truth = dict(deposited=deposited, lost_outside=lost, exit_kinetic=np.where(stopped, 0.0, T), stopped=stopped)
+    truth = {"deposited": deposited, "lost_outside": lost, "exit_kinetic": np.where(stopped, 0.0, T),
+             "stopped": stopped}
     return track, start, end, de, dx, truth
 
 
@@ -490,7 +491,23 @@ def generate_mixed(n_events: int = 100, seed=0, species=("mu-", "pi+", "proton")
                            delta_cut_mev=delta_cut_mev, density_g_cm3=density_g_cm3, return_truth=return_truth)
 
 
-__all__ = ["Medium", "liquid_argon", "particle_properties", "beta_gamma_of", "max_energy_transfer_mev",
-           "density_effect_delta", "stopping_power_mev_per_cm", "energy_loss_sigma_mev", "lowest_bethe_kinetic_mev",
-           "sample_border_entries", "tpc_chords", "step_tracks", "segments_from_steps", "generate_tracks",
-           "generate_muons", "generate_mixed", "TRUTH_DTYPE", "K_MEV_CM2_PER_MOL"]
+__all__ = [
+    "K_MEV_CM2_PER_MOL",
+    "TRUTH_DTYPE",
+    "Medium",
+    "beta_gamma_of",
+    "density_effect_delta",
+    "energy_loss_sigma_mev",
+    "generate_mixed",
+    "generate_muons",
+    "generate_tracks",
+    "liquid_argon",
+    "lowest_bethe_kinetic_mev",
+    "max_energy_transfer_mev",
+    "particle_properties",
+    "sample_border_entries",
+    "segments_from_steps",
+    "step_tracks",
+    "stopping_power_mev_per_cm",
+    "tpc_chords",
+]

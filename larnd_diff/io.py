@@ -304,5 +304,14 @@ def save_segments(path, segments: np.ndarray, dataset: str = "segments", swap_xz
     return path
 
 
-__all__ = ["SEGMENT_DTYPE", "REQUIRED_FIELDS", "OPTIONAL_FIELDS", "SegmentError", "SegmentFileNotFoundError",
-           "swap_xz", "load_segments", "save_segments", "validate_segments"]
+__all__ = [
+    "OPTIONAL_FIELDS",
+    "REQUIRED_FIELDS",
+    "SEGMENT_DTYPE",
+    "SegmentError",
+    "SegmentFileNotFoundError",
+    "load_segments",
+    "save_segments",
+    "swap_xz",
+    "validate_segments",
+]

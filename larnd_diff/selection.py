@@ -234,5 +234,14 @@ def make_batches(segments: np.ndarray, length_cm: float = 100.0, seed: int = 0) 
     return Batches(segments, groups, np.array(batch_lengths), seed, batch_keys)
 
 
-__all__ = ["SelectionCuts", "SelectionReport", "track_index", "anode_distance_cm", "selection_mask",
-           "select_tracks", "selection_report", "Batches", "make_batches"]
+__all__ = [
+    "Batches",
+    "SelectionCuts",
+    "SelectionReport",
+    "anode_distance_cm",
+    "make_batches",
+    "select_tracks",
+    "selection_mask",
+    "selection_report",
+    "track_index",
+]

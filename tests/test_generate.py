@@ -5,8 +5,15 @@ import numpy as np
 import pytest
 
 from larnd_diff.detector import module0
-from larnd_diff.generate import (beta_gamma_of, generate_mixed, generate_muons, liquid_argon, particle_properties,
-                                 stopping_power_mev_per_cm, tpc_boxes)
+from larnd_diff.generate import (
+    beta_gamma_of,
+    generate_mixed,
+    generate_muons,
+    liquid_argon,
+    particle_properties,
+    stopping_power_mev_per_cm,
+    tpc_boxes,
+)
 from larnd_diff.io import SEGMENT_DTYPE, validate_segments
 from larnd_diff.selection import track_index
 

@@ -9,8 +9,16 @@ import numpy as np
 import pytest
 
 from larnd_diff.detector import module0
-from larnd_diff.io import (OPTIONAL_FIELDS, SEGMENT_DTYPE, SegmentError, SegmentFileNotFoundError, load_segments,
-                           save_segments, swap_xz, validate_segments)
+from larnd_diff.io import (
+    OPTIONAL_FIELDS,
+    SEGMENT_DTYPE,
+    SegmentError,
+    SegmentFileNotFoundError,
+    load_segments,
+    save_segments,
+    swap_xz,
+    validate_segments,
+)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 DATA = SHARED / "data"

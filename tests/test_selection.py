@@ -1,13 +1,23 @@
 """Selection cuts on hand-made tracks; length-balanced batches of whole tracks."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from larnd_diff.detector import module0
 from larnd_diff.io import SEGMENT_DTYPE
-from larnd_diff.selection import (Batches, SelectionCuts, anode_distance_cm, make_batches, select_tracks,
-                                  selection_mask, selection_report, track_index)
+from larnd_diff.selection import (
+    Batches,
+    SelectionCuts,
+    anode_distance_cm,
+    make_batches,
+    select_tracks,
+    selection_mask,
+    selection_report,
+    track_index,
+)
 
 ANODE = 30.431   # module0 anodes at z = -30.431 (TPC 0) and +30.431 (TPC 1), simulation frame
 
@@ -86,8 +96,8 @@ def test_cuts_are_configurable(sample):
     assert (1, 3) in keys_of(select_tracks(sample, SelectionCuts(min_track_length_cm=1.0)))
     everything = SelectionCuts(None, None, None, None)
     assert len(select_tracks(sample, everything)) == len(sample)
-    with pytest.raises(Exception):
-        SelectionCuts().max_abs_cos_drift = 0.5          # frozen
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        SelectionCuts().max_abs_cos_drift = 0.5
 
 
 def test_track_index_order_of_appearance():
