@@ -135,7 +135,7 @@ def _to_canonical(table: np.ndarray, where: str) -> np.ndarray:
                 row = int(np.flatnonzero(big)[0])
                 raise SegmentError(f"{where}: field {name!r} row {row} = {values[row]} overflows {dst}")
     extras = [(n, table.dtype[n]) for n in names if n not in SEGMENT_DTYPE.names]
-    out_dtype = np.dtype(SEGMENT_DTYPE.descr + [(n, d.str if d.names is None else d) for n, d in extras])
+    out_dtype = np.dtype([(n, SEGMENT_DTYPE[n]) for n in SEGMENT_DTYPE.names] + extras)
     out = np.zeros(len(table), dtype=out_dtype)
     for name in names:
         out[name] = table[name]
