@@ -17,7 +17,7 @@ _LAZY = {
     "Hits": "hits", "save_hits": "hits", "load_hits": "hits",
     "load_segments": "io", "save_segments": "io", "SegmentError": "io", "SEGMENT_DTYPE": "io",
     "generate_muons": "generate", "generate_mixed": "generate",
-    "Selection": "selection", "make_batches": "selection",
+    "SelectionCuts": "selection", "select_tracks": "selection", "make_batches": "selection",
     "Relaxation": "sim.config", "SimConfig": "sim.config",
     "get_backend": "ops",
     "write_packets": "export",
