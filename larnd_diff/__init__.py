@@ -11,7 +11,7 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _LAZY = {
-    "simulate": "api", "BACKENDS": "api",
+    "simulate": "api", "BACKENDS": "api", "value_and_grad": "api",
     "Params": "params", "PARAMETERS": "params", "FIT_PARAMETERS": "params", "drift_velocity": "params",
     "Detector": "detector", "module0": "detector", "load_detector": "detector",
     "Hits": "hits", "save_hits": "hits", "load_hits": "hits",

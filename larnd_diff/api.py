@@ -40,3 +40,16 @@ def simulate(segments, backend: str = "reference", *, device=None, params=None, 
         config = SimConfig(relaxation=relaxation, dtype=dtype, chunk_size=chunk_size)
     return sim_simulate(segments, backend=backend, device=device, params=params, detector=detector,
                         noise=noise, seed=seed, config=config)
+
+
+def value_and_grad(loss_fn, params: dict, *args, backend: str = "torch", has_aux: bool = False):
+    """``(loss, {name: d loss / d param})`` of ``loss_fn(params, *args)`` on a framework backend.
+
+    Framework-neutral gradients: ``params`` maps names to floats or tensors (converted to the backend's tensors),
+    ``loss_fn`` receives a dict of EagerPy tensors and returns a scalar (it may call :func:`simulate` with
+    ``backend=backend`` and pass ``{k: v.raw for k, v in params.items()}``). Values come back as EagerPy tensors.
+    The numpy backend is forward-only and raises ``NotSupported``.
+    """
+    from .ops import get_backend
+
+    return get_backend(backend).value_and_grad(loss_fn, params, *args, has_aux=has_aux)
