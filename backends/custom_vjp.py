@@ -1,0 +1,224 @@
+"""Per-framework glue for hand-written derivatives and for long sequential loops.
+
+Two small tools, written once per framework, so that an algorithm written with EagerPy tensors (Soft-DTW in
+``larnd_diff.softdtw``) can
+
+* be a differentiable op whose backward pass is a hand-written function instead of autodiff through its
+  forward (``custom_vjp``): torch.autograd.Function, jax.custom_vjp, tf.custom_gradient, numpy forward-only;
+* run a loop of many small sequential steps without unrolling it under a tracing compiler (``scan``): a Python
+  loop on eager backends, ``jax.lax.scan`` on jax (always: also eagerly, so one compiled body serves every
+  step), and ``tf.while_loop`` with a ``TensorArray`` on TensorFlow when building a graph (``tf.function``).
+
+Why: the Soft-DTW dynamic programme has n + m sequential anti-diagonal steps. Autodiff through them would
+store every intermediate of every step (memory ~10x the DP table) and, under ``jax.jit``, a Python loop would
+unroll into n + m copies of the step (minutes of XLA compile at n = 2000). The hand-written backward needs
+only the DP table, and ``scan`` keeps the compiled program one step long.
+
+Each framework is imported lazily inside its branch: importing this module imports no framework.
+Functions handed to ``custom_vjp`` take and return **raw** framework tensors; ``scan`` bodies take and
+return **EagerPy** tensors (the driver unwraps/rewraps at the framework boundary).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence, Tuple
+
+import eagerpy as ep
+
+from .base import tree_map, unwrap
+
+__all__ = ["custom_vjp", "scan"]
+
+Forward = Callable[..., Tuple[Any, Tuple[Any, ...]]]
+Backward = Callable[[Tuple[Any, ...], Any], Sequence[Any]]
+
+
+# =========================================================================================== custom_vjp
+def custom_vjp(backend_name: str, forward: Forward, backward: Backward) -> Callable[..., Any]:
+    """A differentiable op from a forward and a hand-written backward (reverse-mode only).
+
+    ``forward(*args) -> (output, residuals)``: raw tensors in; ``output`` one raw tensor; ``residuals`` a
+    tuple of raw tensors kept for the backward pass.
+    ``backward(residuals, cotangent) -> grads``: one entry per positional argument of ``forward``; ``None``
+    for arguments that have no derivative (integer lengths, say).
+
+    Returns ``op(*args) -> output`` (raw in, raw out). All positional arguments must be tensors; anything
+    static (gamma, a cost kind) belongs in the closures. On numpy the op is ``forward`` without derivative.
+    """
+    name = backend_name.lower()
+    if name in ("torch", "pytorch"):
+        return _torch_op(forward, backward)
+    if name == "jax":
+        return _jax_op(forward, backward)
+    if name in ("tensorflow", "tf"):
+        return _tf_op(forward, backward)
+    if name in ("numpy", "np"):
+        return lambda *args: forward(*args)[0]
+    raise ValueError(f"custom_vjp: no glue for backend {backend_name!r} (numpy, torch, jax, tensorflow)")
+
+
+def _torch_op(forward: Forward, backward: Backward) -> Callable[..., Any]:
+    import torch
+
+    class _Op(torch.autograd.Function):
+        # Residuals go through save_for_backward so torch checks they were not modified in place.
+        @staticmethod
+        def forward(ctx, *args):
+            out, residuals = forward(*args)
+            ctx.save_for_backward(*residuals)
+            ctx.n_args = len(args)
+            return out
+
+        @staticmethod
+        def backward(ctx, g):
+            grads = tuple(backward(tuple(ctx.saved_tensors), g))
+            if len(grads) != ctx.n_args:
+                raise ValueError(f"backward returned {len(grads)} gradients for {ctx.n_args} inputs")
+            return grads
+
+    return _Op.apply
+
+
+def _jax_op(forward: Forward, backward: Backward) -> Callable[..., Any]:
+    import jax
+
+    @jax.custom_vjp
+    def op(*args):
+        return forward(*args)[0]
+
+    def fwd(*args):
+        return forward(*args)
+
+    def bwd(residuals, g):
+        # jax accepts None as "zero cotangent", also for integer inputs (whose cotangent type is float0).
+        return tuple(backward(residuals, g))
+
+    op.defvjp(fwd, bwd)
+    return op
+
+
+def _tf_op(forward: Forward, backward: Backward) -> Callable[..., Any]:
+    import tensorflow as tf
+
+    def op(*args):
+        @tf.custom_gradient
+        def inner(*xs):
+            out, residuals = forward(*xs)
+
+            def grad_fn(g):
+                return list(backward(residuals, g))
+
+            return out, grad_fn
+
+        return inner(*args)
+
+    return op
+
+
+# =========================================================================================== scan
+def scan(backend_name: str, body: Callable, init: Any, xs: Any, reverse: bool = False,
+         keep: bool = True) -> Tuple[Any, Any]:
+    """``jax.lax.scan`` semantics for EagerPy pytrees (nested tuples/lists/dicts of EagerPy tensors).
+
+    ``body(carry, x) -> (carry, y)`` is written with EagerPy tensors; ``x`` is the slice ``t`` of every leaf
+    of ``xs`` along axis 0 (length L). Returns ``(final carry, ys)`` with ``ys`` the ``y`` of every step
+    stacked along a new axis 0, ``ys[t]`` belonging to ``xs[t]`` also when ``reverse`` (steps run
+    t = L-1 .. 0). With ``keep=False`` the ``y`` are dropped (``ys`` is None): forward-only callers save
+    the memory. The carry must keep its shapes and dtypes from step to step.
+    """
+    name = backend_name.lower()
+    if name == "jax":
+        return _scan_jax(body, init, xs, reverse, keep)
+    if name in ("tensorflow", "tf"):
+        import tensorflow as tf
+
+        if not tf.executing_eagerly():
+            return _scan_tf_graph(body, init, xs, reverse, keep)
+    return _scan_python(body, init, xs, reverse, keep)
+
+
+def _leaves(tree: Any) -> list:
+    out: list = []
+    tree_map(out.append, tree)
+    return out
+
+
+def _scan_python(body, init, xs, reverse, keep):
+    """Eager loop: slices are views (numpy, torch), and the y are stacked once at the end."""
+    length = int(_leaves(xs)[0].shape[0])
+    carry, ys = init, []
+    order = range(length - 1, -1, -1) if reverse else range(length)
+    for t in order:
+        carry, y = body(carry, tree_map(lambda a: a[t], xs))
+        if keep:
+            ys.append(y)
+    if not keep:
+        return carry, None
+    if reverse:
+        ys.reverse()
+    if not ys:
+        return carry, None
+    return carry, _stack_trees(ys)
+
+
+def _stack_trees(trees: list) -> Any:
+    """Stack a list of identically structured pytrees leaf by leaf (EagerPy tensors)."""
+    first = trees[0]
+    if isinstance(first, (tuple, list)):
+        return type(first)(_stack_trees([t[i] for t in trees]) for i in range(len(first)))
+    if isinstance(first, dict):
+        return {k: _stack_trees([t[k] for t in trees]) for k in first}
+    return ep.stack(trees, axis=0)
+
+
+def _scan_jax(body, init, xs, reverse, keep):
+    from jax import lax
+
+    def wrap(tree):
+        return tree_map(lambda a: ep.astensor(a), tree)
+
+    def raw_body(carry, x):
+        c, y = body(wrap(carry), wrap(x))
+        return tree_map(unwrap, c), (tree_map(unwrap, y) if keep else None)
+
+    carry, ys = lax.scan(raw_body, tree_map(unwrap, init), tree_map(unwrap, xs), reverse=reverse)
+    return wrap(carry), (wrap(ys) if keep else None)
+
+
+def _scan_tf_graph(body, init, xs, reverse, keep):
+    """Graph-mode TensorFlow: a ``tf.while_loop`` whose per-step outputs go into TensorArrays."""
+    import tensorflow as tf
+
+    raw_xs = _leaves(tree_map(unwrap, xs))
+    length = tf.shape(raw_xs[0])[0]
+    init_raw = tree_map(unwrap, init)
+    flat_init = _leaves(init_raw)
+
+    def rebuild(template, flat):
+        it = iter(flat)
+        return tree_map(lambda _: ep.astensor(next(it)), template)
+
+    # probe the structure of y once (shapes/dtypes) by tracing one step on the first slice
+    x_template = tree_map(unwrap, xs)
+    _, y_probe = body(init, tree_map(lambda a: ep.astensor(unwrap(a)[0]), xs))
+    y_flat_probe = _leaves(tree_map(unwrap, y_probe)) if keep else []
+    arrays = [tf.TensorArray(v.dtype, size=length, element_shape=v.shape) for v in y_flat_probe]
+
+    def cond(t, *_):
+        return t < length
+
+    def step(t, flat_carry, arrs):
+        idx = length - 1 - t if reverse else t
+        x = tree_map(lambda a: ep.astensor(a[idx]), x_template)
+        c, y = body(rebuild(init_raw, flat_carry), x)
+        new_flat = [tf.ensure_shape(unwrap(v), f.shape) for v, f in zip(_leaves(c), flat_init)]
+        y_flat = _leaves(tree_map(unwrap, y)) if keep else []
+        arrs = [a.write(idx, v) for a, v in zip(arrs, y_flat)]
+        return t + 1, new_flat, arrs
+
+    _, flat_carry, arrays = tf.while_loop(cond, step, (tf.constant(0), flat_init, arrays))
+    carry = rebuild(init_raw, flat_carry)
+    if not keep:
+        return carry, None
+    stacked = iter([a.stack() for a in arrays])
+    ys = tree_map(lambda _: ep.astensor(next(stacked)), tree_map(unwrap, y_probe))
+    return carry, ys

@@ -1,0 +1,394 @@
+"""Soft-DTW (Cuturi & Blondel 2017) and its divergence (Blondel, Mensch & Vert 2021), exact and batched.
+
+Written once with EagerPy tensors; no framework is imported here. The per-framework pieces are two small tools
+in ``larnd_diff.backends.custom_vjp``: ``custom_vjp`` (hand-written backward as a differentiable op) and
+``scan`` (a sequential loop that a tracing compiler does not unroll).
+
+Definitions (gamma > 0, cost matrix C of shape (n, m), 1-based cells)::
+
+    R[0, 0] = 0,  R[i, 0] = R[0, j] = +inf
+    R[i, j] = C[i, j] + softmin(R[i-1, j-1], R[i-1, j], R[i, j-1]),   softmin(a) = -gamma log sum exp(-a / gamma)
+    sdtw(x, y) = R[n, m]
+    D(x, y)   = sdtw(x, y) - (sdtw(x, x) + sdtw(y, y)) / 2          (the divergence: >= 0, 0 iff x == y)
+
+How it is computed, and why:
+
+* **Wavefront.** Cells on one anti-diagonal i + j = k depend only on diagonals k-1 and k-2, so each
+  diagonal is one vectorised step over the batch and the diagonal: n + m - 1 sequential steps, each
+  parallel over ``B x (n+1)`` cells. Nothing limits the length (no one-thread-per-cell kernel). Tables
+  live in a skewed layout ``T[k-2, b, i] = T[b, i, k-i]`` (diagonal, batch, row).
+* **Stable soft-min.** ``m - log(sum exp(m - a))`` with ``m`` the hard minimum, computed on costs
+  pre-divided by gamma (so no division per step). ``+inf`` is represented by ``_BIG = 1e30`` so that
+  cells outside the grid never produce ``inf - inf``: ``exp(-1e30) == 0`` exactly, and 1e30 is
+  representable in float32.
+* **Hand-written backward.** The E-matrix recursion of Cuturi & Blondel (Alg. 2), also by
+  anti-diagonals: ``E[i,j] = dR[n,m]/dR[i,j] = sum over successors s of E[s] exp((P[s] - R[i,j]) / gamma)``
+  with ``P[s] = R[s] - C[s]`` (the soft-min part of the successor), and ``dR[n,m]/dC = E``. The forward
+  stores P (one table, n+m-1 by n+1 per item), so the backward recomputes ``R = C + P`` bit for bit and
+  each exponent is exactly <= 0 for real transitions (clamping it at 0 only tames junk cells). No
+  autodiff runs through the O(n m) loop: memory is the one table, and there is no graph of 10^7 nodes.
+* **Padding.** Items of a batch have lengths (n_b, m_b) <= (N, M). Costs of padded cells are set to 0
+  (so NaN padding cannot leak), the value of item b is read at cell (n_b, m_b), and the backward
+  seeds E only there: cells after (n_b, m_b) are never predecessors of it, so they get E = 0 and
+  padded inputs get gradient 0.
+* **Costs.** ``"abs"``: sum over features of |x - y| (the paper's); ``"sq"``: sum of (x - y)^2; or any
+  callable ``cost(x, y) -> (B, N, M)`` (EagerPy in, EagerPy out), whose derivative the framework's
+  autodiff provides (cheap: it is one elementwise layer, not the loop). At x == y the abs cost is not
+  differentiable; we use the subgradient 0 (``sign(0) = 0``), which is what torch, jax and
+  tensorflow give for ``abs`` too, so hand-written and autodiff gradients agree.
+
+Zero-length items have no alignment: their sdtw is +inf with gradient 0; the divergence of two empty
+items is 0, of one empty and one non-empty +inf. gamma is a static Python float (not differentiated).
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any, Callable, Optional, Tuple, Union
+
+import eagerpy as ep
+import numpy as np
+
+from larnd_diff import ops
+from larnd_diff.backends import custom_vjp as glue
+
+__all__ = ["soft_dtw", "soft_dtw_divergence", "soft_dtw_cost_matrix", "pairwise_cost"]
+
+#: Stand-in for +inf in the DP tables (see module docstring).
+_BIG = 1e30
+
+CostSpec = Union[str, Callable[[ep.Tensor, ep.Tensor], ep.Tensor]]
+
+
+# =========================================================================================== small pieces
+def _shift_right(a: ep.Tensor, fill: float) -> ep.Tensor:
+    """``out[:, i] = a[:, i-1]``, ``out[:, 0] = fill`` (row i-1 of the previous diagonals)."""
+    return ep.concatenate([ep.full_like(a[:, :1], fill), a[:, :-1]], axis=1)
+
+
+def _shift_left(a: ep.Tensor, fill: float) -> ep.Tensor:
+    """``out[:, i] = a[:, i+1]``, ``out[:, -1] = fill`` (row i+1 of the following diagonals)."""
+    return ep.concatenate([a[:, 1:], ep.full_like(a[:, :1], fill)], axis=1)
+
+
+def _softmin3(a: ep.Tensor, b: ep.Tensor, c: ep.Tensor) -> ep.Tensor:
+    """``-log(exp(-a) + exp(-b) + exp(-c))`` (gamma = 1; callers pre-scale by 1/gamma).
+
+    Max-subtraction form: the largest term is exp(0) = 1, so the sum is in [1, 3] and the log is >= 0,
+    which also makes ``softmin <= min(a, b, c)`` hold exactly in floating point.
+    """
+    m = ep.minimum(ep.minimum(a, b), c)
+    return m - ep.log(ep.exp(m - a) + ep.exp(m - b) + ep.exp(m - c))
+
+
+def _index_dtype(like: ep.Tensor) -> str:
+    """The integer dtype ``ep.arange`` gives on this backend (int32 on jax without x64 and on tensorflow)."""
+    return ops.dtype_name(ep.arange(like, 0, 1))
+
+
+def _lengths(like: ep.Tensor, lengths: Any, batch: int, full: int) -> ep.Tensor:
+    """Per-item lengths as an integer tensor of ``like``'s backend; None means every item is ``full`` long.
+
+    Lists and numpy arrays are range-checked here; tensors are taken as they are (they may be traced).
+    """
+    dtype = _index_dtype(like)
+    if lengths is None:
+        return ops.asarray(like, np.full(batch, full, dtype=np.int64), dtype)
+    raw = lengths.raw if isinstance(lengths, ep.Tensor) else lengths
+    if not isinstance(raw, (list, tuple, int, np.integer, np.ndarray)) and ops.backend_of(raw) == ops.backend_of(like):
+        return ops.cast(ep.astensor(raw), dtype).reshape((batch,))
+    arr = np.asarray(raw if isinstance(raw, (list, tuple, int, np.integer, np.ndarray)) else ops.to_numpy(raw))
+    arr = np.broadcast_to(arr, (batch,)).astype(np.int64)
+    if np.any(arr < 0) or np.any(arr > full):
+        raise ValueError(f"lengths must lie in [0, {full}], got {arr.tolist()}")
+    return ops.asarray(like, arr, dtype)
+
+
+def _valid_mask(like_int: ep.Tensor, lengths: ep.Tensor, size: int) -> ep.Tensor:
+    """(B, size) bool: position < length."""
+    return ep.arange(like_int, 0, size)[None, :] < lengths[:, None]
+
+
+# =========================================================================================== cost
+def pairwise_cost(x: ep.Tensor, y: ep.Tensor, kind: str) -> ep.Tensor:
+    """(B, N, d), (B, M, d) -> (B, N, M): sum over features of |x - y| ("abs") or (x - y)^2 ("sq")."""
+    diff = x[:, :, None, :] - y[:, None, :, :]
+    if kind == "abs":
+        return diff.abs().sum(axis=-1)
+    if kind == "sq":
+        return (diff * diff).sum(axis=-1)
+    raise ValueError(f"cost must be 'abs', 'sq' or a callable, got {kind!r}")
+
+
+def _cost_vjp(x: ep.Tensor, y: ep.Tensor, grad_c: ep.Tensor, kind: str) -> Tuple[ep.Tensor, ep.Tensor]:
+    """Chain dvalue/dC (B, N, M) to (x, y) for the built-in costs.
+
+    abs: dC/dx = sign(x - y) (0 at x == y, the subgradient autodiff frameworks use); sq: 2 (x - y).
+    """
+    diff = x[:, :, None, :] - y[:, None, :, :]
+    local = diff.sign() if kind == "abs" else 2.0 * diff
+    weighted = grad_c[:, :, :, None] * local
+    return weighted.sum(axis=2), -weighted.sum(axis=1)
+
+
+def _sanitize(x: ep.Tensor, mask: ep.Tensor) -> ep.Tensor:
+    """Padded positions set to 0 so that NaN/inf padding cannot reach the tables or the gradient."""
+    return ep.where(mask[:, :, None], x, ep.zeros_like(x))
+
+
+# =========================================================================================== skewing
+def _skew_index(like_int: ep.Tensor, batch: int, n: int, m: int) -> ep.Tensor:
+    """Flat indices into ``concat(C.reshape(-1), [0])`` giving the skewed layout (n+m-1, B, n+1).
+
+    Entry (k-2, b, i) is cell (i, j = k-i) of item b (1-based); cells off the grid point at the trailing 0.
+    """
+    k = ep.arange(like_int, 2, n + m + 1).reshape((n + m - 1, 1, 1))
+    i = ep.arange(like_int, 0, n + 1).reshape((1, 1, n + 1))
+    b = ep.arange(like_int, 0, batch).reshape((1, batch, 1))
+    j = k - i
+    on_grid = ep.logical_and(ep.logical_and(i >= 1, j >= 1), j <= m)
+    flat = b * (n * m) + (i - 1) * m + (j - 1)
+    return ep.where(on_grid, flat, ep.full_like(flat, batch * n * m))
+
+
+def _skew(c: ep.Tensor) -> ep.Tensor:
+    """(B, N, M) cost -> (N+M-1, B, N+1) diagonals (0 off the grid)."""
+    batch, n, m = c.shape
+    flat = ep.concatenate([c.reshape((-1,)), ep.zeros_like(c[:1, 0, 0])], axis=0)
+    return ops.gather(flat, _skew_index(ep.arange(c, 0, 1), batch, n, m), axis=0)
+
+
+def _unskew(t: ep.Tensor, n: int, m: int) -> ep.Tensor:
+    """(N+M-1, B, N+1) diagonals -> (B, N, M) table (inverse of ``_skew`` on the grid)."""
+    _, batch, w = t.shape
+    like = ep.arange(t, 0, 1)
+    b = ep.arange(like, 0, batch).reshape((batch, 1, 1))
+    i = ep.arange(like, 1, n + 1).reshape((1, n, 1))
+    j = ep.arange(like, 1, m + 1).reshape((1, 1, m))
+    flat = (i + j - 2) * (batch * w) + b * w + i
+    return ops.gather(t.reshape((-1,)), flat, axis=0)
+
+
+# =========================================================================================== the two passes
+def _end_cells(ds: ep.Tensor, nx: ep.Tensor, ny: ep.Tensor) -> Tuple[ep.Tensor, ep.Tensor, ep.Tensor]:
+    """(B, W) bool marking row n_b (only for items with both lengths >= 1), the end diagonal n_b + m_b,
+    and the diagonal number k of every step."""
+    steps, _, w = ds.shape
+    rows = ep.arange(nx, 0, w)
+    item_ok = ep.logical_and(nx >= 1, ny >= 1)
+    end_row = ep.logical_and(rows[None, :] == nx[:, None], item_ok[:, None])
+    return end_row, nx + ny, ep.arange(nx, 2, steps + 2)
+
+
+def _forward(backend: str, ds: ep.Tensor, nx: ep.Tensor, ny: ep.Tensor, keep: bool):
+    """Forward DP on scaled costs ``ds`` (skewed). Returns (R[n_b, m_b] / gamma per item, P table or None)."""
+    _, batch, w = ds.shape
+    end_row, k_end, ks = _end_cells(ds, nx, ny)
+    big = ep.full_like(ds[0], _BIG)
+    r0 = ep.where((ep.arange(nx, 0, w) == 0)[None, :], ep.zeros_like(big), big)  # R[0,0] = 0
+    val0 = ep.zeros_like(big[:, 0])
+
+    def step(carry, xs):
+        prev2, prev1, val = carry
+        d, k = xs
+        p = _softmin3(_shift_right(prev2, _BIG), _shift_right(prev1, _BIG), prev1)
+        r = d + p
+        hit = ep.logical_and(end_row, (k_end == k)[:, None])
+        val = val + ep.where(hit, r, ep.zeros_like(r)).sum(axis=1)
+        return (prev1, r, val), p
+
+    (_, _, val), p_table = glue.scan(backend, step, (r0, big, val0), (ds, ks), keep=keep)
+    return val, p_table
+
+
+def _backward(backend: str, ds: ep.Tensor, p_table: ep.Tensor, nx: ep.Tensor, ny: ep.Tensor,
+              g: ep.Tensor) -> ep.Tensor:
+    """E recursion by anti-diagonals, seeded with the cotangent ``g`` (B,) at (n_b, m_b). Skewed E."""
+    end_row, k_end, ks = _end_cells(ds, nx, ny)
+    zero = ep.zeros_like(ds[0])
+    seed = g[:, None] + zero
+
+    def step(carry, xs):
+        e1, p1, se1, sp1, se2, sp2 = carry  # successors on diagonal k+1 (shifted: row i+1), k+2 (row i+1)
+        d, p, k = xs
+        r = d + p  # bitwise the forward's R
+        e = (se1 * ep.exp(ep.minimum(sp1 - r, 0.0)) + e1 * ep.exp(ep.minimum(p1 - r, 0.0))
+             + se2 * ep.exp(ep.minimum(sp2 - r, 0.0)))
+        hit = ep.logical_and(end_row, (k_end == k)[:, None])
+        e = e + ep.where(hit, seed, zero)
+        return (e, p, _shift_left(e, 0.0), _shift_left(p, 0.0), se1, sp1), e
+
+    init = (zero, zero, zero, zero, zero, zero)
+    _, e_table = glue.scan(backend, step, init, (ds, p_table, ks), reverse=True)
+    return e_table
+
+
+# =========================================================================================== ops
+def _prepare_cost(c: ep.Tensor, nx: ep.Tensor, ny: ep.Tensor, gamma: float) -> ep.Tensor:
+    """Mask padded cells to 0, scale by 1/gamma, skew."""
+    _, n, m = c.shape
+    mask = ep.logical_and(_valid_mask(nx, nx, n)[:, :, None], _valid_mask(ny, ny, m)[:, None, :])
+    return _skew(ep.where(mask, c, ep.zeros_like(c)) * (1.0 / gamma))
+
+
+def _finish(value_scaled: ep.Tensor, nx: ep.Tensor, ny: ep.Tensor, gamma: float) -> ep.Tensor:
+    ok = ep.logical_and(nx >= 1, ny >= 1)
+    return ep.where(ok, value_scaled * gamma, ep.full_like(value_scaled, np.inf))
+
+
+@lru_cache(maxsize=64)
+def _xy_op(backend: str, gamma: float, kind: str) -> Callable:
+    """Differentiable raw op (x, y, nx, ny) -> (B,) for a built-in cost."""
+    keep = backend != "numpy"
+
+    def forward(x_raw, y_raw, nx_raw, ny_raw):
+        x, y, nx, ny = (ep.astensor(v) for v in (x_raw, y_raw, nx_raw, ny_raw))
+        c = pairwise_cost(x, y, kind)
+        val, p_table = _forward(backend, _prepare_cost(c, nx, ny, gamma), nx, ny, keep)
+        res = (x_raw, y_raw, nx_raw, ny_raw) + ((p_table.raw,) if keep else ())
+        return _finish(val, nx, ny, gamma).raw, res
+
+    def backward(res, g_raw):
+        x, y, nx, ny, p_table = (ep.astensor(v) for v in res)
+        g = ep.astensor(g_raw)
+        _, n, _ = x.shape
+        m = y.shape[1]
+        ds = _prepare_cost(pairwise_cost(x, y, kind), nx, ny, gamma)
+        e = _unskew(_backward(backend, ds, p_table, nx, ny, g), n, m)
+        gx, gy = _cost_vjp(x, y, e, kind)
+        return gx.raw, gy.raw, None, None
+
+    return glue.custom_vjp(backend, forward, backward)
+
+
+@lru_cache(maxsize=64)
+def _matrix_op(backend: str, gamma: float) -> Callable:
+    """Differentiable raw op (C, nx, ny) -> (B,) on a precomputed cost matrix."""
+    keep = backend != "numpy"
+
+    def forward(c_raw, nx_raw, ny_raw):
+        c, nx, ny = (ep.astensor(v) for v in (c_raw, nx_raw, ny_raw))
+        val, p_table = _forward(backend, _prepare_cost(c, nx, ny, gamma), nx, ny, keep)
+        res = (c_raw, nx_raw, ny_raw) + ((p_table.raw,) if keep else ())
+        return _finish(val, nx, ny, gamma).raw, res
+
+    def backward(res, g_raw):
+        c, nx, ny, p_table = (ep.astensor(v) for v in res)
+        _, n, m = c.shape
+        ds = _prepare_cost(c, nx, ny, gamma)
+        e = _unskew(_backward(backend, ds, p_table, nx, ny, ep.astensor(g_raw)), n, m)
+        return e.raw, None, None
+
+    return glue.custom_vjp(backend, forward, backward)
+
+
+# =========================================================================================== public API
+def _as_sequences(t: ep.Tensor, name: str) -> ep.Tensor:
+    """(n,) -> (1, n, 1); (B, n) -> (B, n, 1); (B, n, d) unchanged; integer inputs become float64."""
+    if t.ndim == 1:
+        t = t[None, :, None]
+    elif t.ndim == 2:
+        t = t[:, :, None]
+    elif t.ndim != 3:
+        raise ValueError(f"{name} must have shape (n,), (B, n) or (B, n, d); got {tuple(t.shape)}")
+    if not ops.dtype_name(t).startswith(("float", "bfloat")):
+        t = ops.cast(t, "float64")
+    return t
+
+
+def _on_backend(like: ep.Tensor, v: Any) -> ep.Tensor:
+    """Second operand on the first one's backend (other backends' tensors and numpy go through numpy)."""
+    raw = v.raw if isinstance(v, ep.Tensor) else v
+    if isinstance(raw, (list, tuple, float, int)):
+        raw = np.asarray(raw, dtype=np.float64)
+    if ops.backend_of(raw) == ops.backend_of(like):
+        return ep.astensor(raw)
+    return ops.asarray(like, raw if isinstance(raw, np.ndarray) else ops.to_numpy(raw))
+
+
+def _check_gamma(gamma: float) -> float:
+    gamma = float(gamma)
+    if not gamma > 0:
+        raise ValueError(f"gamma must be > 0, got {gamma}")
+    return gamma
+
+
+def _sdtw(x: ep.Tensor, y: ep.Tensor, nx: ep.Tensor, ny: ep.Tensor, gamma: float, cost: CostSpec) -> ep.Tensor:
+    """Batched sdtw on prepared EagerPy inputs (B, N, d), (B, M, d) with integer lengths."""
+    backend = ops.backend_of(x)
+    x = _sanitize(x, _valid_mask(nx, nx, x.shape[1]))
+    y = _sanitize(y, _valid_mask(ny, ny, y.shape[1]))
+    if callable(cost):
+        c = cost(x, y)
+        return ep.astensor(_matrix_op(backend, gamma)(c.raw, nx.raw, ny.raw))
+    return ep.astensor(_xy_op(backend, gamma, cost)(x.raw, y.raw, nx.raw, ny.raw))
+
+
+def _divergence(x, y, nx, ny, gamma, cost) -> ep.Tensor:
+    """sdtw(x,y) - (sdtw(x,x) + sdtw(y,y)) / 2 with the empty-item conventions of the module docstring."""
+    xy = _sdtw(x, y, nx, ny, gamma, cost)
+    xx = _sdtw(x, x, nx, nx, gamma, cost)
+    yy = _sdtw(y, y, ny, ny, gamma, cost)
+    both = ep.logical_and(nx >= 1, ny >= 1)
+    safe = ep.where(both, xy - 0.5 * (xx + yy), ep.zeros_like(xy))
+    neither = ep.logical_and(nx == 0, ny == 0)
+    return ep.where(both, safe, ep.where(neither, ep.zeros_like(xy), ep.full_like(xy, np.inf)))
+
+
+def soft_dtw(x, y, gamma: float = 1.0, lengths_x=None, lengths_y=None, cost: CostSpec = "abs",
+             divergence: bool = False):
+    """Soft-DTW value per batch item; native tensors in, native tensors out (EagerPy in, EagerPy out).
+
+    Args:
+      x, y: sequences of shape (n,) (one item, scalar features), (B, n) (B items, scalar features) or
+        (B, n, d) (d features). ``y`` may have another length and is moved to ``x``'s backend if needed.
+        Units are the caller's; the cost adds them up (scale features first).
+      gamma: smoothing (same unit as the cost); > 0, static.
+      lengths_x, lengths_y: (B,) integer lengths (list, numpy or tensor); None = the full padded length.
+        Positions beyond an item's length are ignored (any value, NaN included).
+      cost: "abs" (sum |x - y|, the paper's), "sq" (sum (x - y)^2), or ``callable(x, y) -> (B, N, M)``
+        on EagerPy tensors (padded positions of x and y arrive as 0).
+      divergence: return sdtw(x,y) - (sdtw(x,x) + sdtw(y,y)) / 2 instead (>= 0, 0 iff x == y).
+
+    Returns:
+      (B,) values (a 0-d value for 1-D inputs), differentiable w.r.t. x and y on torch, jax and
+      tensorflow through the hand-written backward; works under ``jax.jit`` and ``tf.function``.
+    """
+    gamma = _check_gamma(gamma)
+    xt, restore = ep.astensor_(x)
+    yt = _on_backend(xt, y)
+    scalar = xt.ndim == 1
+    xt, yt = _as_sequences(xt, "x"), _as_sequences(yt, "y")
+    if ops.dtype_name(yt) != ops.dtype_name(xt):
+        yt = ops.cast(yt, ops.dtype_name(xt))
+    if xt.shape[0] != yt.shape[0] or xt.shape[2] != yt.shape[2]:
+        raise ValueError(f"x {tuple(xt.shape)} and y {tuple(yt.shape)} must agree in batch and feature size")
+    if isinstance(cost, str) and cost not in ("abs", "sq"):
+        raise ValueError(f"cost must be 'abs', 'sq' or a callable, got {cost!r}")
+    batch = xt.shape[0]
+    nx = _lengths(xt, lengths_x, batch, xt.shape[1])
+    ny = _lengths(xt, lengths_y, batch, yt.shape[1])
+    fn = _divergence if divergence else _sdtw
+    out = fn(xt, yt, nx, ny, gamma, cost)
+    return restore(out[0] if scalar else out)
+
+
+def soft_dtw_divergence(x, y, gamma: float = 1.0, lengths_x=None, lengths_y=None, cost: CostSpec = "abs"):
+    """``soft_dtw(..., divergence=True)``: sdtw(x,y) - (sdtw(x,x) + sdtw(y,y)) / 2, >= 0, 0 iff x == y."""
+    return soft_dtw(x, y, gamma, lengths_x, lengths_y, cost, divergence=True)
+
+
+def soft_dtw_cost_matrix(c, gamma: float = 1.0, lengths_x=None, lengths_y=None):
+    """Soft-DTW on a precomputed cost matrix ``c`` of shape (B, N, M) (or (N, M) -> 0-d value).
+
+    Differentiable w.r.t. ``c`` (the gradient is the expected-alignment matrix E); padded cells are ignored.
+    """
+    gamma = _check_gamma(gamma)
+    ct, restore = ep.astensor_(c)
+    scalar = ct.ndim == 2
+    if scalar:
+        ct = ct[None]
+    batch, n, m = ct.shape
+    nx = _lengths(ct, lengths_x, batch, n)
+    ny = _lengths(ct, lengths_y, batch, m)
+    out = ep.astensor(_matrix_op(ops.backend_of(ct), gamma)(ct.raw, nx.raw, ny.raw))
+    return restore(out[0] if scalar else out)
