@@ -18,7 +18,8 @@ framework   clipping factor for global norm ``n > c``        Adam denominator (e
 torch       ``c / (n + 1e-6)``                               ``sqrt(v / (1 - b2^t)) + eps``
 jax/optax   ``c / n``                                        ``sqrt(v / (1 - b2^t)) + eps``
 tensorflow  ``c / n``                                        ``sqrt(v) + eps`` with lr * sqrt(1 - b2^t)/(1 - b1^t);
-                                                             keras keeps the learning rate in float32
+                                                             keras keeps the learning rate in float32 and
+                                                             rounds b1, b2 to float32 in the bias corrections
 =========== ================================================ ===================================================
 
 The parameters are scalars (the fit's normalised parameters, value / nominal) held in the framework's own

@@ -1,0 +1,872 @@
+"""Calibration: fit detector parameters by gradient descent so that simulated hits match target hits.
+
+    import larnd_diff as ld
+    from larnd_diff.fit import fit
+    segs = ld.generate_muons(n_events=20, seed=1)
+    res = fit(segs, target={"Ab": 0.85, "lifetime": 3000.0}, params=("Ab", "lifetime"), max_iter=300,
+              checkpoint_dir="fit_out")
+    res.params, res.relative_error(), res.correlation
+
+The recipe (the paper's, arXiv 2309.04639, unless said otherwise)
+------------------------------------------------------------------
+* **Parameters** are fitted in normalised form: the optimiser sees ``p / nominal`` (so every parameter starts
+  near 1 and one learning rate fits all). Any subset of :data:`~larnd_diff.params.PARAMETERS` can be fitted;
+  ``fixed`` sets the others (default nominal). ``init`` gives the start (default nominal).
+* **Batches** are whole tracks packed into ~``batch_length_cm`` of track (:func:`larnd_diff.selection.make_batches`,
+  a fixed partition); every epoch visits all batches in a seeded order (``Batches.epoch_order``). One iteration =
+  one batch = one optimiser step.
+* **Target.** Either a :class:`~larnd_diff.hits.Hits` (data; the rows of a batch are the rows whose backtracked
+  segments lie in the batch when ``backtrack`` is present, else the rows of the batch's events), or a dict of
+  "true" parameter values: the target of each batch is then simulated once with those values (``target_simulator``
+  "same" = the differentiable simulator of the fit, or "reference" = the Numba oracle) and cached.
+  ``target_noise`` adds electronics noise to that simulated target (fixed seed per batch: one data realisation).
+* **Model noise.** The paper recommends a noise-free model, the default. ``model_noise=True`` instead simulates
+  the model with electronics noise too (a new seed every iteration, derived from ``seed``, epoch and batch) — the
+  "expected-noise model term": the stochastic gradient then averages over noise, as the data contain it, at the
+  cost of gradient variance. Use it only when the target is noisy data.
+* **Optimiser**: the framework's own Adam (lr 5e-2, exponential decay 0.95 per epoch, global-norm clipping 1),
+  see :mod:`larnd_diff.backends.optim`.
+* **NaN/inf** loss or gradient: the step is not taken; the iteration is recorded (``"skipped": true`` in the
+  history, with the reason), counted in ``FitResult.n_skipped`` and reported at the end. Never silent.
+
+Fault tolerance
+---------------
+* The **history** is a JSON-lines file written and flushed after every iteration (``history_path``, default
+  ``<checkpoint_dir>/history.jsonl``): iteration, epoch, batch, lr, loss, gradient global norm, every parameter
+  value (physical units, the values the loss was evaluated at) and its gradient (normalised units), wall time of
+  the step, and ``max_rel_err`` to the target values when those are known.
+* A **checkpoint** (``<checkpoint_dir>/checkpoint.pkl``: parameters, optimiser state, iteration = epoch/batch
+  position, skipped-step record, byte offset of the history) is written atomically (temporary file, fsync,
+  ``os.replace``) every ``checkpoint_every`` iterations, at the end, and when the loop is left by an exception
+  (Ctrl-C, a failing callback) in a consistent state. There is no random state to store: the only randomness
+  (noise seeds, epoch orders) is derived from ``seed`` and the position, so the position is the RNG state.
+* ``resume=True`` continues from the checkpoint (or starts afresh when there is none): the history file is cut
+  back to the checkpoint's offset, so iterations redone after a hard kill are not duplicated. On a deterministic
+  backend (float64, CPU) the final parameters are **bit-identical** to an uninterrupted fit. A checkpoint of a
+  different fit configuration is refused; an existing checkpoint is never overwritten by a fresh fit unless
+  ``overwrite=True`` (a fit never loses finished work).
+
+Uncertainties
+-------------
+At the end (``hessian=True``) the Hessian H of the mean batch loss over ``hessian_batches`` (default all) with
+respect to the normalised parameters is computed at the final point: forward-over-reverse (jvp of the gradient)
+where the framework can push tangents through the simulator, else central finite differences of gradients
+(step ``hessian_step`` in normalised units), see :func:`larnd_diff.backends.optim.hessian`; ``hessian_method``
+says which. **Convention:** the loss is read as a negative log-likelihood, ``L = -ln p + const``, so the
+covariance of the normalised parameters is ``H^-1`` (a loss that is chi^2 would need ``2 H^-1``, one that is a
+mean over N hits ``H^-1 / N``: rescale with ``covariance_scale``). The physical covariance is
+``D H^-1 D`` with ``D = diag(nominal)``; the correlation matrix does not depend on the scale. When H is not
+positive definite (a flat or degenerate direction, e.g. kb and eField enter recombination only as kb/eField when
+vdrift is not linked to eField) the pseudo-inverse is used and ``hessian_posdef`` is False.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import pickle
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from .hits import Hits
+from .params import FIT_PARAMETERS, SPECS
+
+__all__ = ["fit", "Calibrator", "FitResult", "closure", "random_targets", "toy_simulator", "toy_loss",
+           "plot_trajectories", "plot_convergence_band", "plot_loss", "read_history", "CHECKPOINT_NAME",
+           "HISTORY_NAME"]
+
+CHECKPOINT_NAME = "checkpoint.pkl"
+HISTORY_NAME = "history.jsonl"
+_CHECKPOINT_VERSION = 1
+
+
+# ============================================================================================== results
+@dataclass
+class FitResult:
+    """What a fit returns. Parameter dicts are in physical units unless named ``normalized``."""
+
+    names: List[str]
+    params: Dict[str, float]
+    normalized: Dict[str, float]
+    init: Dict[str, float]
+    target: Optional[Dict[str, float]]
+    history: List[dict]
+    iterations: int
+    epochs: float
+    n_batches: int
+    n_skipped: int
+    skipped_iterations: List[int]
+    wall_time_s: float
+    backend: str
+    hessian: Optional[np.ndarray] = None
+    hessian_method: Optional[str] = None
+    hessian_posdef: Optional[bool] = None
+    covariance: Optional[np.ndarray] = None             # normalised units (p / nominal)
+    covariance_physical: Optional[np.ndarray] = None
+    correlation: Optional[np.ndarray] = None
+    errors: Optional[Dict[str, float]] = None          # sqrt(diag covariance_physical)
+    checkpoint_path: Optional[str] = None
+    history_path: Optional[str] = None
+    stopped_early: bool = False
+
+    def relative_error(self) -> Dict[str, float]:
+        """(fitted - target) / target per parameter (needs a target given as parameter values)."""
+        if self.target is None:
+            raise ValueError("relative errors need a target given as parameter values")
+        return {n: (self.params[n] - self.target[n]) / self.target[n] for n in self.names}
+
+    def max_relative_error(self) -> float:
+        return max(abs(v) for v in self.relative_error().values())
+
+    def iterations_to(self, tolerance: float = 0.01) -> Optional[int]:
+        """Number of optimiser iterations after which every parameter was first within ``tolerance`` (relative)
+        of its target; None if never. History record i holds the values after i iterations."""
+        if self.target is None:
+            raise ValueError("iterations_to needs a target given as parameter values")
+        for rec in self.history:
+            if _max_rel(rec["params"], self.target, self.names) < tolerance:
+                return int(rec["iteration"])
+        if self.max_relative_error() < tolerance:
+            return self.iterations
+        return None
+
+    def summary(self) -> str:
+        lines = [f"{self.iterations} iterations ({self.epochs:.2f} epochs of {self.n_batches} batches) on "
+                 f"{self.backend} in {self.wall_time_s:.1f} s; {self.n_skipped} step(s) skipped for NaN/inf"]
+        for n in self.names:
+            err = f" +- {self.errors[n]:.4g}" if self.errors else ""
+            tgt = f"  target {self.target[n]:.6g} ({(self.params[n] / self.target[n] - 1) * 100:+.3f} %)" \
+                if self.target else ""
+            lines.append(f"  {n:>10s} = {self.params[n]:.6g}{err} {SPECS[n].unit}{tgt}")
+        if self.hessian_method:
+            lines.append(f"  Hessian by {self.hessian_method}; positive definite: {self.hessian_posdef}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        for k in ("hessian", "covariance", "covariance_physical", "correlation"):
+            if out[k] is not None:
+                out[k] = np.asarray(out[k]).tolist()
+        return out
+
+
+def _max_rel(values: Mapping[str, float], target: Mapping[str, float], names: Sequence[str]) -> float:
+    return max(abs(values[n] - target[n]) / abs(target[n]) for n in names)
+
+
+# ============================================================================================== helpers
+def _check_names(names: Sequence[str], where: str) -> None:
+    unknown = [n for n in names if n not in SPECS]
+    if unknown:
+        raise KeyError(f"unknown parameter(s) {unknown} in {where}; known parameters: {sorted(SPECS)}")
+
+
+def _derived_seed(*parts: Any) -> int:
+    """A 63-bit seed from a tuple (stable across runs and platforms; no global RNG)."""
+    digest = hashlib.sha256(json.dumps([str(p) for p in parts]).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def _unwrap(x):
+    return getattr(x, "raw", x)
+
+
+def _finite(x: float) -> bool:
+    return math.isfinite(x)
+
+
+def _atomic_pickle(path: Path, obj: Any) -> None:
+    """Write ``obj`` to ``path`` so that a reader sees the old file or the new one, never a partial one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            pickle.dump(obj, fh, protocol=pickle.HIGHEST_PROTOCOL)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def read_history(path) -> List[dict]:
+    """The records of a history JSON-lines file (a torn last line, from a hard kill, is ignored)."""
+    out = []
+    with open(path, "r", encoding="utf-8") as fh:
+        for line in fh:
+            if not line.endswith("\n"):
+                break
+            out.append(json.loads(line))
+    return out
+
+
+def _default_simulator(segments, params, *, backend, dtype, device, relaxation, noise, seed):
+    from .api import simulate
+
+    return simulate(segments, backend=backend, device=device, params=params, noise=noise,
+                    relaxation=relaxation, dtype=dtype, seed=seed)
+
+
+def _reference_simulator(segments, params, *, noise, seed, **_):
+    from .api import simulate
+
+    return simulate(segments, backend="reference", params=params, noise=noise, seed=seed,
+                    precision="float64")
+
+
+def _resolve_loss(loss) -> Callable:
+    """A loss callable ``loss(sim_hits, target_hits) -> scalar`` from a callable or a name in larnd_diff.losses."""
+    if callable(loss):
+        return loss
+    if not isinstance(loss, str):
+        raise TypeError(f"loss must be a name or a callable, got {type(loss).__name__}")
+    try:
+        from . import losses as _losses
+    except ImportError as exc:
+        raise ImportError(f"loss {loss!r} needs larnd_diff.losses, which cannot be imported ({exc}); "
+                          f"pass a callable loss(sim_hits, target_hits) instead") from exc
+    getter = getattr(_losses, "get_loss", None)
+    if getter is not None:
+        return getter(loss)
+    fn = getattr(_losses, loss, None)
+    if callable(fn):
+        return fn
+    known = sorted(getattr(_losses, "LOSSES", {}) or [n for n in dir(_losses) if not n.startswith("_")])
+    raise KeyError(f"unknown loss {loss!r}; known: {known}")
+
+
+def _hits_to_backend(hits: Hits, backend, dtype: str, device) -> Hits:
+    """NumPy target hits -> the fit backend's tensors (floats in ``dtype``, ids as int64)."""
+    h = hits.numpy()
+    conv = {}
+    for name in ("event_id", "pixel", "adc", "time", "charge", "backtrack"):
+        v = getattr(h, name)
+        if v is None:
+            conv[name] = None
+            continue
+        dt = dtype if np.issubdtype(np.asarray(v).dtype, np.floating) else "int64"
+        conv[name] = backend.raw_asarray(np.asarray(v), dt, device)
+    return Hits(**conv)
+
+
+def _target_rows(target: Hits, rows: np.ndarray, event_ids: np.ndarray) -> np.ndarray:
+    """Rows of a data target that belong to a batch (see the module docstring)."""
+    if target.backtrack is not None:
+        bt = np.asarray(target.backtrack)
+        return np.isin(bt, rows).reshape(len(bt), -1).any(axis=1)
+    return np.isin(np.asarray(target.event_id), event_ids)
+
+
+# ============================================================================================== toy model
+def toy_simulator(segments, params, *, backend="torch", dtype="float64", device=None, relaxation=None,
+                  noise=False, seed=0):
+    """A closed-form, differentiable stand-in for the simulator (tests and demos of the fit loop only).
+
+    One "hit" per segment: drift distance d = 30.43 - |z| cm, v = eField x mobility (always linked, so eField is
+    identifiable from times), t = d / v; charge Q = dE * MeVToElectrons * Ab / (1 + kb dEdx / (eField rho)) *
+    exp(-t / lifetime); adc = Q x [1, (sigma_L / 0.1 cm)^2, (sigma_T / 0.1 cm)^2] / 1000 with sigma^2 = 2 D t;
+    time = [t, t, t]. It has the parameter dependences of the real physics, nothing else.
+    """
+    import eagerpy as ep
+
+    from .ops import get_backend
+    from .params import Params, electron_mobility
+
+    b = get_backend(backend)
+    p = Params(dict(params))
+
+    def col(name):
+        return b.asarray(np.asarray(segments[name], dtype=np.float64), dtype, device)
+
+    def par(name):
+        v = p[name]
+        return ep.astensor(_unwrap(v)) if not isinstance(v, (int, float)) else v
+
+    z, de, dedx = col("z"), col("dE"), col("dEdx")
+    efield = par("eField")
+    v = efield * electron_mobility(efield, par("temperature"))
+    d = 30.43 - z.abs()
+    t = d / v
+    recomb = par("Ab") / (1 + par("kb") * dedx / (efield * par("lArDensity")))
+    q = de * par("MeVToElectrons") * recomb * ep.exp(-t / par("lifetime")) / 1000.0
+    s_l = 2 * par("long_diff") * t / 0.01
+    s_t = 2 * par("tran_diff") * t / 0.01
+    adc = ep.stack([q, q * s_l, q * s_t], axis=1)
+    time_ = ep.stack([t, t, t], axis=1)
+    if noise:
+        adc = adc + b.rng(seed, device).normal(adc.shape, dtype) * 0.5
+    n = len(segments)
+    ev = np.asarray(segments["eventID"], dtype=np.int64)
+    return Hits(event_id=ev, pixel=np.stack([np.arange(n), np.zeros(n, np.int64)], 1), adc=adc.raw,
+                time=time_.raw, backtrack=np.arange(n).reshape(n, 1, 1).repeat(3, 1))
+
+
+def toy_loss(sim: Hits, target: Hits):
+    """Mean squared difference of adc and of time (in units of 10 us) between rows in the same order."""
+    import eagerpy as ep
+
+    a, ta = ep.astensor(_unwrap(sim.adc)), ep.astensor(_unwrap(target.adc))
+    t, tt = ep.astensor(_unwrap(sim.time)), ep.astensor(_unwrap(target.time))
+    return (((a - ta) ** 2).mean() + (((t - tt) / 10.0) ** 2).mean()).raw
+
+
+# ============================================================================================== calibrator
+class Calibrator:
+    """One fit: holds the configuration, the batches, the cached targets and the optimiser; ``run()`` fits.
+
+    See :func:`fit` for the arguments. Everything the loop needs lives on the instance (no module state).
+    """
+
+    def __init__(self, segments, target, *, params: Sequence[str] = FIT_PARAMETERS, backend: str = "torch",
+                 loss="sdtw_adc", init: Optional[Mapping[str, float]] = None, lr: float = 5e-2,
+                 lr_decay: float = 0.95, clip_norm: Optional[float] = 1.0, epochs: Optional[int] = None,
+                 max_iter: Optional[int] = None, batch_length_cm: float = 100.0, seed: int = 0,
+                 relaxation="smooth", dtype: str = "float64", device=None, checkpoint_dir=None,
+                 checkpoint_every: int = 10, checkpoint_on_error: bool = True, resume: bool = False,
+                 overwrite: bool = False, history_path=None, progress: bool = True, target_noise: bool = False,
+                 target_simulator: str = "same", model_noise: bool = False,
+                 fixed: Optional[Mapping[str, float]] = None, link_vdrift: bool = False,
+                 simulator: Optional[Callable] = None, callback: Optional[Callable] = None,
+                 hessian: bool = True, hessian_batches: Optional[Sequence[int]] = None,
+                 hessian_step: float = 1e-4, covariance_scale: float = 1.0):
+        from .ops import get_backend
+        from .selection import make_batches
+
+        self.names = list(params)
+        if not self.names:
+            raise ValueError("params is empty: name at least one parameter to fit")
+        _check_names(self.names, "params")
+        if len(set(self.names)) != len(self.names):
+            raise ValueError(f"params lists a parameter twice: {self.names}")
+        self.fixed = dict(fixed or {})
+        _check_names(list(self.fixed), "fixed")
+        clash = sorted(set(self.fixed) & set(self.names))
+        if clash:
+            raise ValueError(f"parameter(s) {clash} are both fitted and fixed")
+        self.init = {n: float(SPECS[n].nominal) for n in self.names}
+        if init:
+            _check_names(list(init), "init")
+            extra = sorted(set(init) - set(self.names))
+            if extra:
+                raise ValueError(f"init gives parameter(s) {extra} that are not fitted ({self.names})")
+            self.init.update({k: float(v) for k, v in init.items()})
+        self.nominal = {n: float(SPECS[n].nominal) for n in self.names}
+
+        if epochs is None and max_iter is None:
+            raise ValueError("give epochs, max_iter or both (the fit stops at whichever comes first)")
+        self.backend = get_backend(backend)
+        if self.backend.name == "numpy":
+            from .backends.base import NotSupported
+
+            raise NotSupported("numpy", "grad", "fitting needs gradients and NumPy is forward-only",
+                               ["torch", "jax", "tensorflow"])
+        self.lr, self.lr_decay, self.clip_norm = float(lr), float(lr_decay), clip_norm
+        self.seed, self.dtype, self.device, self.relaxation = int(seed), dtype, device, relaxation
+        self.loss_name = loss if isinstance(loss, str) else getattr(loss, "__name__", repr(loss))
+        self.loss_fn = _resolve_loss(loss)
+        self.simulator = simulator or _default_simulator
+        self.model_noise, self.link_vdrift = bool(model_noise), bool(link_vdrift)
+        self.callback, self.progress = callback, progress
+        self.want_hessian, self.hessian_batches = hessian, hessian_batches
+        self.hessian_step, self.covariance_scale = float(hessian_step), float(covariance_scale)
+
+        if len(segments) == 0:
+            raise ValueError("no segments to fit")
+        self.segments = segments
+        self.batches = make_batches(segments, length_cm=batch_length_cm, seed=self.seed)
+        self.batch_length_cm = float(batch_length_cm)
+        nb = len(self.batches)
+        self.n_batches = nb
+        total = [int(max_iter)] if max_iter is not None else []
+        if epochs is not None:
+            total.append(int(epochs) * nb)
+        self.total_iterations = min(total)
+
+        self.target_params, self.target_hits = self._parse_target(target)
+        if target_simulator not in ("same", "reference"):
+            raise ValueError(f"target_simulator must be 'same' or 'reference', got {target_simulator!r}")
+        self.target_simulator, self.target_noise = target_simulator, bool(target_noise)
+        self._target_cache: Dict[int, Hits] = {}
+
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.checkpoint_every = int(checkpoint_every) if checkpoint_every else 0
+        self.checkpoint_on_error = bool(checkpoint_on_error)
+        self.resume, self.overwrite = bool(resume), bool(overwrite)
+        if history_path is None and self.checkpoint_dir is not None:
+            history_path = self.checkpoint_dir / HISTORY_NAME
+        self.history_path = Path(history_path) if history_path is not None else None
+
+    # ------------------------------------------------------------------------------------------ target
+    def _parse_target(self, target):
+        if isinstance(target, Hits):
+            return None, target.numpy()
+        if isinstance(target, Mapping):
+            _check_names(list(target), "target")
+            values = {n: float(SPECS[n].nominal) for n in self.names}
+            values.update({k: float(v) for k, v in target.items()})
+            return values, None
+        raise TypeError(f"target must be a Hits object (data) or a dict of parameter values, "
+                        f"got {type(target).__name__}")
+
+    def _model_params(self, fitted: Mapping[str, Any]):
+        """Physical parameter mapping handed to the simulator (fitted values + fixed ones)."""
+        values = {**self.fixed, **fitted}
+        if self.link_vdrift:
+            from .params import Params
+
+            return Params(values, link_vdrift=True)
+        return values
+
+    def _target_for(self, b: int) -> Hits:
+        cached = self._target_cache.get(b)
+        if cached is not None:
+            return cached
+        segs = self.batches[b]
+        if self.target_hits is not None:
+            mask = _target_rows(self.target_hits, self.batches.rows(b), np.unique(segs["eventID"]))
+            hits = self.target_hits.select(mask)
+        else:
+            values = {k: v for k, v in self.target_params.items()}
+            sim = _reference_simulator if self.target_simulator == "reference" else self.simulator
+            hits = sim(segs, self._model_params(values), backend=self.backend.name, dtype=self.dtype,
+                       device=self.device, relaxation=self.relaxation, noise=self.target_noise,
+                       seed=_derived_seed(self.seed, "target", b)).numpy()
+        hits = _hits_to_backend(hits, self.backend, self.dtype, self.device)
+        self._target_cache[b] = hits
+        return hits
+
+    # ------------------------------------------------------------------------------------------ loss
+    def batch_loss(self, b: int, normalized: Mapping[str, Any], noise_seed: int = 0):
+        """Loss of batch ``b`` at normalised parameters (raw or EagerPy framework scalars); a raw scalar."""
+        self._target_for(b)  # simulate (and cache) the target outside the differentiated region
+        fitted = {n: _unwrap(normalized[n]) * self.nominal[n] for n in self.names}
+        sim = self.simulator(self.batches[b], self._model_params(fitted), backend=self.backend.name,
+                             dtype=self.dtype, device=self.device, relaxation=self.relaxation,
+                             noise=self.model_noise, seed=noise_seed)
+        return _unwrap(self.loss_fn(sim, self._target_for(b)))
+
+    def _loss_and_grad(self, opt, b: int, noise_seed: int):
+        self._target_for(b)
+        value, grads = self.backend.value_and_grad(
+            lambda p: self.backend.wrap(self.batch_loss(b, p, noise_seed)), opt.params())
+        loss = float(self.backend.to_numpy(value))
+        g = {n: float(np.asarray(self.backend.to_numpy(grads[n])).reshape(())) for n in self.names}
+        return loss, g, grads
+
+    # ------------------------------------------------------------------------------------------ bookkeeping
+    def _fingerprint(self) -> dict:
+        return {"names": self.names, "backend": self.backend.name, "lr": self.lr, "lr_decay": self.lr_decay,
+                "clip_norm": self.clip_norm, "seed": self.seed, "batch_length_cm": self.batch_length_cm,
+                "n_batches": self.n_batches, "n_segments": int(len(self.segments)), "dtype": self.dtype,
+                "loss": self.loss_name, "init": self.init, "target": self.target_params,
+                "fixed": self.fixed, "link_vdrift": self.link_vdrift, "model_noise": self.model_noise,
+                "target_noise": self.target_noise, "target_simulator": self.target_simulator}
+
+    @property
+    def checkpoint_path(self) -> Optional[Path]:
+        return self.checkpoint_dir / CHECKPOINT_NAME if self.checkpoint_dir is not None else None
+
+    def _physical(self, normalized: Mapping[str, float]) -> Dict[str, float]:
+        return {n: normalized[n] * self.nominal[n] for n in self.names}
+
+    def _save(self, opt, st: "_LoopState") -> None:
+        if self.checkpoint_path is None:
+            return
+        _atomic_pickle(self.checkpoint_path, {
+            "version": _CHECKPOINT_VERSION, "fingerprint": self._fingerprint(), "iteration": st.iteration,
+            "n_skipped": st.n_skipped, "skipped": list(st.skipped), "history_bytes": st.history_bytes,
+            "wall_time_s": st.wall_time_s, "optimizer": opt.state(), "stopped_early": st.stopped_early})
+
+    def _load(self) -> Optional[dict]:
+        path = self.checkpoint_path
+        if path is None or not path.exists():
+            return None
+        with open(path, "rb") as fh:
+            ck = pickle.load(fh)
+        if ck.get("version") != _CHECKPOINT_VERSION:
+            raise ValueError(f"{path}: checkpoint version {ck.get('version')} is not {_CHECKPOINT_VERSION}")
+        mine, theirs = self._fingerprint(), ck["fingerprint"]
+        diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        if diff:
+            raise ValueError(f"{path} belongs to a different fit (differs in {diff}); use another "
+                             f"checkpoint_dir or resume with the same settings")
+        return ck
+
+    def _open_history(self, st: "_LoopState"):
+        """Open the history file for appending, cut back to the checkpointed offset; load earlier records."""
+        if self.history_path is None:
+            return None
+        self.history_path.parent.mkdir(parents=True, exist_ok=True)
+        if st.history_bytes and self.history_path.exists():
+            with open(self.history_path, "r+b") as fh:
+                fh.truncate(st.history_bytes)
+            st.records = read_history(self.history_path)
+        fh = open(self.history_path, "ab" if st.history_bytes else "wb")
+        return fh
+
+    # ------------------------------------------------------------------------------------------ run
+    def _start(self):
+        from .backends.optim import make_optimizer
+
+        opt = make_optimizer(self.backend.name, {n: self.init[n] / self.nominal[n] for n in self.names},
+                             lr=self.lr, lr_decay=self.lr_decay, clip_norm=self.clip_norm, dtype=self.dtype,
+                             device=self.device)
+        st = _LoopState()
+        if self.resume and self.checkpoint_path is None:
+            raise ValueError("resume=True needs checkpoint_dir (the history alone cannot restore the optimiser)")
+        exists = self.checkpoint_path is not None and self.checkpoint_path.exists()
+        if exists and not self.resume and not self.overwrite:
+            raise FileExistsError(f"{self.checkpoint_path} holds an earlier fit; pass resume=True to continue it, "
+                                  f"overwrite=True to discard it, or use another checkpoint_dir")
+        ck = self._load() if exists and self.resume else None
+        if ck is not None:  # a fit stopped early by its callback continues when resumed
+            opt.load_state(ck["optimizer"])
+            st.iteration, st.n_skipped, st.skipped = ck["iteration"], ck["n_skipped"], list(ck["skipped"])
+            st.history_bytes, st.wall_time_s = ck["history_bytes"], ck["wall_time_s"]
+        return opt, st
+
+    def _record(self, st, it, epoch, k, b, lr, loss, g, gnorm, values, skipped, reason, dt):
+        rec = {"iteration": it, "epoch": epoch, "batch_in_epoch": k, "batch": b,
+               "batch_length_cm": float(self.batches.lengths_cm[b]), "lr": lr, "loss": loss,
+               "grad_norm": gnorm, "params": self._physical(values), "grad": g, "skipped": skipped,
+               "reason": reason, "step_time_s": dt}
+        if self.target_params is not None:
+            rec["max_rel_err"] = _max_rel(rec["params"], self.target_params, self.names)
+        return rec
+
+    def run(self) -> FitResult:
+        opt, st = self._start()
+        hist = self._open_history(st)
+        bar = self._progress_bar(st)
+        t_session = time.perf_counter()
+        wall_before = st.wall_time_s
+        consistent = True
+        try:
+            while st.iteration < self.total_iterations and not st.stopped_early:
+                consistent = False
+                rec = self._step(opt, st)
+                consistent = True
+                self._write(hist, st, rec)
+                st.wall_time_s = wall_before + time.perf_counter() - t_session
+                self._update_bar(bar, rec)
+                if self.callback is not None and self.callback(rec) is True:
+                    st.stopped_early = True
+                if self.checkpoint_every and st.iteration % self.checkpoint_every == 0:
+                    self._save(opt, st)
+        except BaseException:
+            if consistent and self.checkpoint_on_error:
+                st.wall_time_s = wall_before + time.perf_counter() - t_session
+                self._save(opt, st)
+            raise
+        finally:
+            if hist is not None:
+                hist.close()
+            if bar is not None:
+                bar.close()
+        st.wall_time_s = wall_before + time.perf_counter() - t_session
+        self._save(opt, st)
+        if st.n_skipped:
+            warnings.warn(f"{st.n_skipped} of {st.iteration} fit steps were skipped because the loss or a "
+                          f"gradient was NaN/inf (iterations {st.skipped[:20]}{' ...' if st.n_skipped > 20 else ''})",
+                          RuntimeWarning, stacklevel=2)
+        return self._result(opt, st)
+
+    def _step(self, opt, st: "_LoopState") -> dict:
+        it = st.iteration
+        epoch, k = divmod(it, self.n_batches)
+        if opt.epoch != epoch or it == 0:
+            opt.set_epoch(epoch)
+        b = int(self.batches.epoch_order(epoch)[k])
+        values = opt.values()
+        t0 = time.perf_counter()
+        reason = None
+        try:
+            loss, g, grads = self._loss_and_grad(opt, b, _derived_seed(self.seed, "model", epoch, b))
+        except FloatingPointError as exc:  # numpy-level overflow in a backend counts as a non-finite step
+            loss, g, grads, reason = float("nan"), {n: float("nan") for n in self.names}, None, f"error: {exc}"
+        gnorm = float(math.sqrt(sum(v * v for v in g.values())))
+        if reason is None and not _finite(loss):
+            reason = "loss is not finite"
+        elif reason is None and not all(_finite(v) for v in g.values()):
+            reason = "gradient is not finite: " + ", ".join(n for n in self.names if not _finite(g[n]))
+        lr = opt.lr
+        if reason is None:
+            opt.step(grads)
+        else:
+            st.n_skipped += 1
+            st.skipped.append(it)
+        st.iteration = it + 1
+        return self._record(st, it, epoch, k, b, lr, loss, g, gnorm, values, reason is not None, reason,
+                            time.perf_counter() - t0)
+
+    def _write(self, hist, st: "_LoopState", rec: dict) -> None:
+        st.records.append(rec)
+        if hist is None:
+            return
+        line = (json.dumps(rec, allow_nan=True) + "\n").encode("utf-8")
+        hist.write(line)
+        hist.flush()
+        st.history_bytes += len(line)
+
+    def _progress_bar(self, st):
+        if not self.progress:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.total_iterations, initial=st.iteration, desc=f"fit[{self.backend.name}]",
+                    unit="it", dynamic_ncols=True)
+
+    def _update_bar(self, bar, rec):
+        if bar is None:
+            return
+        ref = self.target_params or self.init
+        dev = _max_rel(rec["params"], ref, self.names)
+        key = "max_rel_err" if self.target_params is not None else "max_rel_dev_init"
+        bar.set_postfix({"loss": f"{rec['loss']:.4g}", key: f"{dev:.2%}"}, refresh=False)
+        bar.update(1)
+
+    # ------------------------------------------------------------------------------------------ result
+    def _result(self, opt, st: "_LoopState") -> FitResult:
+        normalized = opt.values()
+        res = FitResult(names=list(self.names), params=self._physical(normalized), normalized=normalized,
+                        init=dict(self.init), target=dict(self.target_params) if self.target_params else None,
+                        history=st.records, iterations=st.iteration, epochs=st.iteration / self.n_batches,
+                        n_batches=self.n_batches, n_skipped=st.n_skipped, skipped_iterations=list(st.skipped),
+                        wall_time_s=st.wall_time_s, backend=self.backend.name,
+                        checkpoint_path=str(self.checkpoint_path) if self.checkpoint_path else None,
+                        history_path=str(self.history_path) if self.history_path else None,
+                        stopped_early=st.stopped_early)
+        if self.want_hessian:
+            self._add_uncertainties(res, normalized)
+        return res
+
+    def full_loss(self, normalized: Mapping[str, Any], batches: Optional[Sequence[int]] = None):
+        """Mean batch loss over ``batches`` (default all) at normalised parameters (framework scalars)."""
+        idx = list(range(self.n_batches)) if batches is None else [int(b) for b in batches]
+        total = None
+        for b in idx:
+            v = self.batch_loss(b, normalized)
+            total = v if total is None else total + v
+        return total / len(idx)
+
+    def _add_uncertainties(self, res: FitResult, normalized: Mapping[str, float]) -> None:
+        from .backends.optim import hessian
+
+        for b in (range(self.n_batches) if self.hessian_batches is None else self.hessian_batches):
+            self._target_for(int(b))
+        h, method = hessian(self.backend.name, lambda p: self.full_loss(p, self.hessian_batches), normalized,
+                            step=self.hessian_step, dtype=self.dtype, device=self.device)
+        res.hessian, res.hessian_method = h, method
+        cov, posdef = covariance_from_hessian(h, self.covariance_scale)
+        d = np.array([self.nominal[n] for n in self.names])
+        res.hessian_posdef = posdef
+        res.covariance = cov
+        res.covariance_physical = cov * np.outer(d, d)
+        res.correlation = correlation_from_covariance(cov)
+        res.errors = {n: float(math.sqrt(max(res.covariance_physical[i, i], 0.0))) for i, n in enumerate(self.names)}
+
+
+@dataclass
+class _LoopState:
+    iteration: int = 0
+    n_skipped: int = 0
+    skipped: List[int] = field(default_factory=list)
+    history_bytes: int = 0
+    wall_time_s: float = 0.0
+    stopped_early: bool = False
+    records: List[dict] = field(default_factory=list)
+
+
+def covariance_from_hessian(h: np.ndarray, scale: float = 1.0):
+    """(scale * H^-1, positive_definite); the pseudo-inverse when H is not positive definite."""
+    h = np.asarray(h, dtype=np.float64)
+    try:
+        np.linalg.cholesky(h)
+        return scale * np.linalg.inv(h), True
+    except np.linalg.LinAlgError:
+        return scale * np.linalg.pinv(h, hermitian=True), False
+
+
+def correlation_from_covariance(cov: np.ndarray) -> np.ndarray:
+    sd = np.sqrt(np.clip(np.diag(cov), 0, None))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        corr = cov / np.outer(sd, sd)
+    return corr
+
+
+# ============================================================================================== entry point
+def fit(segments, target, params: Sequence[str] = FIT_PARAMETERS, backend: str = "torch", loss="sdtw_adc",
+        init: Optional[Mapping[str, float]] = None, lr: float = 5e-2, lr_decay: float = 0.95,
+        clip_norm: Optional[float] = 1.0, epochs: Optional[int] = None, max_iter: Optional[int] = None,
+        batch_length_cm: float = 100.0, seed: int = 0, relaxation="smooth", dtype: str = "float64",
+        device=None, checkpoint_dir=None, resume: bool = False, history_path=None, progress: bool = True,
+        target_noise: bool = False, callback: Optional[Callable[[dict], Any]] = None, **options) -> FitResult:
+    """Fit ``params`` of the simulator to ``target`` by Adam on mini-batches of tracks; see the module docstring.
+
+    segments        segments table (simulation frame), e.g. after :func:`larnd_diff.selection.select_tracks`.
+    target          :class:`~larnd_diff.hits.Hits` (data) or ``{name: true value}`` (closure; target simulated).
+    params          names of the parameters to fit (any subset of ``larnd_diff.params.PARAMETERS``).
+    backend         "torch", "jax" or "tensorflow" (numpy cannot fit: no gradients).
+    loss            a name in :mod:`larnd_diff.losses` (default "sdtw_adc") or ``loss(sim_hits, target_hits)``.
+    init            start values (physical units; default nominal).
+    lr, lr_decay, clip_norm   Adam learning rate, its decay factor per epoch, the global gradient-norm clip.
+    epochs, max_iter          stop after this many epochs / iterations (whichever first; at least one given).
+    batch_length_cm, seed     mini-batch size in cm of track; seed of batching, epoch orders and noise.
+    relaxation, dtype, device simulator settings for the model (and a target simulated with "same").
+    checkpoint_dir, resume    where checkpoints (and by default the history) go; continue from there.
+    history_path    JSON-lines history (default ``<checkpoint_dir>/history.jsonl``; None without a directory).
+    progress        tqdm progress bar with the loss and the max relative parameter deviation.
+    target_noise    simulate a parameter-dict target with electronics noise.
+    callback        ``callback(record)`` after every iteration (record = the history entry); returning True
+                    stops the fit early (checkpointed, resumable); raising aborts it (checkpointed).
+    options         further :class:`Calibrator` keywords: checkpoint_every (10), checkpoint_on_error (True),
+                    overwrite, target_simulator ("same" | "reference"), model_noise, fixed, link_vdrift,
+                    simulator (a stand-in with the signature of :func:`toy_simulator`), hessian (True),
+                    hessian_batches, hessian_step, covariance_scale.
+    """
+    cal = Calibrator(segments, target, params=params, backend=backend, loss=loss, init=init, lr=lr,
+                     lr_decay=lr_decay, clip_norm=clip_norm, epochs=epochs, max_iter=max_iter,
+                     batch_length_cm=batch_length_cm, seed=seed, relaxation=relaxation, dtype=dtype, device=device,
+                     checkpoint_dir=checkpoint_dir, resume=resume, history_path=history_path, progress=progress,
+                     target_noise=target_noise, callback=callback, **options)
+    return cal.run()
+
+
+# ============================================================================================== closure
+def random_targets(n: int, params: Sequence[str] = FIT_PARAMETERS, seed: int = 0) -> List[Dict[str, float]]:
+    """``n`` target points drawn uniformly in the parameters' Table I ranges (seeded)."""
+    _check_names(list(params), "params")
+    rng = np.random.default_rng(_derived_seed("closure-targets", seed))
+    return [{p: float(rng.uniform(SPECS[p].low, SPECS[p].high)) for p in params} for _ in range(n)]
+
+
+def closure(segments, n_targets: int = 10, params: Sequence[str] = FIT_PARAMETERS, seed: int = 0,
+            targets: Optional[Sequence[Mapping[str, float]]] = None, checkpoint_dir=None,
+            tolerance: float = 0.01, **fit_options) -> dict:
+    """Closure test: fit from nominal to ``n_targets`` random targets (or the given ``targets``).
+
+    Returns ``{"targets": [{"target", "fitted", "relative_error", "iterations", "iterations_to_1pct",
+    "wall_time_s", "n_skipped", "max_relative_error"}, ...]}`` (iterations_to_1pct uses ``tolerance``), plus the
+    FitResults under the key ``"results"`` (not JSON; drop it before dumping).
+    """
+    targets = list(targets) if targets is not None else random_targets(n_targets, params, seed)
+    rows, results = [], []
+    for i, tgt in enumerate(targets):
+        ck = Path(checkpoint_dir) / f"target_{i:03d}" if checkpoint_dir is not None else None
+        res = fit(segments, dict(tgt), params=params, seed=seed + i, checkpoint_dir=ck, **fit_options)
+        results.append(res)
+        rows.append({"target": dict(tgt), "fitted": res.params, "relative_error": res.relative_error(),
+                     "max_relative_error": res.max_relative_error(), "iterations": res.iterations,
+                     "iterations_to_1pct": res.iterations_to(tolerance), "wall_time_s": res.wall_time_s,
+                     "n_skipped": res.n_skipped, "hessian_method": res.hessian_method,
+                     "correlation": None if res.correlation is None else np.asarray(res.correlation).tolist()})
+    return {"targets": rows, "results": results}
+
+
+# ============================================================================================== plots
+def _figure(nrows=1, ncols=1, size=(6.4, 4.8)):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, axes
+
+
+def _history_of(obj) -> List[dict]:
+    if isinstance(obj, FitResult):
+        return obj.history
+    if isinstance(obj, (str, Path)):
+        return read_history(obj)
+    return list(obj)
+
+
+def plot_trajectories(result, path, target: Optional[Mapping[str, float]] = None) -> None:
+    """One panel per parameter: value vs iteration (normalised by nominal), the target as a dashed line."""
+    hist = _history_of(result)
+    target = target or (result.target if isinstance(result, FitResult) else None)
+    names = list(hist[0]["params"]) if hist else []
+    ncols = min(3, max(1, len(names)))
+    nrows = max(1, math.ceil(len(names) / ncols))
+    fig, axes = _figure(nrows, ncols, (4.0 * ncols, 3.0 * nrows))
+    it = [r["iteration"] for r in hist]
+    for i, n in enumerate(names):
+        ax = axes[i // ncols][i % ncols]
+        ax.plot(it, [r["params"][n] / SPECS[n].nominal for r in hist], lw=1)
+        if target and n in target:
+            ax.axhline(target[n] / SPECS[n].nominal, color="k", ls="--", lw=1, label="target")
+        ax.set_title(f"{n} [{SPECS[n].unit or '1'}]", fontsize=9)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("value / nominal")
+    for j in range(len(names), nrows * ncols):
+        axes[j // ncols][j % ncols].set_visible(False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def plot_convergence_band(results: Sequence, path, tolerance: float = 0.01) -> None:
+    """Max relative distance to the target over parameters vs iteration for several fits (Fig. 16 style):
+    each fit as a thin line, the median and the min-max band over fits, the tolerance as a dashed line."""
+    fig, axes = _figure()
+    ax = axes[0][0]
+    curves = []
+    for r in results:
+        hist, tgt = r.history, r.target
+        names = r.names
+        y = np.array([_max_rel(h["params"], tgt, names) for h in hist])
+        curves.append(y)
+        ax.plot(np.arange(len(y)), y, color="tab:blue", alpha=0.25, lw=0.8)
+    if curves:
+        n = min(len(c) for c in curves)
+        stack = np.stack([c[:n] for c in curves])
+        x = np.arange(n)
+        ax.fill_between(x, stack.min(0), stack.max(0), color="tab:blue", alpha=0.2, label="min-max over fits")
+        ax.plot(x, np.median(stack, 0), color="tab:blue", lw=1.5, label="median")
+    ax.axhline(tolerance, color="k", ls="--", lw=1, label=f"{tolerance:.0%}")
+    ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("max relative distance to target")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def plot_loss(result, path) -> None:
+    """Loss per iteration (skipped steps marked) and its running mean over one epoch-ish window."""
+    hist = _history_of(result)
+    fig, axes = _figure()
+    ax = axes[0][0]
+    it = np.array([r["iteration"] for r in hist])
+    loss = np.array([r["loss"] for r in hist], dtype=float)
+    ax.plot(it, loss, lw=0.8, label="batch loss")
+    if len(loss) >= 5:
+        w = max(2, min(len(loss) // 10, 50))
+        ax.plot(it[w - 1:], np.convolve(loss, np.ones(w) / w, "valid"), lw=1.5, label=f"mean of {w}")
+    bad = [r["iteration"] for r in hist if r.get("skipped")]
+    if bad:
+        ax.plot(bad, np.zeros(len(bad)), "rx", label="skipped (NaN/inf)")
+    if np.all(loss[np.isfinite(loss)] > 0):
+        ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
