@@ -180,7 +180,7 @@ class Backend:
 
     def is_raw(self, x: Any) -> bool:
         """Whether ``x`` is a raw tensor of this framework (used by backend_of for third parties)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__qualname__} must implement this part of the Backend protocol")
 
     def wrap(self, raw: Any) -> ep.Tensor:
         """Raw tensor -> EagerPy tensor of this backend."""
@@ -192,7 +192,7 @@ class Backend:
     # ---- tensors, dtypes, devices ----------------------------------------------------------
     def raw_asarray(self, value: Any, dtype: str | None = None, device: Any = None) -> Any:
         """numpy array / scalar -> raw tensor of ``dtype`` (default: numpy's dtype) on ``device``."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__qualname__} must implement this part of the Backend protocol")
 
     def asarray(self, value: Any, dtype: str | None = None, device: Any = None) -> ep.Tensor:
         """numpy array / scalar -> EagerPy tensor on ``device`` (default device when None)."""
@@ -200,43 +200,48 @@ class Backend:
 
     def to_numpy(self, t: Any):
         """EagerPy or raw tensor -> numpy array (copies from the device; detaches from autodiff)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__qualname__} must implement this part of the Backend protocol")
 
     def dtype_name(self, t: Any) -> str:
         """dtype of an EagerPy or raw tensor as a plain string ("float32")."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__qualname__} must implement this part of the Backend protocol")
 
     def default_device(self) -> Any:
         """Where new tensors go when no device is given."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__qualname__} must implement this part of the Backend protocol")
 
     def device_of(self, t: Any) -> Any:
         """Device of an EagerPy or raw tensor, in a form ``asarray(device=...)`` accepts."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__qualname__} must implement this part of the Backend protocol")
 
     def cast(self, x: Any, dtype: str) -> Any:
-        raise NotImplementedError
+        self._missing("cast")
 
     def linspace(self, start: float, stop: float, num: int, dtype: str, device: Any) -> Any:
-        raise NotImplementedError
+        self._missing("linspace")
 
     # ---- raw ops (raw in, raw out) ---------------------------------------------------------
-    def erf(self, x): raise NotImplementedError  # noqa: E704
-    def sigmoid(self, x): raise NotImplementedError  # noqa: E704
-    def floor(self, x): raise NotImplementedError  # noqa: E704
-    def ceil(self, x): raise NotImplementedError  # noqa: E704
-    def round_half_even(self, x): raise NotImplementedError  # noqa: E704
-    def cumsum(self, x, axis: int, reverse: bool = False): raise NotImplementedError  # noqa: E704
-    def logcumsumexp(self, x, axis: int = -1, reverse: bool = False): raise NotImplementedError  # noqa: E704
-    def scatter_add(self, target, index, values): raise NotImplementedError  # noqa: E704
-    def segment_sum(self, values, segment_ids, num_segments: int): raise NotImplementedError  # noqa: E704
-    def gather(self, x, index, axis: int): raise NotImplementedError  # noqa: E704
-    def take_along_axis(self, x, index, axis: int): raise NotImplementedError  # noqa: E704
-    def searchsorted(self, sorted_seq, values, side: str = "left"): raise NotImplementedError  # noqa: E704
-    def stop_gradient(self, x): raise NotImplementedError  # noqa: E704
-    def einsum(self, subscripts: str, *xs): raise NotImplementedError  # noqa: E704
-    def nan_to_num(self, x, nan: float = 0.0): raise NotImplementedError  # noqa: E704
-    def index_set(self, x, index, values): raise NotImplementedError  # noqa: E704
+    # Defaults raise NotSupported, so a third-party adapter that leaves an op out fails with a sentence
+    # naming the backend and the op instead of a bare NotImplementedError.
+    def _missing(self, op: str):
+        raise NotSupported(self.name, op, "its adapter does not implement it")
+
+    def erf(self, x): self._missing("erf")  # noqa: E704
+    def sigmoid(self, x): self._missing("sigmoid")  # noqa: E704
+    def floor(self, x): self._missing("floor")  # noqa: E704
+    def ceil(self, x): self._missing("ceil")  # noqa: E704
+    def round_half_even(self, x): self._missing("round_half_even")  # noqa: E704
+    def cumsum(self, x, axis: int, reverse: bool = False): self._missing("cumsum")  # noqa: E704
+    def logcumsumexp(self, x, axis: int = -1, reverse: bool = False): self._missing("logcumsumexp")  # noqa: E704
+    def scatter_add(self, target, index, values): self._missing("scatter_add")  # noqa: E704
+    def segment_sum(self, values, segment_ids, num_segments: int): self._missing("segment_sum")  # noqa: E704
+    def gather(self, x, index, axis: int): self._missing("gather")  # noqa: E704
+    def take_along_axis(self, x, index, axis: int): self._missing("take_along_axis")  # noqa: E704
+    def searchsorted(self, sorted_seq, values, side: str = "left"): self._missing("searchsorted")  # noqa: E704
+    def stop_gradient(self, x): self._missing("stop_gradient")  # noqa: E704
+    def einsum(self, subscripts: str, *xs): self._missing("einsum")  # noqa: E704
+    def nan_to_num(self, x, nan: float = 0.0): self._missing("nan_to_num")  # noqa: E704
+    def index_set(self, x, index, values): self._missing("index_set")  # noqa: E704
 
     # ---- transformations (EagerPy functions) -----------------------------------------------
     def value_and_grad(self, f: Callable, params: Dict[str, Any], *args: Any, has_aux: bool = False):
@@ -245,10 +250,12 @@ class Backend:
         ``f`` receives a dict of EagerPy tensors. Parameters ``f`` does not use get zero gradients.
         """
         self.require("grad", "it is forward-only")
+        self._missing("grad")
 
     def jvp(self, f: Callable, params: Dict[str, Any], tangents: Dict[str, Any], *args: Any):
         """``(f(params), d f(params) . tangents)``; tangents missing from the dict count as zero."""
         self.require("jvp", "it has no forward-mode autodiff")
+        self._missing("jvp")
 
     def jit(self, f: Callable, static_argnames: Iterable[str] = (), **options: Any) -> Jitted:
         """Identity by default (eager backends); see subclasses."""
@@ -267,4 +274,4 @@ class Backend:
 
     def rng(self, seed: int, device: Any = None):
         """A seeded generator with ``normal(shape, dtype)`` / ``uniform(shape, dtype)`` (no global state)."""
-        raise NotImplementedError
+        self._missing("rng")

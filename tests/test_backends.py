@@ -129,6 +129,16 @@ def test_numpy_not_supported_messages(backend):
         b.jvp(lambda p: p["a"], {"a": np.ones(2)}, {"a": np.ones(2)})
 
 
+def test_missing_op_in_an_adapter_is_not_supported():
+    class Bare(Backend):
+        name = "bare"
+
+    with pytest.raises(NotSupported, match="backend 'bare' cannot do 'erf': its adapter does not implement it"):
+        Bare().erf(None)
+    with pytest.raises(NotSupported, match="backend 'bare' cannot compute gradients: it is forward-only"):
+        Bare().value_and_grad(lambda p: p, {})
+
+
 # ============================================================================== gradients
 def _quadratic(p, scale):
     """sum(a * x^2) * scale + b^3; parameter 'unused' does not enter."""
