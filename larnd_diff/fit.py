@@ -342,7 +342,7 @@ class Calibrator:
                  checkpoint_every: int = 10, checkpoint_on_error: bool = True, resume: bool = False,
                  overwrite: bool = False, history_path=None, progress: bool = True, target_noise: bool = False,
                  target_simulator: str = "same", model_noise: bool = False,
-                 fixed: Optional[Mapping[str, float]] = None, link_vdrift: bool = False,
+                 fixed: Optional[Mapping[str, float]] = None, link_vdrift: Optional[bool] = None,
                  simulator: Optional[Callable] = None, callback: Optional[Callable] = None,
                  hessian: bool = True, hessian_batches: Optional[Sequence[int]] = None,
                  hessian_step: float = 1e-4, covariance_scale: float = 1.0):
@@ -382,7 +382,9 @@ class Calibrator:
         self.loss_name = loss if isinstance(loss, str) else getattr(loss, "__name__", repr(loss))
         self.loss_fn = _resolve_loss(loss)
         self.simulator = simulator or _default_simulator
-        self.model_noise, self.link_vdrift = bool(model_noise), bool(link_vdrift)
+        # None = link when eField is fitted: unlinked, eField enters recombination only as kb / eField
+        self.model_noise = bool(model_noise)
+        self.link_vdrift = ("eField" in self.names) if link_vdrift is None else bool(link_vdrift)
         self.callback, self.progress = callback, progress
         self.want_hessian, self.hessian_batches = hessian, hessian_batches
         self.hessian_step, self.covariance_scale = float(hessian_step), float(covariance_scale)
@@ -737,7 +739,8 @@ def fit(segments, target, params: Sequence[str] = FIT_PARAMETERS, backend: str =
     callback        ``callback(record)`` after every iteration (record = the history entry); returning True
                     stops the fit early (checkpointed, resumable); raising aborts it (checkpointed).
     options         further :class:`Calibrator` keywords: checkpoint_every (10), checkpoint_on_error (True),
-                    overwrite, target_simulator ("same" | "reference"), model_noise, fixed, link_vdrift,
+                    overwrite, target_simulator ("same" | "reference"), model_noise, fixed,
+                    link_vdrift (vdrift = eField x mobility; default: when eField is fitted),
                     simulator (a stand-in with the signature of :func:`toy_simulator`), hessian (True),
                     hessian_batches, hessian_step, covariance_scale.
     """
