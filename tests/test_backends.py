@@ -271,7 +271,8 @@ def test_jit_of_value_and_grad(backend):
 
 
 def _heavy(x, w):
-    """A chain worth checkpointing: erf of a scatter-added profile."""
+    """A chain worth checkpointing: erf of a scatter-added profile (``w`` may come inside a dict)."""
+    w = w["w"] if isinstance(w, dict) else w
     idx = ops.asarray(x, np.array([0, 1, 1, 2, 0]), "int64")
     prof = ops.scatter_add(x * 0.0, idx, ops.sigmoid(w) * 2.0)
     return ops.erf(prof * x).sum() + ops.cumsum(prof, 0)[-1]
@@ -284,7 +285,7 @@ def test_checkpoint_gives_the_same_gradient(backend):
               "w": b.asarray(np.array([0.1, 0.4, -0.5, 1.0, 2.0]), "float64")}
     ck = b.checkpoint(_heavy)
     v0, g0 = b.value_and_grad(lambda p: _heavy(p["x"], p["w"]), params)
-    v1, g1 = b.value_and_grad(lambda p: ck(p["x"], p["w"]), params)
+    v1, g1 = b.value_and_grad(lambda p: ck(p["x"], {"w": p["w"]}), params)  # nested args cross the boundary too
     assert float(ops.to_numpy(v0)) == pytest.approx(float(ops.to_numpy(v1)), rel=1e-14)
     for k in params:
         np.testing.assert_allclose(ops.to_numpy(g1[k]), ops.to_numpy(g0[k]), rtol=1e-12)
