@@ -668,6 +668,15 @@ class Calibrator:
             total = v if total is None else total + v
         return total / len(idx)
 
+    def loss_at(self, values: Mapping[str, float], batches: Optional[Sequence[int]] = None) -> float:
+        """Mean batch loss at physical parameter ``values`` of the fitted parameters (forward only; for scans)."""
+        missing = [n for n in self.names if n not in values]
+        if missing:
+            raise KeyError(f"loss_at needs values for {missing}")
+        normalized = {n: self.backend.raw_asarray(float(values[n]) / self.nominal[n], self.dtype, self.device)
+                      for n in self.names}
+        return float(self.backend.to_numpy(self.full_loss(normalized, batches)))
+
     def _add_uncertainties(self, res: FitResult, normalized: Mapping[str, float]) -> None:
         from .backends.optim import hessian
 
