@@ -288,3 +288,59 @@ def test_history_file_content(segments, tmp_path):
         assert r["max_rel_err"] == pytest.approx(max(abs(r["params"]["Ab"] / 0.84 - 1),
                                                      abs(r["params"]["lifetime"] / 3100.0 - 1)))
     assert recs == res.history
+
+
+# ------------------------------------------------------------------------------------------ CLI and plots
+def test_cli_closure_json(tmp_path):
+    pytest.importorskip("torch")
+    from larnd_diff.cli_fit import main
+
+    out = tmp_path / "closure.json"
+    assert main(["closure", "--toy", "--targets", "2", "--max-iter", "40", "--params", "Ab,lifetime",
+                 "--events", "10", "--json", str(out), "--no-hessian", "-q", "--plots", str(tmp_path)]) == 0
+    data = json.loads(out.read_text())
+    assert len(data["targets"]) == 2
+    row = data["targets"][0]
+    assert set(row) >= {"target", "fitted", "relative_error", "iterations", "iterations_to_1pct", "wall_time_s"}
+    assert set(row["target"]) == {"Ab", "lifetime"} and row["iterations"] == 40
+    for n, v in row["relative_error"].items():
+        assert v == pytest.approx((row["fitted"][n] - row["target"][n]) / row["target"][n])
+    assert (tmp_path / "convergence_band.png").stat().st_size > 0
+
+
+def test_cli_fit_checkpoint_and_resume(segments, tmp_path):
+    pytest.importorskip("torch")
+    from larnd_diff.cli_fit import main
+    from larnd_diff.io import save_segments
+
+    path = tmp_path / "segs.h5"
+    save_segments(path, segments, swap_xz=False)
+    common = [str(path), "--no-swap", "--toy", "--target-params", "Ab=0.84,lifetime=3000", "--params",
+              "Ab,lifetime", "--checkpoint-dir", str(tmp_path / "ck"), "--batch-length", "60", "-q", "--no-hessian"]
+    assert main(["fit", *common, "--max-iter", "4"]) == 0
+    with pytest.raises(FileExistsError):
+        main(["fit", *common, "--max-iter", "8"])
+    assert main(["fit", *common, "--max-iter", "8", "--resume", "--json", str(tmp_path / "r.json")]) == 0
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert res["iterations"] == 8 and len(read_history(tmp_path / "ck" / HISTORY_NAME)) == 8
+
+
+def test_cli_rejects_unknown_names():
+    from larnd_diff.cli_fit import parse_assignments, parse_names
+
+    with pytest.raises(SystemExit, match="known"):
+        parse_names("Ab,foo")
+    with pytest.raises(SystemExit, match="known"):
+        parse_assignments("Ab=0.8,bar=1")
+    assert parse_assignments("Ab=0.85, lifetime=3e3") == {"Ab": 0.85, "lifetime": 3000.0}
+
+
+def test_plots_are_written(segments, tmp_path):
+    pytest.importorskip("torch")
+    from larnd_diff.fit import plot_convergence_band, plot_loss, plot_trajectories
+
+    res = [_toy_fit(segments, "torch", max_iter=5), _toy_fit(segments, "torch", max_iter=5, seed=6)]
+    plot_trajectories(res[0], tmp_path / "t.png")
+    plot_loss(res[0], tmp_path / "l.png")
+    plot_convergence_band(res, tmp_path / "b.png")
+    assert all((tmp_path / f).stat().st_size > 1000 for f in ("t.png", "l.png", "b.png"))
