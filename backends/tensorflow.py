@@ -140,8 +140,10 @@ class Backend(_Base):
 
     def searchsorted(self, sorted_seq, values, side="left"):
         # tf.searchsorted wants matching leading dims: search one row, then restore values' shape
-        flat = tf.reshape(values, (1, -1))
-        out = tf.searchsorted(tf.reshape(sorted_seq, (1, -1)), flat, side=side, out_type=tf.int64)
+        common = np.result_type(sorted_seq.dtype.as_numpy_dtype, values.dtype.as_numpy_dtype).name
+        flat = tf.reshape(tf.cast(values, common), (1, -1))
+        seq = tf.reshape(tf.cast(sorted_seq, common), (1, -1))
+        out = tf.searchsorted(seq, flat, side=side, out_type=tf.int64)
         return tf.reshape(out, tf.shape(values))
 
     def stop_gradient(self, x):

@@ -124,7 +124,9 @@ class Backend(_Base):
         return torch.take_along_dim(x, index, dim=axis)
 
     def searchsorted(self, sorted_seq, values, side="left"):
-        return torch.searchsorted(sorted_seq.contiguous(), values.contiguous(), side=side).to(torch.int64)
+        common = torch.promote_types(sorted_seq.dtype, values.dtype)  # numpy compares in the common dtype
+        return torch.searchsorted(sorted_seq.to(common).contiguous(), values.to(common).contiguous(),
+                                  side=side).to(torch.int64)
 
     def stop_gradient(self, x):
         return x.detach()

@@ -265,6 +265,14 @@ def test_index_results_are_int64(backend):
     assert ops.dtype_name(ops.searchsorted(ops.cast(seq, "float32"), ops.cast(seq, "float32"))) == "int64"
 
 
+def test_searchsorted_mixed_dtypes(backend):
+    b = ops.get_backend(backend)
+    seq = b.asarray(np.array([0.0, 1.0, 2.0]), "float64")
+    vals = b.asarray(np.array([0.5, 2.0, -1.0]), "float32")
+    np.testing.assert_array_equal(ops.to_numpy(ops.searchsorted(seq, vals)), [1, 2, 0])
+    np.testing.assert_array_equal(ops.to_numpy(ops.searchsorted(seq, b.asarray(np.array([1, 3]), "int64"))), [1, 3])
+
+
 def test_dtype_name_and_asarray_dtypes(backend):
     b = ops.get_backend(backend)
     like = b.asarray(np.zeros(2), "float32")
