@@ -1,0 +1,255 @@
+"""LArPix front-end electronics: discrimination, integration and digitisation of pixel waveforms (spec 4.5).
+
+The input is the induced charge per 0.1 us tick, in electrons, on the event tick axis (tick n <-> n x 0.1 us).
+Per pixel the reference front end (larnd-sim ``fee.py``) does, in conversion cycles:
+
+1. integrate the charge tick by tick from the cycle's start tick, on top of a reset baseline (900 e- noise after
+   a reset, 500 e- after a failed conversion, 0 with noise off);
+2. trigger at the first tick where that running integral, plus a fresh 500 e- discriminator-noise draw used for
+   this comparison only, reaches the 7 ke- threshold;
+3. integrate the trigger tick *again* and the 18 following ticks (a larnd-sim quirk: the trigger tick counts
+   twice), add a 500 e- noise draw: that is the converted charge;
+4. below threshold: failed conversion, 1 dead tick, baseline 500 e-; otherwise store the sample (charge and the
+   trigger tick x 600/6003 us), 2 dead ticks, baseline 900 e-; at most 10 samples per pixel.
+
+A NaN tick poisons the running integral: before a trigger it silences the pixel for the rest of the waveform,
+inside a conversion window it yields a stored NaN sample (the reference does exactly this).
+
+Here the cycles run vectorised over pixels: the running integral is a difference of one cumulative sum over the
+whole waveform, and each of a fixed number of iterations finds every pixel's next trigger with one masked
+comparison over its ticks. There is no data-dependent Python control flow, so the same code runs eagerly and
+under ``jax.jit`` / ``tf.function``.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import eagerpy as ep
+
+from larnd_diff import ops
+from larnd_diff.sim.config import as_relaxation
+
+
+class Samples(NamedTuple):
+    """Output of :func:`electronics`, each (n_rows, max_adc_values); NaN in empty slots.
+
+    adc     digitised value (counts; real-valued with ``adc="continuous"``)
+    time    trigger time in us from the start of the event (trigger tick x ``detector.adc_tick_us``)
+    charge  converted charge in electrons (before digitisation)
+    """
+
+    adc: ep.Tensor
+    time: ep.Tensor
+    charge: ep.Tensor
+
+
+# ---------------------------------------------------------------------------------------------- digitisation
+def digitize(charge_e, electronics, adc_mode: str = "round"):
+    """ADC counts of a converted charge in electrons (larnd-sim ``digitize``).
+
+    adc = min(round_half_even(max(Q g + V_ped - V_cm, 0) x counts / (V_ref - V_cm)), counts): 74 at zero charge,
+    81 at the 7 ke- threshold, saturating at 256 from ~179.5 ke-. ``adc_mode="continuous"`` skips the rounding
+    (the clips stay, so the gradient is zero in saturation).
+    """
+    e = electronics
+    volts = ep.maximum(charge_e * e.gain_mv_per_e + e.v_pedestal_mv - e.v_cm_mv, 0.0)
+    value = volts * e.adc_counts / (e.v_ref_mv - e.v_cm_mv)
+    if adc_mode == "round":
+        value = ops.round_half_even(value)
+    elif adc_mode != "continuous":
+        raise ValueError(f"unknown adc relaxation {adc_mode!r}; choose 'round' or 'continuous'")
+    return ep.minimum(value, float(e.adc_counts))
+
+
+# ---------------------------------------------------------------------------------------------- building blocks
+def running_integral(charge_per_tick):
+    """(cumulative charge, cumulative NaN count, charge with NaN -> 0), each (n_rows, n_ticks).
+
+    Column n holds the sum over ticks 0..n (inclusive), so the charge of ticks a..b is Q[b] - Q[a - 1]
+    (:func:`_before` gives Q[a - 1], 0 for a = 0). NaN ticks contribute 0 to the charge and 1 to the count:
+    a range containing one has a positive count difference.
+    """
+    is_nan = ep.isnan(charge_per_tick)
+    clean = ep.where(ep.logical_not(is_nan), charge_per_tick, 0.0)   # tensor first: TF graphs type the scalar
+    q = ops.cumsum(clean, axis=1)
+    nans = ops.cumsum(ops.cast(is_nan, "int32"), axis=1)
+    return q, nans, clean
+
+
+def _at(table, index):
+    """table[r, index[r]] for every row r (index: (n_rows,) int64)."""
+    return ops.take_along_axis(table, index[:, None], axis=1)[:, 0]
+
+
+def _before(table, index):
+    """Inclusive cumulative table: the value just before ``index`` (table[r, index[r] - 1], 0 at index 0)."""
+    value = _at(table, ep.maximum(index - 1, 0))
+    return ep.where(index > 0, value, ep.zeros_like(value))
+
+
+def discriminate(q_disc, tick, ticks_left, start, target, n_ticks: int):
+    """First tick n >= start[r] with q_disc[r, n] >= target[r], per row; ``n_ticks`` where there is none.
+
+    q_disc is the cumulative charge (plus discriminator noise) on ticks 0..n_ticks-1; target the threshold minus
+    the baseline plus the cumulative charge before the cycle's start. ``ticks_left`` = n_ticks - tick (int32):
+    the first crossing is the one with the most ticks left, a max that is unique (argmax ties are not
+    guaranteed to resolve to the first index on every backend) and cheap in a small integer type.
+    """
+    crossing = ep.logical_and(tick >= start[:, None], q_disc >= target[:, None])
+    most_left = ep.max(ep.where(crossing, ticks_left, ep.zeros_like(ticks_left[:, :1])), axis=1)
+    return n_ticks - ops.cast(most_left, "int64")
+
+
+def interpolated_crossing(trigger, q, clean, start, baseline, threshold):
+    """Fractional tick where the running integral crosses the threshold (linear between ticks n_c - 1 and n_c).
+
+    n* = n_c - 1 + (thr - Qacc[n_c - 1]) / (Qacc[n_c] - Qacc[n_c - 1]) with Qacc the integral since the cycle's
+    start (baseline included); the fraction is clipped to [0, 1] (a noise-induced trigger need not bracket the
+    crossing) and a zero step gives fraction 1.
+    """
+    before = baseline + _before(q, trigger) - _before(q, start)
+    step = _at(clean, trigger)
+    has_step = step > 0
+    fraction = (threshold - before) / ep.where(has_step, step, ep.ones_like(step))
+    fraction = ep.where(has_step, ep.clip(fraction, 0.0, 1.0), ep.ones_like(fraction))
+    return ops.cast(trigger, ops.dtype_name(q)) - 1 + fraction
+
+
+def _default_cycles(max_samples: int, noise: bool) -> int:
+    # Noise off, a conversion can only fail on negative charge: max_samples cycles suffice. With noise, failed
+    # conversions (charge near threshold) need extra cycles; twice as many covers them in practice.
+    return 2 * max_samples if noise else max_samples
+
+
+# ---------------------------------------------------------------------------------------------- front end
+def electronics(charge_per_tick, detector, relaxation="hard", *, noise: bool = False, rng=None,
+                active_ticks=None, max_cycles: Optional[int] = None) -> Samples:
+    """Self-triggered readout of pixel waveforms: (adc, time, charge), each (n_rows, 10), NaN in empty slots.
+
+    charge_per_tick  EagerPy tensor (n_rows, n_ticks) of induced charge in electrons per 0.1 us tick, tick n at
+                     n x 0.1 us from the start of the event (n_ticks <= 6003 for larnd-sim's event window).
+    detector         :class:`larnd_diff.detector.Detector` (electronics constants, ``adc_tick_us``).
+    relaxation       preset name or :class:`Relaxation`; this stage reads two knobs:
+                     ``adc``      "round": round-half-even digitisation as in larnd-sim; "continuous": the same
+                                  formula unrounded (clipped to [0, 256]: no gradient in saturation).
+                     ``trigger``  "tick": time = trigger tick x 600/6003 us, no gradient; "interpolated": same
+                                  forward value, but the time's gradient is that of the linearly interpolated
+                                  threshold crossing n* x 600/6003 us (straight-through estimator). The trigger
+                                  tick always selects the integration window, so the converted charge (hence a
+                                  continuous ADC) differs from the reference only by the ADC rounding.
+                     The converted charge is always a real-valued (differentiable) sum of the input ticks.
+    noise            reset (900 e-), per-tick discriminator (500 e-) and conversion (500 e-) noise, drawn from
+                     ``rng`` (anything with ``normal(shape, dtype)``, e.g. ``ops.get_backend(name).rng(seed)``;
+                     default: the tensor's backend seeded with 0). Statistically equivalent to larnd-sim,
+                     not draw-for-draw.
+    active_ticks     ticks beyond this count (an int, or an int tensor per row) are treated as past the end of
+                     the waveform (for inputs padded to a fixed length); default n_ticks.
+    max_cycles       number of conversion cycles simulated (a fixed loop bound, so the function traces once
+                     under jit). Default: 10 without noise (every cycle that triggers then succeeds, unless
+                     the input charge is negative), 20 with noise (failed conversions do not fill a slot).
+    """
+    relaxation = as_relaxation(relaxation)
+    fee = detector.electronics
+    n_rows, n_ticks = charge_per_tick.shape
+    n_slots = fee.max_adc_values
+    window = fee.integration_ticks(detector.t_sampling)
+    threshold = fee.threshold_e
+    n_cycles = _default_cycles(n_slots, noise) if max_cycles is None else int(max_cycles)
+    dtype = ops.dtype_name(charge_per_tick)
+
+    q, nans, clean = running_integral(charge_per_tick)
+    tick = ops.cast(ep.arange(charge_per_tick, n_ticks), "int64")[None, :]
+    ticks_left = ops.cast(n_ticks - tick, "int32")
+    slot = ops.cast(ep.arange(charge_per_tick, n_slots), "int64")[None, :]
+    if active_ticks is None:
+        last_tick = ops.cast(ep.full_like(q[:, 0], float(n_ticks - 1)), "int64")
+    elif isinstance(active_ticks, int):
+        last_tick = ops.cast(ep.full_like(q[:, 0], float(min(active_ticks, n_ticks) - 1)), "int64")
+    else:
+        last_tick = ep.minimum(ops.cast(active_ticks, "int64"), n_ticks) - 1
+
+    q_disc = q
+    zeros_row = ep.zeros_like(q[:, 0])
+    if noise:
+        if rng is None:
+            rng = ops.get_backend(charge_per_tick).rng(0)
+        q_disc = q_disc + fee.uncorrelated_noise_e * _normal(rng, (n_rows, n_ticks), dtype, charge_per_tick)
+        reset_noise = fee.reset_noise_e * _normal(rng, (n_rows, n_cycles), dtype, charge_per_tick)
+        failed_reset_noise = fee.uncorrelated_noise_e * _normal(rng, (n_rows, n_cycles), dtype, charge_per_tick)
+        conversion_noise = fee.uncorrelated_noise_e * _normal(rng, (n_rows, n_cycles), dtype, charge_per_tick)
+
+    start = ops.cast(zeros_row, "int64")
+    count = ops.cast(zeros_row, "int64")
+    live = last_tick >= 0
+    baseline = reset_noise[:, 0] if noise else zeros_row
+    nan_slots = ep.full(q, (n_rows, n_slots), float("nan"))
+    out_charge = nan_slots
+    out_tick = ops.cast(ep.zeros_like(nan_slots), "int64")
+    out_crossing = nan_slots
+
+    for cycle in range(n_cycles):
+        start_c = ep.minimum(start, n_ticks)                      # gathers stay in range for finished rows
+        before = _before(q, start_c)
+        trigger = discriminate(q_disc, tick, ticks_left, start_c, threshold - baseline + before, n_ticks)
+        # NaN between the cycle's start and the trigger: the running integral is NaN, it never triggers again.
+        trigger_c = ep.minimum(trigger, n_ticks - 1)
+        clean_run = _at(nans, trigger_c) == _before(nans, start_c)
+        fired = _all(live, trigger <= last_tick, clean_run)
+
+        end = ep.minimum(trigger_c + window, last_tick)
+        end = ep.maximum(end, trigger_c)                           # rows that did not fire: any valid index
+        charge = baseline + (_at(q, end) - before) + _at(clean, trigger_c)
+        if noise:
+            charge = charge + conversion_noise[:, cycle]
+        charge = ep.where(_at(nans, end) == _before(nans, trigger_c), charge, float("nan"))
+        failed = charge < threshold                                # False for NaN: stored, like the reference
+        stored = ep.logical_and(fired, ep.logical_not(failed))
+
+        put = ep.logical_and(slot == count[:, None], stored[:, None])
+        out_charge = ep.where(put, charge[:, None], out_charge)
+        out_tick = ep.where(put, trigger_c[:, None], out_tick)
+        if relaxation.trigger == "interpolated":
+            crossing = interpolated_crossing(trigger_c, q, clean, start_c, baseline, threshold)
+            out_crossing = ep.where(put, crossing[:, None], out_crossing)
+
+        count = count + ops.cast(stored, "int64")
+        dead = 1 + (fee.dead_ticks - 1) * ops.cast(stored, "int64")   # 2 dead ticks after success, 1 after failure
+        start = ep.where(fired, end + 1 + dead, start)
+        live = _all(fired, count < n_slots, start <= last_tick)
+        if noise:
+            next_cycle = min(cycle + 1, n_cycles - 1)
+            baseline = ep.where(stored, reset_noise[:, next_cycle], failed_reset_noise[:, cycle])
+
+    filled = ep.logical_not(ep.isnan(out_charge))
+    has_sample = slot < count[:, None]
+    time = _trigger_time(out_tick, out_crossing, has_sample, detector, relaxation, dtype)
+    adc = digitize(ep.where(filled, out_charge, 0.0), fee, relaxation.adc)
+    adc = ep.where(filled, adc, float("nan"))
+    return Samples(adc=adc, time=time, charge=out_charge)
+
+
+def _trigger_time(out_tick, out_crossing, has_sample, detector, relaxation, dtype):
+    """Sample times in us: tick x adc_tick_us; with the interpolated trigger, the straight-through crossing."""
+    time = ops.cast(out_tick, dtype) * detector.adc_tick_us
+    if relaxation.trigger == "interpolated":
+        crossing = ep.where(has_sample, out_crossing, 0.0) * detector.adc_tick_us
+        time = time + (crossing - ops.stop_gradient(crossing))
+    elif relaxation.trigger != "tick":
+        raise ValueError(f"unknown trigger relaxation {relaxation.trigger!r}; choose 'tick' or 'interpolated'")
+    return ep.where(has_sample, time, float("nan"))
+
+
+def _all(*masks):
+    out = masks[0]
+    for m in masks[1:]:
+        out = ep.logical_and(out, m)
+    return out
+
+
+def _normal(rng, shape, dtype, like):
+    """Standard normal draws from ``rng`` as a tensor of ``like``'s backend."""
+    z = rng.normal(shape, dtype)
+    return z if isinstance(z, ep.Tensor) else ops.asarray(like, z, dtype)
+
+
+__all__ = ["electronics", "Samples", "digitize", "discriminate", "running_integral", "interpolated_crossing"]
