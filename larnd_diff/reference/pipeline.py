@@ -11,7 +11,7 @@ from ..params import as_params
 from .backtrack import backtrack_samples, segments_per_pixel
 from .drift import drift
 from .electronics import digitize, front_end
-from .induce import accumulate_waveforms, pair_signals, signal_windows
+from .induce import E_CHARGE, accumulate_waveforms, pair_signals, signal_windows
 from .pixels import neighbourhood_radius, segment_pixel_pairs, unique_pixels
 from .quench import quench
 from .rng import create_streams, n_streams
@@ -48,11 +48,9 @@ def chunk_waveforms(segs, det, vdrift, single):
     track_starts, time_max = signal_windows(segs["t_start"].astype(np.float64), segs["t_end"].astype(np.float64),
                                             vdrift, dt, det.time_padding, det.time_interval[1])
     start_tick = np.rint(track_starts / dt).astype(np.int64)
-    plane_u = uniq[:, 0] // det.n_pixels[0]
     x_c, y_c = det.pixel_center(uniq[:, 0], uniq[:, 1])
     centres = np.stack([x_c, y_c], axis=1)[pair_row]
     z_anode = borders[plane, 2, 0]
-    del plane_u
     signals, n_live = pair_signals(
         pair_seg, np.ascontiguousarray(centres), segs["x_start"], segs["y_start"], segs["z_start"],
         segs["x_end"], segs["y_end"], segs["z_end"], segs["tran_diff"], segs["long_diff"],
@@ -107,17 +105,20 @@ def simulate(segments, detector=None, params=None, *, noise=False, seed=0, preci
                 np.zeros((1, 2), np.uint64)
             charges, ticks, counts = front_end(wf, dt, el.threshold_e, el.integration_ticks(dt), el.max_adc_values,
                                                el.reset_noise_e, el.uncorrelated_noise_e, state, bool(noise))
+            # a conversion that integrated NaN current (spec 4.4.3) digitises to NaN: larnd-sim's export drops it
+            filled = (ticks >= 0) & np.isfinite(charges)
+            counts = filled.sum(axis=1)
             keep = counts > 0
             if not np.any(keep):
                 continue
-            filled = ticks >= 0
             times = np.where(filled, ticks * det.adc_tick_us, np.nan)
             adc = np.where(filled, digitize(np.where(filled, charges, 0.0), el), np.nan)
             track_map = segments_per_pixel(pair_row, pair_seg, n_rows, N_BACKTRACK)
             bt = backtrack_samples(track_map[keep], np.where(filled, times, 0.0)[keep], counts[keep],
                                    segs["t_start"].astype(np.float64), segs["t_end"].astype(np.float64),
                                    det.time_padding, t_hi_pad, rows.astype(np.int64))
+            charge_e = np.where(filled, charges / E_CHARGE, np.nan)
             parts.append(Hits(event_id=np.full(int(keep.sum()), ev, np.int64), pixel=uniq[keep],
-                              adc=adc[keep], time=times[keep], charge=(charges / 1.602e-19)[keep], backtrack=bt))
+                              adc=adc[keep], time=times[keep], charge=charge_e[keep], backtrack=bt))
     hits = Hits.concatenate(parts, el.max_adc_values)
     return (hits, waves) if return_waveforms else hits
