@@ -133,6 +133,7 @@ def scan(backend_name: str, body: Callable, init: Any, xs: Any, reverse: bool = 
 
         if not tf.executing_eagerly():
             return _scan_tf_graph(body, init, xs, reverse, keep)
+        return _scan_tf_eager(body, init, xs, reverse, keep)
     return _scan_python(body, init, xs, reverse, keep)
 
 
@@ -184,12 +185,30 @@ def _scan_jax(body, init, xs, reverse, keep):
     return wrap(carry), (wrap(ys) if keep else None)
 
 
+def _scan_tf_eager(body, init, xs, reverse, keep):
+    """Eager TensorFlow: build the while loop once in a throw-away ``tf.function`` and run it.
+
+    TF's eager per-op cost (tens of microseconds) times n + m steps times ~25 ops made the plain Python loop
+    20x slower than the graph; tracing one loop body costs a fraction of a second.
+    """
+    import tensorflow as tf
+
+    def run():
+        carry, ys = _scan_tf_graph(body, init, xs, reverse, keep)
+        return tree_map(unwrap, carry), (tree_map(unwrap, ys) if keep else ())
+
+    carry, ys = tf.function(run, autograph=False)()
+    carry = tree_map(ep.astensor, carry)
+    return carry, (tree_map(ep.astensor, ys) if keep else None)
+
+
 def _scan_tf_graph(body, init, xs, reverse, keep):
     """Graph-mode TensorFlow: a ``tf.while_loop`` whose per-step outputs go into TensorArrays."""
     import tensorflow as tf
 
     raw_xs = _leaves(tree_map(unwrap, xs))
-    length = tf.shape(raw_xs[0])[0]
+    static = raw_xs[0].shape[0]  # a Python int keeps the stacked ys' leading dimension static
+    length = int(static) if static is not None else tf.shape(raw_xs[0])[0]
     init_raw = tree_map(unwrap, init)
     flat_init = _leaves(init_raw)
 

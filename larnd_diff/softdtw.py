@@ -135,82 +135,89 @@ def _sanitize(x: ep.Tensor, mask: ep.Tensor) -> ep.Tensor:
     return ep.where(mask[:, :, None], x, ep.zeros_like(x))
 
 
-# =========================================================================================== skewing
-def _skew_index(like_int: ep.Tensor, batch: int, n: int, m: int) -> ep.Tensor:
-    """Flat indices into ``concat(C.reshape(-1), [0])`` giving the skewed layout (n+m-1, B, n+1).
+# =========================================================================================== diagonals
+def _diagonal_reader(c: ep.Tensor, nx: ep.Tensor, ny: ep.Tensor, gamma: float) -> Callable[[Any], ep.Tensor]:
+    """``read(k) -> (B, N+1)``: row i holds C[i, k-i] / gamma (1-based), 0 off the grid or beyond (n_b, m_b).
 
-    Entry (k-2, b, i) is cell (i, j = k-i) of item b (1-based); cells off the grid point at the trailing 0.
+    The diagonal is gathered from C inside each step rather than from a pre-skewed copy: that copy and its
+    index would cost 3x the memory of C, and the step gathers only N+1 numbers per item. Masking with
+    ``where`` (not a product) keeps NaN or inf in padded cells out of the tables.
     """
-    k = ep.arange(like_int, 2, n + m + 1).reshape((n + m - 1, 1, 1))
-    i = ep.arange(like_int, 0, n + 1).reshape((1, 1, n + 1))
-    b = ep.arange(like_int, 0, batch).reshape((1, batch, 1))
-    j = k - i
-    on_grid = ep.logical_and(ep.logical_and(i >= 1, j >= 1), j <= m)
-    flat = b * (n * m) + (i - 1) * m + (j - 1)
-    return ep.where(on_grid, flat, ep.full_like(flat, batch * n * m))
-
-
-def _skew(c: ep.Tensor) -> ep.Tensor:
-    """(B, N, M) cost -> (N+M-1, B, N+1) diagonals (0 off the grid)."""
     batch, n, m = c.shape
-    flat = ep.concatenate([c.reshape((-1,)), ep.zeros_like(c[:1, 0, 0])], axis=0)
-    return ops.gather(flat, _skew_index(ep.arange(c, 0, 1), batch, n, m), axis=0)
+    flat = c.reshape((batch, n * m))
+    rows = ep.arange(nx, 0, n + 1)
+    base = (rows - 1) * m - 1  # flat index of cell (i, j) is base[i] + j
+    rows_ok = ep.logical_and((rows >= 1)[None, :], rows[None, :] <= nx[:, None])
+    zero = _row_table(c, 0.0)
+    inv = 1.0 / gamma
+
+    def read(k):
+        j = k - rows
+        d = ops.gather(flat, ep.clip(base + j, 0, n * m - 1), axis=1)
+        ok = ep.logical_and(rows_ok, ep.logical_and((j >= 1)[None, :], j[None, :] <= ny[:, None]))
+        return ep.where(ok, d, zero) * inv
+
+    return read
+
+
+def _row_table(c: ep.Tensor, fill: float) -> ep.Tensor:
+    """(B, N+1) filled with ``fill``, dtype and device of the cost ``c`` (B, N, M): one diagonal's shape."""
+    return ep.concatenate([ep.full_like(c[:, :1, 0], fill), ep.full_like(c[:, :, 0], fill)], axis=1)
 
 
 def _unskew(t: ep.Tensor, n: int, m: int) -> ep.Tensor:
-    """(N+M-1, B, N+1) diagonals -> (B, N, M) table (inverse of ``_skew`` on the grid)."""
-    _, batch, w = t.shape
-    like = ep.arange(t, 0, 1)
-    b = ep.arange(like, 0, batch).reshape((batch, 1, 1))
-    i = ep.arange(like, 1, n + 1).reshape((1, n, 1))
-    j = ep.arange(like, 1, m + 1).reshape((1, 1, m))
-    flat = (i + j - 2) * (batch * w) + b * w + i
-    return ops.gather(t.reshape((-1,)), flat, axis=0)
+    """(N+M-1, B, N+1) diagonals (entry (k-2, b, i) = cell (i, k-i)) -> (B, N, M) table."""
+    steps, batch, w = t.shape
+    per_item = ep.transpose(t, (1, 0, 2)).reshape((batch, steps * w))
+    i = ep.arange(t, 1, n + 1).reshape((n, 1))
+    j = ep.arange(t, 1, m + 1).reshape((1, m))
+    idx = ((i + j - 2) * w + i).reshape((-1,))
+    return ops.gather(per_item, idx, axis=1).reshape((batch, n, m))
 
 
 # =========================================================================================== the two passes
-def _end_cells(ds: ep.Tensor, nx: ep.Tensor, ny: ep.Tensor) -> Tuple[ep.Tensor, ep.Tensor, ep.Tensor]:
-    """(B, W) bool marking row n_b (only for items with both lengths >= 1), the end diagonal n_b + m_b,
-    and the diagonal number k of every step."""
-    steps, _, w = ds.shape
+def _end_cells(nx: ep.Tensor, ny: ep.Tensor, w: int) -> Tuple[ep.Tensor, ep.Tensor]:
+    """(B, W) bool marking row n_b (only for items with both lengths >= 1) and the end diagonal n_b + m_b."""
     rows = ep.arange(nx, 0, w)
     item_ok = ep.logical_and(nx >= 1, ny >= 1)
-    end_row = ep.logical_and(rows[None, :] == nx[:, None], item_ok[:, None])
-    return end_row, nx + ny, ep.arange(nx, 2, steps + 2)
+    return ep.logical_and(rows[None, :] == nx[:, None], item_ok[:, None]), nx + ny
 
 
-def _forward(backend: str, ds: ep.Tensor, nx: ep.Tensor, ny: ep.Tensor, keep: bool):
-    """Forward DP on scaled costs ``ds`` (skewed). Returns (R[n_b, m_b] / gamma per item, P table or None)."""
-    _, batch, w = ds.shape
-    end_row, k_end, ks = _end_cells(ds, nx, ny)
-    big = ep.full_like(ds[0], _BIG)
-    r0 = ep.where((ep.arange(nx, 0, w) == 0)[None, :], ep.zeros_like(big), big)  # R[0,0] = 0
+def _forward(backend: str, c: ep.Tensor, nx: ep.Tensor, ny: ep.Tensor, gamma: float, keep: bool):
+    """Forward DP. Returns (R[n_b, m_b] / gamma per item, skewed P table (N+M-1, B, N+1) or None)."""
+    batch, n, m = c.shape
+    read = _diagonal_reader(c, nx, ny, gamma)
+    end_row, k_end = _end_cells(nx, ny, n + 1)
+    big = _row_table(c, _BIG)
+    r0 = ep.where((ep.arange(nx, 0, n + 1) == 0)[None, :], ep.zeros_like(big), big)  # R[0, 0] = 0
     val0 = ep.zeros_like(big[:, 0])
 
-    def step(carry, xs):
+    def step(carry, k):
         prev2, prev1, val = carry
-        d, k = xs
         p = _softmin3(_shift_right(prev2, _BIG), _shift_right(prev1, _BIG), prev1)
-        r = d + p
+        r = read(k) + p
         hit = ep.logical_and(end_row, (k_end == k)[:, None])
         val = val + ep.where(hit, r, ep.zeros_like(r)).sum(axis=1)
         return (prev1, r, val), p
 
-    (_, _, val), p_table = glue.scan(backend, step, (r0, big, val0), (ds, ks), keep=keep)
+    ks = ep.arange(nx, 2, n + m + 1)
+    (_, _, val), p_table = glue.scan(backend, step, (r0, big, val0), ks, keep=keep)
     return val, p_table
 
 
-def _backward(backend: str, ds: ep.Tensor, p_table: ep.Tensor, nx: ep.Tensor, ny: ep.Tensor,
+def _backward(backend: str, c: ep.Tensor, p_table: ep.Tensor, nx: ep.Tensor, ny: ep.Tensor, gamma: float,
               g: ep.Tensor) -> ep.Tensor:
-    """E recursion by anti-diagonals, seeded with the cotangent ``g`` (B,) at (n_b, m_b). Skewed E."""
-    end_row, k_end, ks = _end_cells(ds, nx, ny)
-    zero = ep.zeros_like(ds[0])
+    """E recursion by anti-diagonals, seeded with the cotangent ``g`` (B,) at (n_b, m_b): dvalue/dC (B, N, M)."""
+    batch, n, m = c.shape
+    read = _diagonal_reader(c, nx, ny, gamma)
+    end_row, k_end = _end_cells(nx, ny, n + 1)
+    zero = ep.zeros_like(p_table[0])
     seed = g[:, None] + zero
 
     def step(carry, xs):
-        e1, p1, se1, sp1, se2, sp2 = carry  # successors on diagonal k+1 (shifted: row i+1), k+2 (row i+1)
-        d, p, k = xs
-        r = d + p  # bitwise the forward's R
+        e1, p1, se1, sp1, se2, sp2 = carry  # successors: diagonal k+1 (row i, and shifted: row i+1), k+2 (row i+1)
+        p, k = xs
+        r = read(k) + p  # bitwise the forward's R
         e = (se1 * ep.exp(ep.minimum(sp1 - r, 0.0)) + e1 * ep.exp(ep.minimum(p1 - r, 0.0))
              + se2 * ep.exp(ep.minimum(sp2 - r, 0.0)))
         hit = ep.logical_and(end_row, (k_end == k)[:, None])
@@ -218,18 +225,12 @@ def _backward(backend: str, ds: ep.Tensor, p_table: ep.Tensor, nx: ep.Tensor, ny
         return (e, p, _shift_left(e, 0.0), _shift_left(p, 0.0), se1, sp1), e
 
     init = (zero, zero, zero, zero, zero, zero)
-    _, e_table = glue.scan(backend, step, init, (ds, p_table, ks), reverse=True)
-    return e_table
+    ks = ep.arange(nx, 2, n + m + 1)
+    _, e_table = glue.scan(backend, step, init, (p_table, ks), reverse=True)
+    return _unskew(e_table, n, m)
 
 
 # =========================================================================================== ops
-def _prepare_cost(c: ep.Tensor, nx: ep.Tensor, ny: ep.Tensor, gamma: float) -> ep.Tensor:
-    """Mask padded cells to 0, scale by 1/gamma, skew."""
-    _, n, m = c.shape
-    mask = ep.logical_and(_valid_mask(nx, nx, n)[:, :, None], _valid_mask(ny, ny, m)[:, None, :])
-    return _skew(ep.where(mask, c, ep.zeros_like(c)) * (1.0 / gamma))
-
-
 def _finish(value_scaled: ep.Tensor, nx: ep.Tensor, ny: ep.Tensor, gamma: float) -> ep.Tensor:
     ok = ep.logical_and(nx >= 1, ny >= 1)
     return ep.where(ok, value_scaled * gamma, ep.full_like(value_scaled, np.inf))
@@ -242,18 +243,14 @@ def _xy_op(backend: str, gamma: float, kind: str) -> Callable:
 
     def forward(x_raw, y_raw, nx_raw, ny_raw):
         x, y, nx, ny = (ep.astensor(v) for v in (x_raw, y_raw, nx_raw, ny_raw))
-        c = pairwise_cost(x, y, kind)
-        val, p_table = _forward(backend, _prepare_cost(c, nx, ny, gamma), nx, ny, keep)
+        val, p_table = _forward(backend, pairwise_cost(x, y, kind), nx, ny, gamma, keep)
         res = (x_raw, y_raw, nx_raw, ny_raw) + ((p_table.raw,) if keep else ())
         return _finish(val, nx, ny, gamma).raw, res
 
     def backward(res, g_raw):
         x, y, nx, ny, p_table = (ep.astensor(v) for v in res)
         g = ep.astensor(g_raw)
-        _, n, _ = x.shape
-        m = y.shape[1]
-        ds = _prepare_cost(pairwise_cost(x, y, kind), nx, ny, gamma)
-        e = _unskew(_backward(backend, ds, p_table, nx, ny, g), n, m)
+        e = _backward(backend, pairwise_cost(x, y, kind), p_table, nx, ny, gamma, g)
         gx, gy = _cost_vjp(x, y, e, kind)
         return gx.raw, gy.raw, None, None
 
@@ -267,15 +264,13 @@ def _matrix_op(backend: str, gamma: float) -> Callable:
 
     def forward(c_raw, nx_raw, ny_raw):
         c, nx, ny = (ep.astensor(v) for v in (c_raw, nx_raw, ny_raw))
-        val, p_table = _forward(backend, _prepare_cost(c, nx, ny, gamma), nx, ny, keep)
+        val, p_table = _forward(backend, c, nx, ny, gamma, keep)
         res = (c_raw, nx_raw, ny_raw) + ((p_table.raw,) if keep else ())
         return _finish(val, nx, ny, gamma).raw, res
 
     def backward(res, g_raw):
         c, nx, ny, p_table = (ep.astensor(v) for v in res)
-        _, n, m = c.shape
-        ds = _prepare_cost(c, nx, ny, gamma)
-        e = _unskew(_backward(backend, ds, p_table, nx, ny, ep.astensor(g_raw)), n, m)
+        e = _backward(backend, c, p_table, nx, ny, gamma, ep.astensor(g_raw))
         return e.raw, None, None
 
     return glue.custom_vjp(backend, forward, backward)
