@@ -17,6 +17,8 @@ from .quench import quench
 from .rng import create_streams, n_streams
 
 PRECISIONS = ("larnd-sim", "float64")
+#: Memory bound of the per-(segment, pixel) signal buffer of one block of pairs.
+PAIR_BUFFER_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -51,13 +53,17 @@ def chunk_waveforms(segs, det, vdrift, single):
     x_c, y_c = det.pixel_center(uniq[:, 0], uniq[:, 1])
     centres = np.stack([x_c, y_c], axis=1)[pair_row]
     z_anode = borders[plane, 2, 0]
-    signals, n_live = pair_signals(
-        pair_seg, np.ascontiguousarray(centres), segs["x_start"], segs["y_start"], segs["z_start"],
-        segs["x_end"], segs["y_end"], segs["z_end"], segs["tran_diff"], segs["long_diff"],
-        segs["n_electrons"].astype(np.float64), segs["t_start"], z_anode, pitch, vdrift, dt, det.time_padding,
-        det.sampled_points, int(time_max), single)
     waveforms = np.zeros((len(uniq), n_ticks_event))
-    accumulate_waveforms(waveforms, signals, n_live, pair_row, pair_seg, start_tick)
+    n_e = segs["n_electrons"].astype(np.float64)
+    block = max(1, PAIR_BUFFER_BYTES // (8 * max(int(time_max), 1)))   # bounds the (pairs, ticks) buffer
+    for b0 in range(0, len(pair_seg), block):
+        sl = slice(b0, b0 + block)
+        signals, n_live = pair_signals(
+            pair_seg[sl], np.ascontiguousarray(centres[sl]), segs["x_start"], segs["y_start"], segs["z_start"],
+            segs["x_end"], segs["y_end"], segs["z_end"], segs["tran_diff"], segs["long_diff"], n_e,
+            segs["t_start"], z_anode, pitch, vdrift, dt, det.time_padding, det.sampled_points, int(time_max),
+            single)
+        accumulate_waveforms(waveforms, signals, n_live, pair_row[sl], pair_seg[sl], start_tick)
     return uniq, waveforms, pair_row, pair_seg
 
 
