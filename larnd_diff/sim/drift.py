@@ -62,9 +62,10 @@ def _all_of(*masks):
 def anode_z(plane, like, detector):
     """z (cm) of the anode of each segment's TPC; TPC 0's anode for segments outside every TPC."""
     anodes = detector.anode_z.tolist()
-    z_a = ep.full_like(like, anodes[0])
+    zero = ep.zeros_like(like)
+    z_a = zero + anodes[0]           # not full_like: TF fills in float32 whatever the template's dtype
     for i, za in enumerate(anodes[1:], start=1):
-        z_a = ep.where(plane == i, ep.full_like(like, za), z_a)
+        z_a = ep.where(plane == i, zero + za, z_a)
     return z_a
 
 
