@@ -1,0 +1,233 @@
+"""Differentiable induced current of (segment, pixel) pairs (spec 4.4), EagerPy tensors + larnd_diff.ops only.
+
+Sparse by construction. For a pair, the reference sums over a 30 x 30 x N_z grid, for every tick, the charge
+density rho(x_i, y_j, z_k) dV times a two-exponential current template with a hard stop at the arrival time
+t_s = t0(z_k) + delay(i, j). Here:
+
+* rows = the pair's in-pad (x_i, y_j) samples only (the host plan knows which; the rest are masked out by the
+  reference anyway); per row the template (A, B, C, delay) is evaluated once;
+* entries = (row, z_k): the charge weight w = rho dV dt is evaluated once (not per tick);
+* the sum over z of w_k e^{-(t_s,k - T_n)/tau} / tau [T_n < t_s,k] for every tick n is a reverse linear
+  recurrence F_n = D_n + e^{-dt/tau} F_{n+1}: each entry deposits w_k e^{-(t_s,k - T_m)/tau} / tau at the last
+  tick m before its arrival (0 < t_s - T_m <= dt, no overflow), and the recurrence is solved by a blocked
+  product with small triangular Toeplitz matrices plus a carry between blocks (recursively), so the work is
+  rows x (N_z + ticks x block) instead of rows x N_z x ticks;
+* a relaxed (sigmoid) onset only changes a few ticks around each arrival: added as a local correction.
+
+Units: cm, us; charges in electrons per tick (current x dt), as the electronics stage expects.
+"""
+from __future__ import annotations
+
+import math
+
+import eagerpy as ep
+import numpy as np
+
+from larnd_diff import ops
+
+# Current-template polynomials P(x, y) = c0 + c1 x + c2 y + c3 x y + c4 x^2 + c5 y^2 (x, y in cm from the pad
+# centre; spec 4.4.6).
+TEMPLATE_A = (1.060, -0.909, -0.909, 5.856, 0.207, 0.207)
+TEMPLATE_B = (0.679, -1.083, -1.083, 8.772, -5.521, -5.521)
+TEMPLATE_C = (2.644, -9.174, -9.174, 13.483, 45.887, 45.887)
+TEMPLATE_DELAY = (2.948, -2.705, -2.705, 4.825, 20.814, 20.814)
+#: Block length of the recurrence solver.
+BLOCK = 16
+#: Floor of the current-template time constants (us); in-pad samples never reach it (B >= 0.087 us).
+MIN_TIME_CONSTANT_US = 0.05
+
+
+def template_polynomial(x, y, c):
+    """c0 + c1 x + c2 y + c3 x y + c4 x^2 + c5 y^2."""
+    return c[0] + c[1] * x + c[2] * y + c[3] * x * y + c[4] * x * x + c[5] * y * y
+
+
+def current_template(dx, dy):
+    """(A, B, C, delay) of the current model at offsets (dx, dy) cm from the pad centre (B, C, delay in us)."""
+    a = ep.minimum(template_polynomial(dx, dy, TEMPLATE_A), 1.0)
+    return (a, template_polynomial(dx, dy, TEMPLATE_B), template_polynomial(dx, dy, TEMPLATE_C),
+            template_polynomial(dx, dy, TEMPLATE_DELAY))
+
+
+def line_charge_norm(n_electrons, length, sigma_T, sigma_L):
+    """Q / (L sigma_x sigma_y sigma_z sqrt(8 pi^3)) in electrons / cm^4 (the density prefactor, spec 4.4.5)."""
+    return n_electrons / (length * sigma_T * sigma_T * sigma_L * math.sqrt(8 * math.pi ** 3))
+
+
+def line_integral(a, b, length):
+    """I = sqrt(pi) / (2 sqrt(a)) [erf((b + 2 a L) / (2 sqrt a)) - erf(b / (2 sqrt a))] (cm)."""
+    sqa = ep.sqrt(a)
+    return (math.sqrt(math.pi) / 2) / sqa * (ops.erf((b + 2 * a * length) / (2 * sqa)) - ops.erf(b / (2 * sqa)))
+
+
+def discounted_reverse_cumsum(d, log_decay, block: int = BLOCK):
+    """F[:, n] = sum_{m >= n} d[:, m] exp(log_decay (m - n)) for rows of d (R, W) >= 0; log_decay (R,) in [-2, 0].
+
+    Blocked: within a block of ``block`` ticks, a reverse cumulative sum of d a^j rescaled by a^-i (all terms
+    are non-negative, so the rescaling loses no relative precision; a^-i <= e^(2 block) cannot overflow); between
+    blocks, the recurrence on the block sums with decay a^block, solved by a small triangular Toeplitz product.
+    """
+    r, w = d.shape
+    dtype = ops.dtype_name(d)
+    nb = -(-w // block)
+    if nb * block != w:
+        d = ep.concatenate([d, ep.zeros(d, (r, nb * block - w))], axis=1)
+    j = ops.asarray(d, np.arange(block, dtype=np.float64), dtype)
+    up = ep.exp(log_decay[:, None] * j[None, :])                # a^j
+    down = ep.exp(-log_decay[:, None] * j[None, :])             # a^-j
+    g = ops.cumsum(d.reshape((r, nb, block)) * up[:, None, :], axis=2, reverse=True) * down[:, None, :]
+    if nb == 1:
+        return g.reshape((r, block))[:, :w]
+    lag = np.arange(nb)[:, None] - np.arange(nb)[None, :]       # (c, b) -> c - b
+    lag_t = ops.asarray(d, np.maximum(lag, 0).astype(np.float64), dtype)
+    upper = ops.asarray(d, (lag >= 0).astype(np.float64), dtype)
+    toeplitz = ep.exp((log_decay * block)[:, None, None] * lag_t[None]) * upper[None]
+    starts = ops.einsum("rc,rcb->rb", g[:, :, 0], toeplitz)     # F at each block start
+    carry = ep.concatenate([starts[:, 1:], ep.zeros(d, (r, 1))], axis=1)
+    to_end = ops.asarray(d, (block - np.arange(block)).astype(np.float64), dtype)
+    f = g + ep.exp(log_decay[:, None, None] * to_end[None, None, :]) * carry[:, :, None]
+    return f.reshape((r, nb * block))[:, :w]
+
+
+def smooth_window_ticks(sharpness, tau_max, dt, tol: float = 30.0) -> int:
+    """Ticks on each side of an arrival where sigmoid(s y) differs from the hard step by more than e^-tol."""
+    if sharpness is None:
+        return 0
+    return int(math.ceil(tau_max * tol / (float(sharpness) * dt))) + 1
+
+
+def pair_geometry(g, pitch, n_pts):
+    """Differentiable per-pair geometry (spec 4.4.3-4.4.4) from gathered per-pair tensors ``g`` (dict).
+
+    Needs: z-ordered endpoints ax, ay, az, bx, by, bz; sigma_T, sigma_L; pixel centre x_p, y_p; host constants
+    swap (x-ordering), branch (z_interval case), n_z, sgn_x, sgn_y. Returns a dict with the sampling grid origin
+    and steps, the z range and the volume weight.
+    """
+    ax, ay, az, bx, by, bz = g["ax"], g["ay"], g["az"], g["bx"], g["by"], g["bz"]
+    s_T, s_L = g["sigma_T"], g["sigma_L"]
+    x_p, y_p = g["x_p"], g["y_p"]
+    tol = 2 * ep.maximum(5 * math.sqrt(2) * s_T, pitch * math.sqrt(2) / 2)
+    # z_interval works on the x-ordered endpoints S (smaller x) and F
+    ab_x = g["x_first_is_a"]
+    sx, sy, sz = ep.where(ab_x, ax, bx), ep.where(ab_x, ay, by), ep.where(ab_x, az, bz)
+    fx, fy, fz = ep.where(ab_x, bx, ax), ep.where(ab_x, by, ay), ep.where(ab_x, bz, az)
+    dxf = fx - sx
+    m = (fy - sy) / dxf
+    q = (fx * sy - sx * fy) / dxf
+    foot = (x_p + m * y_p - m * q) / (1 + m * m)
+    doca_line = ep.abs(m * x_p - y_p + q) / ep.sqrt(1 + m * m)
+    doca_s = ep.sqrt((x_p - sx) ** 2 + (y_p - sy) ** 2 + 1e-300)
+    doca_f = ep.sqrt((x_p - fx) ** 2 + (y_p - fy) ** 2 + 1e-300)
+    br = g["branch"]
+    xstar = ep.where(br == 1, sx, ep.where(br == 2, fx, foot))
+    doca = ep.where(br == 1, doca_s, ep.where(br == 2, doca_f, doca_line))
+    z_poca = sz + (xstar - sx) * (fz - sz) / dxf
+    h = ep.sqrt(ep.maximum(tol * tol - doca * doca, 1e-300))
+    length_xy = ep.sqrt(dxf * dxf + (fy - sy) ** 2)
+    half = h * ep.abs(fz - sz) / length_xy
+    z_lo, z_hi = z_poca - half, z_poca + half
+    # line points at the interval ends (x(z), y(z) of the infinite line)
+    dz = bz - az
+    slope_x, slope_y = (bx - ax) / dz, (by - ay) / dz
+    xa_, xb_ = ax + (z_lo - az) * slope_x, ax + (z_hi - az) * slope_x
+    ya_, yb_ = ay + (z_lo - az) * slope_y, ay + (z_hi - az) * slope_y
+    h_x = (ep.abs(xb_ - xa_) + 8 * s_T) / (n_pts - 1)
+    h_y = (ep.abs(yb_ - ya_) + 8 * s_T) / (n_pts - 1)
+    z_range = z_hi - z_lo + 8 * s_L
+    h_z = z_range / (g["n_z"] - 1)
+    return dict(x0=xa_ - g["sgn_x"] * 4 * s_T, y0=ya_ - g["sgn_y"] * 4 * s_T, step_x=g["sgn_x"] * h_x,
+                step_y=g["sgn_y"] * h_y, z0=z_lo - 4 * s_L, h_z=h_z, volume=ep.abs(h_x * h_y * h_z))
+
+
+def block_waveforms(g, rows, *, n_pairs, n_rows, n_z, width, grid, sharpness, k_fast, k_slow, dtype):
+    """Induced charge per tick (electrons) of a block of pairs on their windows: (n_pairs, width).
+
+    g: per-pair tensors (see :func:`pair_geometry`, plus n_electrons, z_anode, vdrift, eval_start, n_win);
+    rows: dict with int tensors pair, i, j (the in-pad samples); the z samples of a row are k = 0..n_z-1, masked
+    beyond the pair's own count. grid = (pixel pitch cm, samples per axis, tick us). ``sharpness`` None = hard
+    stop; a number = sigmoid onset with correction windows of k_fast / k_slow ticks (fast / slow exponential).
+    """
+    pitch, n_pts, dt = grid
+    geo = pair_geometry(g, pitch, n_pts)
+    ax, ay, az, bx, by, bz = g["ax"], g["ay"], g["az"], g["bx"], g["by"], g["bz"]
+    s_T, s_L = g["sigma_T"], g["sigma_L"]
+    ddx, ddy, ddz = bx - ax, by - ay, bz - az
+    length = ep.sqrt(ddx * ddx + ddy * ddy + ddz * ddz)
+    ux, uy, uz = ddx / length, ddy / length, ddz / length
+    w_t, w_l = 1 / (s_T * s_T), 1 / (s_L * s_L)                 # Mahalanobis weights 1/sigma^2
+    a_coef = (ux * ux + uy * uy) * w_t / 2 + uz * uz * w_l / 2
+    sqrt_a = ep.sqrt(a_coef)
+    # Q / (L sx sy sz sqrt(8 pi^3)) x sqrt(pi) / (2 sqrt a) x dV x dt: electrons per tick per unit current
+    norm = (line_charge_norm(g["n_electrons"], length, s_T, s_L) * (math.sqrt(math.pi) / 2) / sqrt_a
+            * geo["volume"] * dt)
+
+    # ---- rows: in-pad (x_i, y_j) samples; everything that does not depend on z or time
+    rp = rows["pair"]
+    at = lambda v: ops.gather(v, rp, 0)  # noqa: E731  per-pair value for each row
+    x_i = at(geo["x0"]) + ops.cast(rows["i"], dtype) * at(geo["step_x"])
+    y_j = at(geo["y0"]) + ops.cast(rows["j"], dtype) * at(geo["step_y"])
+    amp, tau_fast, tau_slow, delay = current_template(ep.abs(at(g["x_p"]) - x_i), ep.abs(at(g["y_p"]) - y_j))
+    # in-pad samples have B >= 0.087 us, C >= 1.84 us; the floor only guards padded rows
+    tau_fast, tau_slow = ep.maximum(tau_fast, MIN_TIME_CONSTANT_US), ep.maximum(tau_slow, MIN_TIME_CONSTANT_US)
+    # sample relative to the segment start A: R(k) = (rx, ry, rz0 + k h_z); closest point on the line in the
+    # diffusion metric s*(k) = s0 + s1 k; residual e(k) = e0 + k e1; Gaussian exponent -(q0 + q1 k + q2 k^2)
+    ux_r, uy_r, uz_r, wt_r, wl_r, a_r = at(ux), at(uy), at(uz), at(w_t), at(w_l), at(a_coef)
+    rx, ry = x_i - at(ax), y_j - at(ay)
+    rz0, hz = at(geo["z0"]) - at(az), at(geo["h_z"])
+    s0 = (rx * ux_r * wt_r + ry * uy_r * wt_r + rz0 * uz_r * wl_r) / (2 * a_r)
+    s1 = hz * uz_r * wl_r / (2 * a_r)
+    e0x, e0y, e0z = rx - s0 * ux_r, ry - s0 * uy_r, rz0 - s0 * uz_r
+    e1x, e1y, e1z = -s1 * ux_r, -s1 * uy_r, hz - s1 * uz_r
+    q0 = (e0x * e0x + e0y * e0y) * wt_r / 2 + e0z * e0z * wl_r / 2
+    q1 = (e0x * e1x + e0y * e1y) * wt_r + e0z * e1z * wl_r
+    q2 = (e1x * e1x + e1y * e1y) * wt_r / 2 + e1z * e1z * wl_r / 2
+    sa_r = at(sqrt_a)
+    u0, u1 = sa_r * s0, sa_r * s1                                # erf arguments sqrt(a) s*(k)
+    u_len = sa_r * at(length)
+    z_an = at(g["z_anode"]) - at(geo["z0"])
+    vd = g["vdrift"]
+    t0 = at(g["eval_start"])
+    n_win = at(g["n_win"])
+    mask_k = ops.cast(ops.asarray(rp, np.arange(n_z), "int64")[None, :] < ops.cast(at(g["n_z"]), "int64")[:, None],
+                      dtype)
+
+    # ---- entries (row, k): charge weight, arrival time, bucket tick
+    k = ops.asarray(x_i, np.arange(n_z, dtype=np.float64), dtype)[None, :]
+    gauss = ep.exp(-(q0[:, None] + k * (q1[:, None] + k * q2[:, None])))
+    u = u0[:, None] + k * u1[:, None]
+    weight = gauss * (ops.erf(u_len[:, None] - u) + ops.erf(u)) * ((at(norm) * rows["valid"])[:, None] * mask_k)
+    t_s = (ep.abs(k * hz[:, None] - z_an[:, None]) - 0.5) / vd + delay[:, None]
+    m_raw = ops.cast(ops.ceil(ops.stop_gradient((t_s - t0[:, None]) / dt)), "int64") - 1
+    arrived = m_raw >= 0
+    m = ep.minimum(ep.maximum(m_raw, 0), (n_win - 1)[:, None])
+    lag = ep.where(arrived, t_s - (t0[:, None] + ops.cast(m, dtype) * dt), 0.0)   # in (0, dt] unless clamped
+    weight = ep.where(arrived, weight, 0.0)
+
+    flat = (ops.asarray(rp, np.arange(n_rows), "int64")[:, None] * width + m).reshape((-1,))
+    d_terms = []
+    for frac, tau in ((amp, tau_fast), (1 - amp, tau_slow)):
+        val = weight * ep.exp(-lag / tau[:, None]) * (frac / tau)[:, None]
+        d_terms.append(ops.scatter_add(ep.zeros(weight, (n_rows * width,)), flat, val.reshape((-1,))))
+    d_all = ep.concatenate(d_terms, axis=0).reshape((2 * n_rows, width))
+    f_all = discounted_reverse_cumsum(d_all, ep.concatenate([-dt / tau_fast, -dt / tau_slow], axis=0))
+    wave = ops.segment_sum(f_all[:n_rows] + f_all[n_rows:], rp, n_pairs).reshape((n_pairs * width,))
+
+    if sharpness is not None:
+        idx_all, corr_all = [], []
+        pair_base = (rp * width)[:, None]
+        for frac, tau, k_side in ((amp, tau_fast, k_fast), (1 - amp, tau_slow, k_slow)):
+            base = weight * (frac / tau)[:, None]
+            for d in range(-k_side + 1, k_side + 1):
+                n = m_raw + d
+                ok = ep.logical_and(n >= 0, n < n_win[:, None])
+                y = (t_s - (t0[:, None] + ops.cast(n, dtype) * dt)) / tau[:, None]
+                soft = ops.sigmoid(sharpness * y) * ep.exp(-ep.maximum(y, -10.0))
+                hard = ep.exp(-ep.maximum(y, 0.0)) if d <= 0 else 0.0
+                corr_all.append(ep.where(ok, base * (soft - hard), 0.0).reshape((-1,)))
+                idx_all.append((pair_base + ep.minimum(ep.maximum(n, 0), width - 1)).reshape((-1,)))
+        wave = ops.scatter_add(wave, ep.concatenate(idx_all), ep.concatenate(corr_all))
+    return wave.reshape((n_pairs, width))
+
+
+__all__ = ["current_template", "template_polynomial", "line_charge_norm", "line_integral",
+           "discounted_reverse_cumsum", "smooth_window_ticks", "pair_geometry", "block_waveforms"]

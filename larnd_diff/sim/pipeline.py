@@ -1,0 +1,335 @@
+"""``simulate``: quench -> drift -> pixels -> induce -> electronics, on any EagerPy backend.
+
+The integer structure (pixels, pairs, windows, sample counts) is planned on the host from detached float64
+values each call (:mod:`larnd_diff.sim.pixels`); the differentiable arithmetic runs on the chosen backend in
+blocks of (segment, pixel) pairs sized to ``SimConfig.memory_budget_bytes``, each block checkpointed on the
+differentiable backends and jitted on jax. Block shapes are padded to a small ladder of sizes so that compiled
+backends see few distinct shapes.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict
+
+import eagerpy as ep
+import numpy as np
+
+from larnd_diff import ops
+from larnd_diff.detector import resolve_detector
+from larnd_diff.hits import Hits
+from larnd_diff.params import SPECS, Params, as_params
+from larnd_diff.sim import induce, pixels
+from larnd_diff.sim.config import SimConfig, as_relaxation
+
+#: Segment fields the simulation reads (simulation frame, z = drift).
+POSITION_FIELDS = ("x_start", "y_start", "z_start", "x_end", "y_end", "z_end", "x", "y", "z")
+TIME_FIELDS = ("t", "t_start", "t_end")
+#: Ticks kept after the last charge of a pixel so that a trigger there can still integrate its 18 ticks.
+TAIL_TICKS = 24
+#: Smooth preset: cm added to z_end of segments parallel to the anode (z_start = z_end), which the reference
+#: turns into NaN (spec 4.4.3 (Q)); the tilted line has a finite, tiny z extent and the right xy footprint.
+FLAT_TILT_CM = 1e-4
+
+_JIT_CACHE: Dict[Any, Any] = {}
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+def _fields(segments) -> Dict[str, Any]:
+    if isinstance(segments, np.ndarray) and segments.dtype.names:
+        return {n: segments[n] for n in segments.dtype.names}
+    if isinstance(segments, dict):
+        return dict(segments)
+    raise TypeError("segments must be a NumPy structured array (larnd_diff.io.load_segments) or a dict of arrays")
+
+
+def _host(x) -> np.ndarray:
+    """Detached float64 NumPy copy of an array or tensor (raw or EagerPy)."""
+    if isinstance(x, np.ndarray):
+        return x.astype(np.float64)
+    return np.asarray(ops.to_numpy(x if isinstance(x, ep.Tensor) else ep.astensor(x)), dtype=np.float64)
+
+
+def _host_param(value, name):
+    """A parameter as a Python float for planning; the nominal value when it cannot be read (a jax tracer)."""
+    try:
+        return float(np.asarray(ops.to_numpy(ep.astensor(value))) if not isinstance(value, (int, float)) else value)
+    except Exception:  # abstract value under jax.jit: plan with the nominal value
+        return float(SPECS[name].nominal)
+
+
+def _on_backend(b, x, dtype, device):
+    """A float input as an EagerPy tensor of backend ``b`` in ``dtype`` (framework tensors keep their graph)."""
+    if isinstance(x, (np.ndarray, float, int, np.floating)):
+        return b.asarray(np.asarray(x, dtype=np.float64), dtype, device)
+    t = x if isinstance(x, ep.Tensor) else ep.astensor(x)
+    return ops.cast(t, dtype) if ops.dtype_name(t) != dtype else t
+
+
+# ---------------------------------------------------------------------------------------------- physics
+def _quench_drift(f, params, detector, relaxation):
+    """quench + drift on EagerPy tensors ``f``; returns (n_electrons, Drifted)."""
+    from larnd_diff.sim.drift import drift
+    from larnd_diff.sim.quench import quench
+
+    n_e = quench(f["dE"], f["dEdx"], params, relaxation)
+    dr = drift(f["x"], f["y"], f["z"], f["z_start"], f["z_end"], f["t"], f["t_start"], f["t_end"], n_e,
+               detector, params, relaxation)
+    return dr
+
+
+def _plan_inputs(fields, params, detector, relaxation):
+    """Detached float64 per-segment values for the host plan (numpy pass of quench + drift)."""
+    nb = ops.get_backend("numpy")
+    host = {k: nb.asarray(_host(fields[k]), "float64") for k in POSITION_FIELDS + TIME_FIELDS + ("dE", "dEdx")}
+    host_params = Params({k: _host_param(v, k) for k, v in params.items()}, link_vdrift=params.link_vdrift)
+    dr = _quench_drift(host, host_params, detector, relaxation)
+    out = {k: host[k].raw for k in POSITION_FIELDS}
+    out.update(eventID=np.asarray(_host(fields["eventID"])).astype(np.int64),
+               plane=ops.to_numpy(dr.plane).astype(np.int64), sigma_T=ops.to_numpy(dr.sigma_T),
+               sigma_L=ops.to_numpy(dr.sigma_L), t_start=ops.to_numpy(dr.t_start), t_end=ops.to_numpy(dr.t_end),
+               n_electrons=ops.to_numpy(dr.n_electrons), vdrift=float(host_params.vdrift_value))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- blocks
+_WIDTHS = (32, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144)
+
+
+def _ladder(n: int, multiple: int) -> int:
+    """Pad a count up to a power-of-two-ish size (steps of 2^k and 1.5 x 2^k), at least ``multiple``."""
+    n = max(int(n), 1)
+    size = max(int(multiple), 1)
+    while size < n:
+        size = size * 3 // 2 if (size & (size - 1)) == 0 else size * 4 // 3
+    return size
+
+
+def _width_of(n_win: np.ndarray) -> np.ndarray:
+    w = np.asarray(_WIDTHS)
+    return w[np.minimum(np.searchsorted(w, n_win), len(w) - 1)]
+
+
+def _expand(counts: np.ndarray):
+    """(owner, local index) of a ragged range: owner repeated counts[o] times, local = 0..counts[o]-1."""
+    owner = np.repeat(np.arange(len(counts)), counts)
+    starts = np.cumsum(counts) - counts
+    return owner, np.arange(owner.size) - starts[owner]
+
+
+def _nz_of(n_z: np.ndarray) -> np.ndarray:
+    """Padded number of z samples: 30 (the minimum, most pairs) or a ladder size above it."""
+    out = np.asarray([_ladder(v, 32) if v > 30 else 30 for v in np.unique(n_z)])
+    return out[np.searchsorted(np.unique(n_z), n_z)]
+
+
+def _bytes_estimate(n_rows, n_z, width, n_corr, itemsize):
+    """Working memory (bytes) of a block: ~24 live (row, z) temporaries, ~12 (row, tick), corrections."""
+    return itemsize * n_rows * (24 * n_z + 12 * width + 4 * n_z * n_corr)
+
+
+def _blocks(plan: pixels.PairPlan, compute: np.ndarray, budget: int, n_corr: int, itemsize: int):
+    """Split the pairs to evaluate into blocks of equal padded (width, n_z) whose memory estimate fits ``budget``."""
+    pairs = np.flatnonzero(compute)
+    if not len(pairs):
+        return []
+    width = _width_of(plan.n_win[pairs])
+    nz = _nz_of(plan.n_z[pairs])
+    rows_per = plan.nx[pairs] * plan.ny[pairs]
+    out = []
+    for w, z in sorted(set(zip(width.tolist(), nz.tolist()))):
+        sel = np.flatnonzero((width == w) & (nz == z))
+        cost = _bytes_estimate(rows_per[sel], z, w, n_corr, itemsize)
+        start, acc = 0, 0
+        for k, c in enumerate(cost):
+            if acc + c > budget and k > start:
+                out.append((pairs[sel[start:k]], int(w), int(z)))
+                start, acc = k, 0
+            acc += c
+        out.append((pairs[sel[start:]], int(w), int(z)))
+    return out
+
+
+def _block_inputs(plan, pair_idx, multiple):
+    """Host index arrays of one block, padded: per-pair gather index and rows (pair, i, j)."""
+    n_p = _ladder(len(pair_idx), max(multiple // 4, 1))
+    counts = plan.nx[pair_idx] * plan.ny[pair_idx]
+    r_pair, r_local = _expand(counts)
+    ny = plan.ny[pair_idx][r_pair]
+    r_i = plan.ix0[pair_idx][r_pair] + r_local // ny
+    r_j = plan.iy0[pair_idx][r_pair] + r_local % ny
+    n_r = _ladder(len(r_pair), multiple)
+    pad = lambda a, n, v=0: np.concatenate([a, np.full(n - len(a), v, a.dtype)])  # noqa: E731
+    gather = pad(pair_idx.astype(np.int64), n_p, pair_idx[0])
+    # padded rows belong to a padded pair (index n_p - 1 when there is one) so they add nothing real
+    pad_pair = n_p - 1 if n_p > len(pair_idx) else 0
+    rows = dict(pair=pad(r_pair, n_r, pad_pair), i=pad(r_i, n_r), j=pad(r_j, n_r),
+                valid=pad(np.ones(len(r_pair)), n_r, 0.0))
+    return gather, rows, n_p, n_r, len(r_pair)
+
+
+def _block_fn(backend, grad_capable: bool):
+    """The per-block evaluation, jitted on jax (cached) and checkpointed on differentiable backends."""
+    key = (backend.name, grad_capable)
+    fn = _JIT_CACHE.get(key)
+    if fn is None:
+        def run(g, rows, *, n_pairs, n_rows, n_z, width, grid, sharpness, k_fast, k_slow, dtype):
+            def body(g_, rows_):
+                return induce.block_waveforms(g_, rows_, n_pairs=n_pairs, n_rows=n_rows, n_z=n_z, width=width,
+                                              grid=grid, sharpness=sharpness, k_fast=k_fast, k_slow=k_slow,
+                                              dtype=dtype)
+            if grad_capable:
+                body = backend.checkpoint(body)
+            return body(g, rows)
+
+        if backend.name == "jax":
+            fn = backend.jit(run, static_argnames=("n_pairs", "n_rows", "n_z", "width", "grid", "sharpness", "k_fast",
+                                                   "k_slow", "dtype"))
+        else:
+            fn = run
+        _JIT_CACHE[key] = fn
+    return fn
+
+
+def trace_count(backend_name: str = "jax") -> int:
+    """How often the jitted block function was traced (jax) - for recompilation tests."""
+    fn = _JIT_CACHE.get((backend_name, True))
+    return getattr(fn, "trace_count", 0)
+
+
+# ---------------------------------------------------------------------------------------------- simulate
+def simulate(segments, backend: str = "numpy", device=None, params=None, relaxation=None, detector=None,
+             dtype: str | None = None, noise: bool = False, seed: int = 0, config: SimConfig | None = None,
+             return_waveforms: bool = False) -> Hits:
+    """Simulate pixel hits with the differentiable simulator.
+
+    segments    NumPy structured array in the simulation frame (z = drift; ``larnd_diff.io.load_segments``) or a
+                dict of field arrays / framework tensors (dE, dEdx and positions may carry gradients).
+    backend     "numpy" (forward only), "torch", "jax", "tensorflow"; device: the framework's device string.
+    params      mapping name -> float or framework tensor (or a Params); missing names take the detector's
+                nominal values. Gradients flow to tensor values.
+    relaxation  "hard" (reference semantics), "smooth" or a Relaxation; default from ``config`` (hard).
+    dtype       "float64" (default) or "float32".
+    Returns :class:`Hits` whose arrays are native tensors of the backend (rows: event, chunk, pixel (I, J)
+    lexicographic, rows with at least one sample only; ``backtrack`` None). With ``return_waveforms`` the
+    result is (hits, waveforms, plan) with the per-row induced charge per tick (electrons).
+    """
+    config = config or SimConfig()
+    relax = as_relaxation(relaxation if relaxation is not None else config.relaxation)
+    dtype = dtype or config.dtype
+    detector = resolve_detector(detector)
+    b = ops.get_backend(backend)
+    grad_capable = b.name != "numpy"
+    params = as_params(params, nominal=detector.nominal)
+    fields = _fields(segments)
+    for name in POSITION_FIELDS + TIME_FIELDS + ("dE", "dEdx", "eventID"):
+        if name not in fields:
+            raise KeyError(f"segments lack the field {name!r} (simulation frame, see larnd_diff.io.SEGMENT_DTYPE)")
+
+    # ---- host plan from detached values
+    sharp = relax.onset_sharpness
+    k_fast = induce.smooth_window_ticks(sharp, pixels.MAX_FAST_CONSTANT_US, detector.t_sampling)
+    k_slow = induce.smooth_window_ticks(sharp, pixels.MAX_TIME_CONSTANT_US, detector.t_sampling)
+    host = _plan_inputs(fields, params, detector, relax)
+    tilt = FLAT_TILT_CM if sharp is not None else 0.0
+    plan = pixels.plan_pairs(host, detector, relax, config.chunk_size, tilt_flat=tilt, smooth_ticks=k_slow)
+
+    # ---- differentiable per-segment quantities on the backend
+    t = {k: _on_backend(b, fields[k], dtype, device) for k in POSITION_FIELDS + TIME_FIELDS + ("dE", "dEdx")}
+    bparams = Params({k: (v if isinstance(v, (int, float)) else _on_backend(b, v, dtype, device))
+                      for k, v in params.items()}, link_vdrift=params.link_vdrift)
+    dr = _quench_drift(t, bparams, detector, relax)
+    vdrift = bparams.vdrift_value
+    if isinstance(vdrift, (int, float)):
+        vdrift = b.asarray(np.asarray(vdrift, np.float64), dtype, device)
+    like = t["x"]
+    asarr = lambda a, dt_=dtype: ops.asarray(like, np.asarray(a), dt_)  # noqa: E731
+
+    zs, ze = t["z_start"], t["z_end"]
+    if tilt:
+        flat = asarr((host["z_start"] == host["z_end"]).astype(np.float64))
+        ze = ze + flat * tilt
+    a_first = asarr(host["z_start"] < host["z_end"] + (tilt * (host["z_start"] == host["z_end"])), "bool")
+    seg_t = dict(ax=ep.where(a_first, t["x_start"], t["x_end"]), ay=ep.where(a_first, t["y_start"], t["y_end"]),
+                 az=ep.where(a_first, zs, ze), bx=ep.where(a_first, t["x_end"], t["x_start"]),
+                 by=ep.where(a_first, t["y_end"], t["y_start"]), bz=ep.where(a_first, ze, zs),
+                 sigma_T=dr.sigma_T, sigma_L=dr.sigma_L, n_electrons=dr.n_electrons)
+    z_anode = detector.anode_z[np.maximum(host["plane"], 0)]
+
+    # ---- induced charge, block by block
+    itemsize = 8 if dtype == "float64" else 4
+    n_corr = 2 * (k_fast + k_slow)
+    compute = ~plan.nan_pair if sharp is None else np.ones(plan.n_pairs, bool)
+    blocks = _blocks(plan, compute, config.memory_budget_bytes, n_corr, itemsize)
+    fn = _block_fn(b, grad_capable)
+    grid = (float(detector.pixel_pitch), int(detector.sampled_points), float(detector.t_sampling))
+    waves, flat_idx, keep_masks = [], [], []
+    n_ticks = 1
+    ends = plan.placement + plan.n_win
+    if plan.n_pairs:
+        n_ticks = int(min(detector.n_ticks_event, ends.max() + TAIL_TICKS))
+    for pair_idx, width, n_z in blocks:
+        gather, rows, n_p, n_r, _ = _block_inputs(plan, pair_idx, config.pad_multiple)
+        seg_of = plan.seg[gather]
+        gi = asarr(seg_of, "int64")
+        s_ = plan.seg[gather]
+        swap_x = host["x_end"][s_] < host["x_start"][s_]
+        a_first_s = host["z_start"][s_] < host["z_end"][s_] + tilt * (host["z_start"][s_] == host["z_end"][s_])
+        # S (smaller x) is A exactly when A is the x-start and x is not swapped, or A is the x-end and it is
+        x_first_is_a = np.where(a_first_s, ~swap_x, swap_x)
+        bx_ = np.where(a_first_s, host["x_end"][s_], host["x_start"][s_])
+        ax_ = np.where(a_first_s, host["x_start"][s_], host["x_end"][s_])
+        sgn_x = np.where(bx_ - ax_ >= 0, 1.0, -1.0)
+        by_ = np.where(a_first_s, host["y_end"][s_], host["y_start"][s_])
+        ay_ = np.where(a_first_s, host["y_start"][s_], host["y_end"][s_])
+        sgn_y = np.where(by_ - ay_ >= 0, 1.0, -1.0)
+        g = {k: ops.gather(v, gi, 0) for k, v in seg_t.items()}
+        g.update(x_p=asarr(plan.x_p[gather]), y_p=asarr(plan.y_p[gather]), x_first_is_a=asarr(x_first_is_a, "bool"),
+                 branch=asarr(plan.branch[gather], "int64"), n_z=asarr(plan.n_z[gather].astype(np.float64)),
+                 sgn_x=asarr(sgn_x), sgn_y=asarr(sgn_y), z_anode=asarr(z_anode[seg_of]),
+                 eval_start=asarr(plan.eval_start[gather]), n_win=asarr(plan.n_win[gather], "int64"),
+                 vdrift=vdrift)
+        rows_t = {k: asarr(v, "int64") for k, v in rows.items() if k != "valid"}
+        rows_t["valid"] = asarr(rows["valid"])
+        wave = fn(g, rows_t, n_pairs=n_p, n_rows=n_r, n_z=n_z, width=width, grid=grid,
+                  sharpness=None if sharp is None else float(sharp), k_fast=k_fast, k_slow=k_slow, dtype=dtype)
+        real = len(pair_idx)
+        tick = np.arange(width)
+        valid = tick[None, :] < plan.n_win[pair_idx][:, None]
+        idx = plan.out_row[pair_idx][:, None] * n_ticks + plan.placement[pair_idx][:, None] + tick[None, :]
+        waves.append(wave[:real].reshape((-1,)))
+        flat_idx.append(np.where(valid, idx, 0).reshape(-1))
+        keep_masks.append(valid.reshape(-1).astype(np.float64))
+    n_rows = len(plan.rows)
+    charge = ep.zeros(like, (n_rows * n_ticks,))
+    if waves:
+        vals = ep.concatenate(waves) * asarr(np.concatenate(keep_masks))
+        charge = ops.scatter_add(charge, asarr(np.concatenate(flat_idx), "int64"), vals)
+    charge = charge.reshape((n_rows, n_ticks))
+    if sharp is None and plan.nan_pair.any():
+        charge = _nan_overlay(charge, plan, n_ticks, asarr)
+
+    # ---- electronics
+    from larnd_diff.sim.electronics import electronics
+
+    rng = b.rng(seed, device) if noise else None
+    adc, time, q = electronics(charge, detector, relax, noise=noise, rng=rng)
+    has = np.any(~np.isnan(ops.to_numpy(adc)), axis=1) if n_rows else np.zeros(0, bool)
+    keep = np.flatnonzero(has)
+    kt = asarr(keep, "int64")
+    hits = Hits(event_id=plan.row_event[keep], pixel=plan.rows[keep],
+                adc=ops.gather(adc, kt, 0).raw, time=ops.gather(time, kt, 0).raw, charge=ops.gather(q, kt, 0).raw,
+                backtrack=None)
+    if return_waveforms:
+        return hits, charge, plan
+    return hits
+
+
+def _nan_overlay(charge, plan, n_ticks, asarr):
+    """Reference quirk (spec 4.4.3): a segment parallel to the anode makes its pixels' current NaN over its window."""
+    mask = np.zeros(charge.shape, bool)
+    for p in np.flatnonzero(plan.nan_pair):
+        a = plan.placement[p]
+        mask[plan.out_row[p], a:min(a + plan.n_win[p], n_ticks)] = True
+    return ep.where(asarr(mask, "bool"), float("nan"), charge)
+
+
+__all__ = ["simulate", "trace_count"]
