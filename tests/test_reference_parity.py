@@ -131,8 +131,8 @@ def test_adc_parity(which, record_property):
     assert fig["identical_frac"] >= 0.99
     assert fig["other"] == 0, "every non-identical ADC row must be within +-1 count with the same sample count"
     assert fig["worst_hits_per_event_rel"] <= 0.005
-    # Hit times: identical where the ADC row is identical, except where the residual GPU-contraction differences
-    # (1e-4 of the current, spec 4.8) move the cumulative charge across 7000 e by one tick.
+    # Hit times: identical where the ADC row is identical (measured: all). The margin allows a one-tick move where
+    # an ulp-level libm difference on another machine puts the cumulative charge across 7000 e.
     assert fig["time_identical_frac"] >= 0.999
     assert all(d == 1 for d in fig["time_diff_ticks"])
     assert fig["backtrack_identical"] == fig["identical"]
@@ -171,8 +171,9 @@ def test_waveforms_match_captured(event, record_property):
     fig = dict(hit_pixels=int(hit.sum()), exact=int((err == 0).sum()), median=float(np.median(err)),
                p90=float(np.percentile(err, 90)), worst=float(err.max()))
     report(record_property, f"waveforms_event{event}", fig)
-    assert err.max() <= 5e-3
-    assert np.median(err) <= 1e-6
+    assert err.max() <= 5e-3              # the spec's recommended tolerance ...
+    assert err.max() <= 1e-6              # ... and what the fma emulation achieves (measured: <= 5e-9)
+    assert np.median(err) == 0.0
 
 
 @pytest.mark.parametrize("which", sorted(FILES))
@@ -235,7 +236,7 @@ def test_noise_statistics(record_property):
     assert abs(len(sim_adc) / len(ref_adc) - 1) < 0.03
     assert abs(sim_adc.mean() - ref_adc.mean()) < 0.5
     assert ks.pvalue > 0.01
-    assert fig["identical_frac"] >= 0.98
+    assert fig["identical_frac"] >= 0.99   # measured: 1.0 (the xoroshiro128+ streams bit-match numba-cuda)
 
 
 def test_noise_reproducible():
