@@ -294,3 +294,27 @@ def test_noise_off_below_threshold_gives_nothing():
     wf = np.zeros(6003)
     wf[50] = electrons_per_tick(6999.0)
     assert run_fee(wf)[2][0] == 0
+
+
+# ------------------------------------------------------------------------------------------------ edge cases ---
+def test_edge_cases():
+    inside = make_segments([0.1, -20.1, -28.0], [0.3, -20.0, -28.2], dE=2.0)
+    outside = make_segments([0.1, 500.0, -28.0], [0.3, 500.1, -28.2], dE=2.0)
+    both = np.concatenate([inside, outside])
+    a, b = simulate(inside), simulate(both)
+    np.testing.assert_array_equal(a.adc, b.adc)            # a segment outside every TPC induces nothing
+    assert len(simulate(inside[:0])) == 0
+    with pytest.raises(KeyError, match="lack the field"):
+        simulate(np.zeros(2, [("x", "f4")]))
+    with pytest.raises(ValueError, match="precision"):
+        simulate(inside, precision="half")
+
+
+def test_parallel_segment_silences_pixel():
+    """(Q) z_start == z_end gives NaN currents on the pixels within tolerance: no hits there afterwards."""
+    track = make_segments([0.1, -20.1, -28.0], [0.3, -20.0, -28.2], dE=2.0)
+    flat = make_segments([0.15, -20.05, -28.1], [0.25, -20.05, -28.1], dE=0.01)
+    hits, waves = simulate(np.concatenate([track, flat]), return_waveforms=True)
+    assert np.isnan(waves[0].waveforms).any()
+    clean = simulate(track)
+    assert len(hits) < len(clean)

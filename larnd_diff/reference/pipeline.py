@@ -17,6 +17,9 @@ from .quench import quench
 from .rng import create_streams, n_streams
 
 PRECISIONS = ("larnd-sim", "float64")
+#: Fields of the segment table the simulation reads or writes.
+REQUIRED_FIELDS = ("eventID", "x_start", "y_start", "z_start", "x_end", "y_end", "z_end", "x", "y", "z", "dE", "dEdx",
+                   "t", "t_start", "t_end", "n_electrons", "long_diff", "tran_diff", "pixel_plane")
 #: Memory bound of the per-(segment, pixel) signal buffer of one block of pairs.
 PAIR_BUFFER_BYTES = 256 * 2**20
 
@@ -37,6 +40,7 @@ def chunk_waveforms(segs, det, vdrift, single):
     pitch = det.pixel_pitch
     borders = det.tpc_borders
     plane = segs["pixel_plane"].astype(np.int64)
+    plane = np.where(plane < det.n_tpcs, plane, -1)    # u4 0xFFFFFFFF = outside every TPC
     radius = neighbourhood_radius(np.max(segs["tran_diff"]), pitch)
     pair_seg, pair_pix = segment_pixel_pairs(
         segs["x_start"], segs["y_start"], segs["x_end"], segs["y_end"], plane,
@@ -52,7 +56,7 @@ def chunk_waveforms(segs, det, vdrift, single):
     start_tick = np.rint(track_starts / dt).astype(np.int64)
     x_c, y_c = det.pixel_center(uniq[:, 0], uniq[:, 1])
     centres = np.stack([x_c, y_c], axis=1)[pair_row]
-    z_anode = borders[plane, 2, 0]
+    z_anode = np.where(plane >= 0, borders[np.maximum(plane, 0), 2, 0], np.nan)
     waveforms = np.zeros((len(uniq), n_ticks_event))
     n_e = segs["n_electrons"].astype(np.float64)
     block = max(1, PAIR_BUFFER_BYTES // (8 * max(int(time_max), 1)))   # bounds the (pairs, ticks) buffer
@@ -84,6 +88,10 @@ def simulate(segments, detector=None, params=None, *, noise=False, seed=0, preci
     el = det.electronics
     dt = det.t_sampling
     segments = np.asarray(segments)
+    missing = [f for f in REQUIRED_FIELDS if segments.dtype.names is None or f not in segments.dtype.names]
+    if missing:
+        raise KeyError(f"segments lack the field(s) {missing}; expected a structured array with the fields of "
+                       "larnd_diff.io.SEGMENT_DTYPE (simulation frame, z = drift axis)")
     drifted = drift(quench(segments, p, detector=det), det, p)
     events = np.unique(drifted["eventID"])
     parts, waves = [], []

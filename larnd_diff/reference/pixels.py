@@ -100,6 +100,10 @@ def segment_pixel_pairs(x_start, y_start, x_end, y_end, plane, x_lo, y_lo, pitch
     total = 0
     for s in range(n_seg):
         p = plane[s]
+        if p < 0 or p >= n_planes:
+            # outside every TPC: larnd-sim indexes out of bounds here (undefined); such a segment induces nothing
+            lists.append(np.empty((0, 2), np.int64))
+            continue
         i0, j0 = pixel_of_point(x_start[s], y_start[s], p, x_lo[p], y_lo[p], pitch, n_x)
         i1, j1 = pixel_of_point(x_end[s], y_end[s], p, x_lo[p], y_lo[p], pitch, n_x)
         nb = neighbourhood_pixels(bresenham_pixels(i0, j0, i1, j1, n_y), radius, n_x, n_y, n_planes)
