@@ -136,7 +136,7 @@ def _sanitize(x: ep.Tensor, mask: ep.Tensor) -> ep.Tensor:
 
 
 # =========================================================================================== diagonals
-def _diagonal_reader(c: ep.Tensor, nx: ep.Tensor, ny: ep.Tensor, gamma: float) -> Callable[[Any], ep.Tensor]:
+def _diagonal_reader(c: ep.Tensor, nx: ep.Tensor, ny: ep.Tensor, gamma: ep.Tensor) -> Callable[[Any], ep.Tensor]:
     """``read(k) -> (B, N+1)``: row i holds C[i, k-i] / gamma (1-based), 0 off the grid or beyond (n_b, m_b).
 
     The diagonal is gathered from C inside each step rather than from a pre-skewed copy: that copy and its
@@ -149,7 +149,7 @@ def _diagonal_reader(c: ep.Tensor, nx: ep.Tensor, ny: ep.Tensor, gamma: float) -
     base = (rows - 1) * m - 1  # flat index of cell (i, j) is base[i] + j
     rows_ok = ep.logical_and((rows >= 1)[None, :], rows[None, :] <= nx[:, None])
     zero = _row_table(c, 0.0)
-    inv = 1.0 / gamma
+    inv = 1.0 / gamma  # 0-d tensor: one compiled program serves every gamma
 
     def read(k):
         j = k - rows
@@ -183,7 +183,7 @@ def _end_cells(nx: ep.Tensor, ny: ep.Tensor, w: int) -> Tuple[ep.Tensor, ep.Tens
     return ep.logical_and(rows[None, :] == nx[:, None], item_ok[:, None]), nx + ny
 
 
-def _forward(backend: str, c: ep.Tensor, nx: ep.Tensor, ny: ep.Tensor, gamma: float, keep: bool):
+def _forward(backend: str, c: ep.Tensor, nx: ep.Tensor, ny: ep.Tensor, gamma: ep.Tensor, keep: bool):
     """Forward DP. Returns (R[n_b, m_b] / gamma per item, skewed P table (N+M-1, B, N+1) or None)."""
     batch, n, m = c.shape
     read = _diagonal_reader(c, nx, ny, gamma)
@@ -205,7 +205,7 @@ def _forward(backend: str, c: ep.Tensor, nx: ep.Tensor, ny: ep.Tensor, gamma: fl
     return val, p_table
 
 
-def _backward(backend: str, c: ep.Tensor, p_table: ep.Tensor, nx: ep.Tensor, ny: ep.Tensor, gamma: float,
+def _backward(backend: str, c: ep.Tensor, p_table: ep.Tensor, nx: ep.Tensor, ny: ep.Tensor, gamma: ep.Tensor,
               g: ep.Tensor) -> ep.Tensor:
     """E recursion by anti-diagonals, seeded with the cotangent ``g`` (B,) at (n_b, m_b): dvalue/dC (B, N, M)."""
     batch, n, m = c.shape
@@ -231,49 +231,53 @@ def _backward(backend: str, c: ep.Tensor, p_table: ep.Tensor, nx: ep.Tensor, ny:
 
 
 # =========================================================================================== ops
-def _finish(value_scaled: ep.Tensor, nx: ep.Tensor, ny: ep.Tensor, gamma: float) -> ep.Tensor:
+def _finish(value_scaled: ep.Tensor, nx: ep.Tensor, ny: ep.Tensor, gamma: ep.Tensor) -> ep.Tensor:
     ok = ep.logical_and(nx >= 1, ny >= 1)
     return ep.where(ok, value_scaled * gamma, ep.full_like(value_scaled, np.inf))
 
 
-@lru_cache(maxsize=64)
-def _xy_op(backend: str, gamma: float, kind: str) -> Callable:
-    """Differentiable raw op (x, y, nx, ny) -> (B,) for a built-in cost."""
+@lru_cache(maxsize=16)
+def _xy_op(backend: str, kind: str) -> Callable:
+    """Differentiable raw op (x, y, nx, ny, gamma) -> (B,) for a built-in cost; gamma a 0-d tensor (no
+    derivative), so that jax compiles one program per shape, not one per gamma."""
     keep = backend != "numpy"
 
-    def forward(x_raw, y_raw, nx_raw, ny_raw):
-        x, y, nx, ny = (ep.astensor(v) for v in (x_raw, y_raw, nx_raw, ny_raw))
+    def forward(x_raw, y_raw, nx_raw, ny_raw, g_raw):
+        x, y, nx, ny, gamma = (ep.astensor(v) for v in (x_raw, y_raw, nx_raw, ny_raw, g_raw))
         val, p_table = _forward(backend, pairwise_cost(x, y, kind), nx, ny, gamma, keep)
-        res = (x_raw, y_raw, nx_raw, ny_raw) + ((p_table.raw,) if keep else ())
+        res = (x_raw, y_raw, nx_raw, ny_raw, g_raw) + ((p_table.raw,) if keep else ())
         return _finish(val, nx, ny, gamma).raw, res
 
-    def backward(res, g_raw):
-        x, y, nx, ny, p_table = (ep.astensor(v) for v in res)
-        g = ep.astensor(g_raw)
-        e = _backward(backend, pairwise_cost(x, y, kind), p_table, nx, ny, gamma, g)
+    def backward(res, cot_raw):
+        x, y, nx, ny, gamma, p_table = (ep.astensor(v) for v in res)
+        e = _backward(backend, pairwise_cost(x, y, kind), p_table, nx, ny, gamma, ep.astensor(cot_raw))
         gx, gy = _cost_vjp(x, y, e, kind)
-        return gx.raw, gy.raw, None, None
+        return gx.raw, gy.raw, None, None, None
 
     return glue.custom_vjp(backend, forward, backward)
 
 
-@lru_cache(maxsize=64)
-def _matrix_op(backend: str, gamma: float) -> Callable:
-    """Differentiable raw op (C, nx, ny) -> (B,) on a precomputed cost matrix."""
+@lru_cache(maxsize=16)
+def _matrix_op(backend: str) -> Callable:
+    """Differentiable raw op (C, nx, ny, gamma) -> (B,) on a precomputed cost matrix."""
     keep = backend != "numpy"
 
-    def forward(c_raw, nx_raw, ny_raw):
-        c, nx, ny = (ep.astensor(v) for v in (c_raw, nx_raw, ny_raw))
+    def forward(c_raw, nx_raw, ny_raw, g_raw):
+        c, nx, ny, gamma = (ep.astensor(v) for v in (c_raw, nx_raw, ny_raw, g_raw))
         val, p_table = _forward(backend, c, nx, ny, gamma, keep)
-        res = (c_raw, nx_raw, ny_raw) + ((p_table.raw,) if keep else ())
+        res = (c_raw, nx_raw, ny_raw, g_raw) + ((p_table.raw,) if keep else ())
         return _finish(val, nx, ny, gamma).raw, res
 
-    def backward(res, g_raw):
-        c, nx, ny, p_table = (ep.astensor(v) for v in res)
-        e = _backward(backend, c, p_table, nx, ny, gamma, ep.astensor(g_raw))
-        return e.raw, None, None
+    def backward(res, cot_raw):
+        c, nx, ny, gamma, p_table = (ep.astensor(v) for v in res)
+        e = _backward(backend, c, p_table, nx, ny, gamma, ep.astensor(cot_raw))
+        return e.raw, None, None, None
 
     return glue.custom_vjp(backend, forward, backward)
+
+
+def _gamma_tensor(like: ep.Tensor, gamma: float) -> ep.Tensor:
+    return ops.asarray(like, np.asarray(gamma, dtype=np.float64), ops.dtype_name(like))
 
 
 # =========================================================================================== public API
@@ -312,10 +316,11 @@ def _sdtw(x: ep.Tensor, y: ep.Tensor, nx: ep.Tensor, ny: ep.Tensor, gamma: float
     backend = ops.backend_of(x)
     x = _sanitize(x, _valid_mask(nx, nx, x.shape[1]))
     y = _sanitize(y, _valid_mask(ny, ny, y.shape[1]))
+    g = _gamma_tensor(x, gamma)
     if callable(cost):
         c = cost(x, y)
-        return ep.astensor(_matrix_op(backend, gamma)(c.raw, nx.raw, ny.raw))
-    return ep.astensor(_xy_op(backend, gamma, cost)(x.raw, y.raw, nx.raw, ny.raw))
+        return ep.astensor(_matrix_op(backend)(c.raw, nx.raw, ny.raw, g.raw))
+    return ep.astensor(_xy_op(backend, cost)(x.raw, y.raw, nx.raw, ny.raw, g.raw))
 
 
 def _divergence(x, y, nx, ny, gamma, cost) -> ep.Tensor:
@@ -324,7 +329,9 @@ def _divergence(x, y, nx, ny, gamma, cost) -> ep.Tensor:
     xx = _sdtw(x, x, nx, nx, gamma, cost)
     yy = _sdtw(y, y, ny, ny, gamma, cost)
     both = ep.logical_and(nx >= 1, ny >= 1)
-    safe = ep.where(both, xy - 0.5 * (xx + yy), ep.zeros_like(xy))
+    zero = ep.zeros_like(xy)
+    xy, xx, yy = (ep.where(both, v, zero) for v in (xy, xx, yy))  # no inf - inf for empty items
+    safe = xy - 0.5 * (xx + yy)
     neither = ep.logical_and(nx == 0, ny == 0)
     return ep.where(both, safe, ep.where(neither, ep.zeros_like(xy), ep.full_like(xy, np.inf)))
 
@@ -385,5 +392,5 @@ def soft_dtw_cost_matrix(c, gamma: float = 1.0, lengths_x=None, lengths_y=None):
     batch, n, m = ct.shape
     nx = _lengths(ct, lengths_x, batch, n)
     ny = _lengths(ct, lengths_y, batch, m)
-    out = ep.astensor(_matrix_op(ops.backend_of(ct), gamma)(ct.raw, nx.raw, ny.raw))
+    out = ep.astensor(_matrix_op(ops.backend_of(ct))(ct.raw, nx.raw, ny.raw, _gamma_tensor(ct, gamma).raw))
     return restore(out[0] if scalar else out)
