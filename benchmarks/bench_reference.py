@@ -2,8 +2,9 @@
 
     python benchmarks/bench_reference.py [--input module0_corsika.h5] [--repeat 3] [--out results/reference_cpu.json]
 
-Writes JSON: total seconds (best and median of the repeats), seconds per cm of segment length (geometric length of
-all segments) and per event, sizes, and machine info.
+Writes JSON: total wall seconds (best and median of the repeats), CPU seconds summed over threads, seconds per cm
+of segment length (geometric length of all segments) and per event, sizes, and machine info (with the 1-minute load
+average: on a shared machine, wall times depend on the other processes).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def machine_info() -> dict:
     import numba
     info = dict(platform=platform.platform(), python=platform.python_version(), processor=platform.processor(),
                 cpu_count=os.cpu_count(), numba=numba.__version__, numpy=np.__version__,
-                numba_threads=numba.config.NUMBA_NUM_THREADS)
+                numba_threads=numba.config.NUMBA_NUM_THREADS, load_average_1min=os.getloadavg()[0])
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -60,17 +61,19 @@ def main(argv=None) -> dict:
     first = segs[segs["eventID"] == segs["eventID"][0]]
     simulate(first, precision=args.precision, noise=args.noise)     # JIT (or cache load)
     jit_s = time.perf_counter() - t
-    times, hits = [], None
+    times, cpu, hits = [], [], None
     for _ in range(args.repeat):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         hits = simulate(segs, precision=args.precision, noise=args.noise)
         times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
     best = min(times)
     result = dict(
         benchmark="larnd_diff.reference.simulate (Numba, CPU)", input=str(args.input), precision=args.precision,
         noise=args.noise, n_segments=int(len(segs)), n_events=n_events, segment_length_cm=length_cm,
         n_hit_pixels=len(hits), n_samples=int(hits.n_samples.sum()),
         seconds_total_best=best, seconds_total_median=statistics.median(times), seconds_all=times,
+        cpu_seconds_all_threads=cpu,
         seconds_per_cm=best / length_cm, seconds_per_event=best / n_events, first_call_seconds_incl_jit=jit_s,
         machine=machine_info(), date_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     out = Path(args.out)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from ..detector import resolve_detector
@@ -20,6 +21,8 @@ PRECISIONS = ("larnd-sim", "float64")
 #: Fields of the segment table the simulation reads or writes.
 REQUIRED_FIELDS = ("eventID", "x_start", "y_start", "z_start", "x_end", "y_end", "z_end", "x", "y", "z", "dE", "dEdx",
                    "t", "t_start", "t_end", "n_electrons", "long_diff", "tran_diff", "pixel_plane")
+#: Pairs per scheduling task of the parallel loop (pair costs vary by orders of magnitude: dynamic balance).
+PAIRS_PER_TASK = 16
 #: Memory bound of the per-(segment, pixel) signal buffer of one block of pairs.
 PAIR_BUFFER_BYTES = 256 * 2**20
 
@@ -62,11 +65,12 @@ def chunk_waveforms(segs, det, vdrift, single):
     block = max(1, PAIR_BUFFER_BYTES // (8 * max(int(time_max), 1)))   # bounds the (pairs, ticks) buffer
     for b0 in range(0, len(pair_seg), block):
         sl = slice(b0, b0 + block)
-        signals, n_live = pair_signals(
-            pair_seg[sl], np.ascontiguousarray(centres[sl]), segs["x_start"], segs["y_start"], segs["z_start"],
-            segs["x_end"], segs["y_end"], segs["z_end"], segs["tran_diff"], segs["long_diff"], n_e,
-            segs["t_start"], z_anode, pitch, vdrift, dt, det.time_padding, det.sampled_points, int(time_max),
-            single)
+        with numba.parallel_chunksize(PAIRS_PER_TASK):
+            signals, n_live = pair_signals(
+                pair_seg[sl], np.ascontiguousarray(centres[sl]), segs["x_start"], segs["y_start"],
+                segs["z_start"], segs["x_end"], segs["y_end"], segs["z_end"], segs["tran_diff"], segs["long_diff"],
+                n_e, segs["t_start"], z_anode, pitch, vdrift, dt, det.time_padding, det.sampled_points,
+                int(time_max), single)
         accumulate_waveforms(waveforms, signals, n_live, pair_row[sl], pair_seg[sl], start_tick)
     return uniq, waveforms, pair_row, pair_seg
 
