@@ -38,6 +38,13 @@ class ChunkWaveforms:
     rows: np.ndarray        # rows of the input table simulated in this chunk
 
 
+def promote_to_float64(segments: np.ndarray) -> np.ndarray:
+    """Copy with every floating-point field widened to float64 (so drifted times and sigmas stay double)."""
+    dtype = np.dtype([(name, np.float64 if segments.dtype[name].kind == "f" else segments.dtype[name])
+                      for name in segments.dtype.names])
+    return segments.astype(dtype)
+
+
 def chunk_waveforms(segs, det, vdrift, single):
     """Unique pixels (n, 2), their waveforms (n, n_ticks) and the (pair row, pair segment) lists of one chunk."""
     pitch = det.pixel_pitch
@@ -79,9 +86,18 @@ def simulate(segments, detector=None, params=None, *, noise=False, seed=0, preci
              chunk_size=600, progress=False, return_waveforms=False):
     """Simulate the hits of ``segments`` (simulation frame, z = drift axis) with larnd-sim's algorithm.
 
-    Returns :class:`larnd_diff.hits.Hits` (and a list of :class:`ChunkWaveforms` with ``return_waveforms``).
-    ``precision="larnd-sim"`` reproduces the reference's float32 map; ``"float64"`` computes in double.
-    Noise streams are seeded per chunk with ``seed + event index`` (larnd-sim: the event index).
+    Birks quenching and drifting of all rows, then per eventID (ascending) and per ``chunk_size`` consecutive rows
+    of the event (``None``: the whole event) independently: pixels, induced current, front end, backtracking.
+
+    Returns :class:`larnd_diff.hits.Hits` with one row per (event, chunk, pixel) with at least one sample, ordered
+    by event, chunk, pixel (I, J); times in us from the start of the event (trigger tick x 600/6003), charges in
+    electrons, ``backtrack`` = row numbers of ``segments``. With ``return_waveforms`` returns
+    ``(hits, [ChunkWaveforms, ...])``, one entry per processed chunk.
+
+    ``precision="larnd-sim"``: the reference's float32 map and fused multiply-adds (matches the GPU outputs);
+    ``"float64"``: all arithmetic in double (float fields widened to float64, no contractions), the quirks kept.
+    ``noise``: 900 e- reset and 500 e- uncorrelated noise from per-pixel-row xoroshiro128+ streams seeded with
+    ``seed + event index`` (larnd-sim: the event index, i.e. ``seed=0``); noise off is deterministic.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
@@ -96,6 +112,8 @@ def simulate(segments, detector=None, params=None, *, noise=False, seed=0, preci
     if missing:
         raise KeyError(f"segments lack the field(s) {missing}; expected a structured array with the fields of "
                        "larnd_diff.io.SEGMENT_DTYPE (simulation frame, z = drift axis)")
+    if not single:
+        segments = promote_to_float64(segments)
     drifted = drift(quench(segments, p, detector=det), det, p)
     events = np.unique(drifted["eventID"])
     parts, waves = [], []
