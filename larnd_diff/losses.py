@@ -164,9 +164,7 @@ def _embed(hits: Any, events: np.ndarray, detector, like: ep.Tensor) -> Tuple[ep
 
     # ordering key: (x, y) rank from the host, then time; no derivative flows through the order
     t_stop = ops.stop_gradient(time_g)
-    pad = ep.full_like(like.reshape((-1,))[:1], _FAR)  # keeps the reductions non-empty when E == 0
-    if ops.dtype_name(pad) != dtype:
-        pad = ops.cast(pad, dtype)
+    pad = ops.asarray(like, np.array([_FAR]), dtype)  # keeps the reductions non-empty when E == 0
     lo = ep.concatenate([ep.where(valid, t_stop, ep.full_like(zero, _FAR)).reshape((-1,)), pad]).min()
     hi = ep.concatenate([ep.where(valid, t_stop, ep.full_like(zero, -_FAR)).reshape((-1,)), -pad]).max()
     span = ep.maximum(hi - lo, 0.0) + 1.0
