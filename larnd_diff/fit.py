@@ -245,11 +245,12 @@ def _resolve_loss(loss) -> Callable:
     getter = getattr(_losses, "get_loss", None)
     if getter is not None:
         return getter(loss)
-    fn = getattr(_losses, loss, None)
-    if callable(fn):
-        return fn
-    known = sorted(getattr(_losses, "LOSSES", {}) or [n for n in dir(_losses) if not n.startswith("_")])
-    raise KeyError(f"unknown loss {loss!r}; known: {known}")
+    for candidate in (loss, f"{loss}_loss"):  # "sdtw_adc" -> losses.sdtw_adc_loss
+        fn = getattr(_losses, candidate, None)
+        if callable(fn) and candidate in getattr(_losses, "__all__", [candidate]):
+            return fn
+    known = sorted(n[:-5] for n in getattr(_losses, "__all__", []) if n.endswith("_loss"))
+    raise KeyError(f"unknown loss {loss!r}; known: {known} (or pass a callable loss(sim_hits, target_hits))")
 
 
 def _hits_to_backend(hits: Hits, backend, dtype: str, device) -> Hits:
