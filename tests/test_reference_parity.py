@@ -16,6 +16,7 @@ import pytest
 from larnd_diff.detector import module0
 from larnd_diff.io import swap_xz
 from larnd_diff.reference import drift, quench, simulate
+from larnd_diff.reference.induce import E_CHARGE
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 REF = SHARED / "reference"
@@ -46,6 +47,7 @@ def ref_hits(ref) -> dict:
     events = ref_row_events(ref)
     order = np.unique(ref["segs_in"]["eventID"])
     adc = ref["adc"]
+    charge = np.concatenate([ref[f"b{k}_integral_list"] for k in range(len(ref["meta"]["batches"]))]) / E_CHARGE
     out = {}
     for r in np.nonzero((adc > EMPTY_ADC).any(axis=1))[0]:
         n = int((adc[r] > EMPTY_ADC).sum())
@@ -53,7 +55,7 @@ def ref_hits(ref) -> dict:
         offset = DET.event_slot_us * np.searchsorted(order, ev)
         ticks = np.rint((ref["ticks"][r, :n] - offset) / TICK).astype(np.int64)
         key = (ev, int(ref["unique_pix"][r, 0]), int(ref["unique_pix"][r, 1]))
-        out[key] = (adc[r, :n], ticks, ref["track_ids"][r, :n].astype(np.int64))
+        out[key] = (adc[r, :n], ticks, ref["track_ids"][r, :n].astype(np.int64), charge[r, :n])
     return out
 
 
@@ -62,7 +64,8 @@ def sim_hits(hits) -> dict:
     for r in range(len(hits)):
         n = int(hits.n_samples[r])
         key = (int(hits.event_id[r]), int(hits.pixel[r, 0]), int(hits.pixel[r, 1]))
-        out[key] = (hits.adc[r, :n], np.rint(hits.time[r, :n] / TICK).astype(np.int64), hits.backtrack[r, :n])
+        out[key] = (hits.adc[r, :n], np.rint(hits.time[r, :n] / TICK).astype(np.int64), hits.backtrack[r, :n],
+                    hits.charge[r, :n])
     return out
 
 
@@ -70,7 +73,7 @@ def compare(ref: dict, mine: dict) -> dict:
     """Parity figures between two {(event, I, J): (adc, ticks, backtrack)} maps."""
     keys = set(ref) | set(mine)
     identical = within_one = time_same = bt_same = 0
-    time_diff_ticks = []
+    time_diff_ticks, charge_rel = [], [0.0]
     for k in keys:
         if k not in ref or k not in mine:
             continue
@@ -81,6 +84,7 @@ def compare(ref: dict, mine: dict) -> dict:
             identical += 1
             if np.array_equal(a[1], b[1]):
                 time_same += 1
+                charge_rel.append(float(np.max(np.abs(a[3] - b[3]) / a[3])))
             else:
                 time_diff_ticks.append(int(np.max(np.abs(a[1] - b[1]))))
             bt_same += np.array_equal(a[2], b[2])
@@ -94,7 +98,7 @@ def compare(ref: dict, mine: dict) -> dict:
                 other=n - identical - within_one, identical_frac=identical / n,
                 within_one_frac=(identical + within_one) / n, time_identical=time_same,
                 time_identical_frac=time_same / max(identical, 1), time_diff_ticks=time_diff_ticks,
-                backtrack_identical=bt_same, worst_hits_per_event_rel=worst,
+                backtrack_identical=bt_same, worst_hits_per_event_rel=worst, worst_charge_rel=max(charge_rel),
                 ref_samples=int(sum(len(v[0]) for v in ref.values())),
                 sim_samples=int(sum(len(v[0]) for v in mine.values())))
 
@@ -136,6 +140,7 @@ def test_adc_parity(which, record_property):
     assert fig["time_identical_frac"] >= 0.999
     assert all(d == 1 for d in fig["time_diff_ticks"])
     assert fig["backtrack_identical"] == fig["identical"]
+    assert fig["worst_charge_rel"] <= 1e-6   # converted charge (electrons) where ADC and time agree (measured 5e-10)
 
 
 def test_first_hits_event0():
