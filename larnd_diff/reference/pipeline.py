@@ -38,6 +38,11 @@ class ChunkWaveforms:
     rows: np.ndarray        # rows of the input table simulated in this chunk
 
 
+def stream_seed(seed: int, event_index: int) -> np.uint64:
+    """numba xoroshiro128+ seed of one event: the event index (larnd-sim) offset by seed x 2^32."""
+    return np.uint64(((int(seed) << 32) + int(event_index)) % 2**64)
+
+
 def promote_to_float64(segments: np.ndarray) -> np.ndarray:
     """Copy with every floating-point field widened to float64 (so drifted times and sigmas stay double)."""
     dtype = np.dtype([(name, np.float64 if segments.dtype[name].kind == "f" else segments.dtype[name])
@@ -97,7 +102,7 @@ def simulate(segments, detector=None, params=None, *, noise=False, seed=0, preci
     ``precision="larnd-sim"``: the reference's float32 map and fused multiply-adds (matches the GPU outputs);
     ``"float64"``: all arithmetic in double (float fields widened to float64, no contractions), the quirks kept.
     ``noise``: 900 e- reset and 500 e- uncorrelated noise from per-pixel-row xoroshiro128+ streams seeded with
-    ``seed + event index`` (larnd-sim: the event index, i.e. ``seed=0``); noise off is deterministic.
+    ``seed * 2**32 + event index`` (larnd-sim: the event index, i.e. ``seed=0``); noise off is deterministic.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
@@ -137,7 +142,7 @@ def simulate(segments, detector=None, params=None, *, noise=False, seed=0, preci
             if len(uniq) == 0:
                 continue
             n_rows = len(uniq)
-            state = create_streams(n_streams(n_rows), np.uint64(seed + i_event)) if noise else \
+            state = create_streams(n_streams(n_rows), stream_seed(seed, i_event)) if noise else \
                 np.zeros((1, 2), np.uint64)
             charges, ticks, counts = front_end(wf, dt, el.threshold_e, el.integration_ticks(dt), el.max_adc_values,
                                                el.reset_noise_e, el.uncorrelated_noise_e, state, bool(noise))
