@@ -22,27 +22,38 @@ def _noise(state, row, sigma_e, noisy):
 
 
 @njit(**JIT)
-def pixel_triggers(waveform, t_sampling, threshold_c, interval, max_samples, reset_e, uncorr_e, state, row, noisy,
-                   charges, ticks):
-    """Discriminate / integrate one pixel waveform (C/us per tick). Fills ``charges`` (C) and ``ticks`` (trigger
-    tick indices) and returns the number of stored samples.
+def _tick_charge(waveform, i, t_sampling):
+    """Charge (C) of tick i: current x dt, zero past the stored ticks."""
+    if i < waveform.shape[0]:
+        return waveform[i] * t_sampling
+    return 0.0
+
+
+@njit(**JIT)
+def pixel_triggers(waveform, n_ticks, t_sampling, threshold_c, interval, max_samples, reset_e, uncorr_e, state, row,
+                   noisy, charges, ticks):
+    """Discriminate / integrate one pixel waveform (C/us per tick) of ``n_ticks`` ticks, zero beyond
+    len(waveform). Fills ``charges`` (C) and ``ticks`` (trigger tick indices), returns the number of samples.
 
     The trigger tick is integrated twice (once before the comparison, once in the hold window; Q); after a stored
     sample two ticks are dead and the integrator restarts with reset noise; after a failed conversion one tick is
     skipped and it restarts with uncorrelated noise only.
     """
-    n = waveform.shape[0]
+    n = n_ticks
+    n_stored = waveform.shape[0]
     k = 0
     q_sum = _noise(state, row, reset_e, noisy)
     i = 0
     while i < n:
-        q_sum += waveform[i] * t_sampling
+        if i >= n_stored and not noisy:
+            break   # q_sum < threshold here and no more charge: nothing can trigger (noise draws need every tick)
+        q_sum += _tick_charge(waveform, i, t_sampling)
         q_noise = _noise(state, row, uncorr_e, noisy)
         if q_sum + q_noise >= threshold_c:
             trigger = i
             integrate_end = i + interval
             while i <= integrate_end and i < n:
-                q_sum += waveform[i] * t_sampling
+                q_sum += _tick_charge(waveform, i, t_sampling)
                 i += 1
             converted = q_sum + _noise(state, row, uncorr_e, noisy)
             if converted < threshold_c:
@@ -62,8 +73,8 @@ def pixel_triggers(waveform, t_sampling, threshold_c, interval, max_samples, res
 
 
 @njit(parallel=True, **JIT)
-def front_end(waveforms, t_sampling, threshold_e, interval, max_samples, reset_e, uncorr_e, state, noisy):
-    """Apply :func:`pixel_triggers` to every row; returns charges (n, K) in C (NaN empty), trigger ticks (n, K)
+def front_end(waveforms, n_ticks, t_sampling, threshold_e, interval, max_samples, reset_e, uncorr_e, state, noisy):
+    """Apply :func:`pixel_triggers` to every row (``n_ticks`` ticks, zero past waveforms.shape[1]); returns charges (n, K) in C (NaN empty), trigger ticks (n, K)
     (-1 empty) and sample counts."""
     n_rows = waveforms.shape[0]
     charges = np.full((n_rows, max_samples), np.nan)
@@ -71,7 +82,7 @@ def front_end(waveforms, t_sampling, threshold_e, interval, max_samples, reset_e
     counts = np.zeros(n_rows, np.int64)
     threshold_c = threshold_e * E_CHARGE
     for r in prange(n_rows):
-        counts[r] = pixel_triggers(waveforms[r], t_sampling, threshold_c, interval, max_samples, reset_e, uncorr_e,
+        counts[r] = pixel_triggers(waveforms[r], n_ticks, t_sampling, threshold_c, interval, max_samples, reset_e, uncorr_e,
                                    state, r, noisy, charges[r], ticks[r])
     return charges, ticks, counts
 

@@ -42,6 +42,8 @@ AMPLITUDE_A = (1.060, -0.909, -0.909, 5.856, 0.207, 0.207)
 TAU_B_US = (0.679, -1.083, -1.083, 8.772, -5.521, -5.521)
 TAU_C_US = (2.644, -9.174, -9.174, 13.483, 45.887, 45.887)
 DELAY_US = (2.948, -2.705, -2.705, 4.825, 20.814, 20.814)
+#: Upper bound of the delay polynomial over the pad (its maximum, at a corner, is 4.032 us).
+MAX_DELAY_US = 4.1
 # exp(x) == 0.0 in float64 for x below this (the smallest subnormal is exp(-745.13)).
 _EXP_UNDERFLOW = -746.0
 
@@ -234,10 +236,9 @@ def step_sign(v):
 def pair_signal(out, seg_start, seg_end, sigma_t, sigma_l, n_e, t_start_us, z_anode, x_p, y_p, pitch, vdrift,
                 t_sampling, time_padding, n_points, single):
     """Current (C/us) induced by one segment on one pixel at ticks T0 + k dt, k < len(out), written into ``out``
-    (float32-rounded when ``single``). Returns the number of leading ticks that can be non-zero."""
+    (float32-rounded when ``single``). Returns the number n of leading ticks that can be non-zero: only
+    out[:n] is written."""
     n_ticks = out.shape[0]
-    for k in range(n_ticks):
-        out[k] = 0.0
     if seg_start[2] < seg_end[2]:
         a_pt, b_pt = seg_start, seg_end
     else:
@@ -323,6 +324,10 @@ def pair_signal(out, seg_start, seg_end, sigma_t, sigma_l, n_e, t_start_us, z_an
         bz[iz] = rz / ssz * uz
         dz[iz] = rz * rz / (2 * sz * sz)
 
+    # Ticks that can see current: up to the latest arrival (|z - z_anode| is largest at an end of the grid; the
+    # pad delay is <= 4.032 us). Beyond it larnd-sim's current is exactly zero.
+    t0_far = (max(abs(z_first - z_anode), abs(z_last - z_anode)) - 0.5) / vdrift
+    n_ticks = min(n_ticks, max(1, int(math.ceil((t0_far + MAX_DELAY_US - t0_tick) / t_sampling)) + 2))
     # tick times exactly as larnd-sim forms them
     tick_t = np.empty(n_ticks)
     for k in range(n_ticks):
@@ -394,7 +399,7 @@ def pair_signals(seg_index, pix_xy, x_start, y_start, z_start, x_end, y_end, z_e
                  t_start, z_anode, pitch, vdrift, t_sampling, time_padding, n_points, n_ticks, single):
     """Signals (n_pairs, n_ticks) of all (segment, pixel-centre) pairs, in parallel over pairs."""
     n = seg_index.shape[0]
-    out = np.zeros((n, n_ticks))
+    out = np.empty((n, n_ticks))   # row r is valid up to n_live[r]
     n_live = np.zeros(n, np.int64)
     for r in prange(n):
         s = seg_index[r]

@@ -72,7 +72,9 @@ def chunk_waveforms(segs, det, vdrift, single):
     x_c, y_c = det.pixel_center(uniq[:, 0], uniq[:, 1])
     centres = np.stack([x_c, y_c], axis=1)[pair_row]
     z_anode = np.where(plane >= 0, borders[np.maximum(plane, 0), 2, 0], np.nan)
-    waveforms = np.zeros((len(uniq), n_ticks_event))
+    # ticks past the last placed signal stay zero: store only up to there (the front end treats the rest as zero)
+    n_stored = int(min(n_ticks_event, start_tick.max() + time_max))
+    waveforms = np.zeros((len(uniq), n_stored))
     n_e = segs["n_electrons"].astype(np.float64)
     block = max(1, PAIR_BUFFER_BYTES // (8 * max(int(time_max), 1)))   # bounds the (pairs, ticks) buffer
     for b0 in range(0, len(pair_seg), block):
@@ -138,14 +140,17 @@ def simulate(segments, detector=None, params=None, *, noise=False, seed=0, preci
             segs = drifted[rows]
             uniq, wf, pair_row, pair_seg = chunk_waveforms(segs, det, vdrift, single)
             if return_waveforms:
-                waves.append(ChunkWaveforms(int(ev), i_chunk, uniq, wf, rows))
+                full = np.zeros((len(uniq), det.n_ticks_event))
+                full[:, :wf.shape[1]] = wf
+                waves.append(ChunkWaveforms(int(ev), i_chunk, uniq, full, rows))
             if len(uniq) == 0:
                 continue
             n_rows = len(uniq)
             state = create_streams(n_streams(n_rows), stream_seed(seed, i_event)) if noise else \
                 np.zeros((1, 2), np.uint64)
-            charges, ticks, counts = front_end(wf, dt, el.threshold_e, el.integration_ticks(dt), el.max_adc_values,
-                                               el.reset_noise_e, el.uncorrelated_noise_e, state, bool(noise))
+            charges, ticks, counts = front_end(wf, det.n_ticks_event, dt, el.threshold_e, el.integration_ticks(dt),
+                                               el.max_adc_values, el.reset_noise_e, el.uncorrelated_noise_e, state,
+                                               bool(noise))
             # a conversion that integrated NaN current (spec 4.4.3) digitises to NaN: larnd-sim's export drops it
             filled = (ticks >= 0) & np.isfinite(charges)
             counts = filled.sum(axis=1)
