@@ -17,7 +17,7 @@ import pytest
 
 from larnd_diff import ops
 from larnd_diff.detector import module0
-from larnd_diff.sim.config import HARD, SMOOTH, Relaxation
+from larnd_diff.sim.config import HARD, SMOOTH
 from larnd_diff.sim.electronics import digitize, electronics
 
 DET = module0()
@@ -67,7 +67,8 @@ def scalar_front_end(w, active=None, dead_success=2, dead_fail=1):
 
 
 def scalar_digitize(q):
-    v = max(q * FEE.gain_mv_per_e + FEE.v_pedestal_mv - FEE.v_cm_mv, 0.0) * FEE.adc_counts / (FEE.v_ref_mv - FEE.v_cm_mv)
+    millivolts = max(q * FEE.gain_mv_per_e + FEE.v_pedestal_mv - FEE.v_cm_mv, 0.0)
+    v = millivolts * FEE.adc_counts / (FEE.v_ref_mv - FEE.v_cm_mv)
     return min(float(np.round(v)), 256.0)
 
 
@@ -140,7 +141,7 @@ def test_threshold_on_running_integral(backend):
 
 def test_double_count_and_window(backend):
     w = pulse_train(300, [(100, 10_000.0), (100 + WINDOW, 1_000.0), (100 + WINDOW + 1, 50_000.0)])
-    adc, time, charge = assert_matches_scalar(backend, w[None])
+    _adc, time, charge = assert_matches_scalar(backend, w[None])
     # trigger tick twice + last tick of the window (n_c + 18); n_c + 19 falls in the dead time
     assert charge[0, 0] == 21_000.0 and ticks_of(time)[0, 0] == 100
     assert np.isnan(charge[0, 1])
@@ -150,7 +151,7 @@ def test_dead_ticks_after_success(backend):
     n_c = 100
     w = pulse_train(300, [(n_c, 10_000.0), (n_c + 19, 3_000.0), (n_c + 20, 3_000.0),
                           (n_c + 21, 3_500.0), (n_c + 22, 3_500.0)])
-    adc, time, charge = assert_matches_scalar(backend, w[None])
+    _adc, time, charge = assert_matches_scalar(backend, w[None])
     assert ticks_of(time)[0, :2].tolist() == [n_c, n_c + 22]
     assert charge[0, 1] == 3 * 3_500.0
 
@@ -159,13 +160,13 @@ def test_failed_conversion_one_dead_tick(backend):
     # negative charge in the window makes the conversion fail (noise off); one dead tick, then integration again
     n_c = 10
     w = pulse_train(200, [(n_c, 8_000.0), (n_c + 2, -10_000.0), (n_c + 19, 7_000.0), (n_c + 20, 7_000.0)])
-    adc, time, charge = assert_matches_scalar(backend, w[None])
+    _adc, time, charge = assert_matches_scalar(backend, w[None])
     assert ticks_of(time)[0, 0] == n_c + 20 and charge[0, 0] == 14_000.0
 
 
 def test_ten_sample_cap(backend):
     w = pulse_train(1000, [(30 * k + 5, 20_000.0) for k in range(15)])
-    adc, time, charge = assert_matches_scalar(backend, w[None])
+    adc, time, _charge = assert_matches_scalar(backend, w[None])
     assert (~np.isnan(adc[0])).sum() == 10
     assert ticks_of(time)[0].tolist() == [30 * k + 5 for k in range(10)]
 
@@ -180,7 +181,7 @@ def test_saturation(backend):
 
 def test_window_truncated_at_end(backend):
     w = pulse_train(120, [(115, 8_000.0), (117, 100.0), (119, 200.0)])
-    adc, time, charge = assert_matches_scalar(backend, w[None])
+    _adc, time, charge = assert_matches_scalar(backend, w[None])
     assert ticks_of(time)[0, 0] == 115 and charge[0, 0] == 16_300.0
 
 
@@ -234,7 +235,7 @@ def reference_chunk(shared, k):
     w[d[f"b{k}_ps_rows"], d[f"b{k}_ps_cols"]] = d[f"b{k}_ps_vals"] * DET.t_sampling / E_CHARGE
     first = sum(d[f"b{j}_integral_list"].shape[0] for j in range(k))
     adc = d["adc"][first:first + integral.shape[0]]
-    times = d[f"b{k}_adc_ticks_list"]               # trigger tick x 600/6003 + 600 x event index (chunk k = event k)
+    times = d[f"b{k}_adc_ticks_list"]     # trigger tick x 600/6003 + 600 x event index (chunk k = event k)
     offset = DET.event_slot_us * k
     filled = integral != 0
     tick = np.where(filled, np.round((times - offset) / DET.adc_tick_us), -1).astype(int)
@@ -250,7 +251,7 @@ def _electronics_fn(backend, relaxation):
     arrays is slow), other backends eager."""
     key = (backend, relaxation)
     if key not in _JITTED:
-        fn = lambda w: electronics(w, DET, relaxation)  # noqa: E731
+        fn = lambda w: electronics(w, DET, relaxation)
         _JITTED[key] = ops.get_backend(backend).jit(fn) if backend == "jax" else fn
     jitted = _JITTED[key]
 

@@ -1,5 +1,6 @@
-"""Quenching and drifting (larnd_diff.sim.quench / .drift): closed forms (spec 4.1, 4.2, 7.1), bit-level parity with
-larnd-sim's ``tracks_out`` (../shared/reference), and gradients vs finite differences on every autodiff backend."""
+"""Quenching and drifting (larnd_diff.sim.quench / .drift): closed forms (spec 4.1, 4.2, 7.1), bit-level parity
+with larnd-sim's ``tracks_out`` (../shared/reference), and gradients vs finite differences on every autodiff
+backend."""
 from __future__ import annotations
 
 import math
@@ -30,9 +31,11 @@ def np_(x):
 
 def drift_np(backend, z, n_e, x=0.0, y=0.0, z_start=None, z_end=None, t=0.0, params=NOMINAL, relaxation=HARD):
     z = np.atleast_1d(np.asarray(z, dtype=np.float64))
-    full = lambda v: tensor(backend, np.broadcast_to(np.asarray(v, dtype=np.float64), z.shape))  # noqa: E731
-    out = drift(full(x), full(y), full(z), full(z if z_start is None else z_start), full(z if z_end is None else z_end),
-                full(t), full(t), full(t), full(n_e), DET, params, relaxation)
+    full = lambda v: tensor(backend, np.broadcast_to(np.asarray(v, dtype=np.float64), z.shape))
+    z_start = z if z_start is None else z_start
+    z_end = z if z_end is None else z_end
+    out = drift(full(x), full(y), full(z), full(z_start), full(z_end), full(t), full(t), full(t), full(n_e), DET,
+                params, relaxation)
     return type(out)(*(np_(v) for v in out))
 
 
@@ -87,8 +90,10 @@ def test_drift_closed_forms(backend):
     np.testing.assert_allclose(out.sigma_L, np.sqrt(2 * 4.0e-6 * dist / v), rtol=1e-14)
     # spec section 1 derived numbers: full drift and 0.5 cm from the anode
     assert out.t[0] + 0.5 / v == pytest.approx(190.751, abs=1e-3)
-    assert out.sigma_T[0] == pytest.approx(0.05794, abs=1e-5) and out.sigma_L[0] == pytest.approx(0.03906, abs=1e-5)
-    assert out.sigma_T[1] == pytest.approx(0.00745, abs=1e-5) and out.sigma_L[1] == pytest.approx(0.00502, abs=1e-5)
+    assert out.sigma_T[0] == pytest.approx(0.05794, abs=1e-5)
+    assert out.sigma_L[0] == pytest.approx(0.03906, abs=1e-5)
+    assert out.sigma_T[1] == pytest.approx(0.00745, abs=1e-5)
+    assert out.sigma_L[1] == pytest.approx(0.00502, abs=1e-5)
 
 
 def test_drift_times_of_the_ends(backend):
@@ -103,7 +108,7 @@ def test_drift_times_of_the_ends(backend):
 def test_tpc_tolerance_and_outside_segments(backend):
     x_hi = float(DET.tpc_borders[0, 0, 1])
     x = np.array([x_hi + 0.019, x_hi + 0.021, 0.0, 0.0])
-    z = np.array([-10.0, -10.0, 0.0, -40.0])                           # cathode gap (|z| < 0.15875 - 0.02) / beyond anode
+    z = np.array([-10.0, -10.0, 0.0, -40.0])       # inside; x just outside; cathode gap; beyond the anode
     out = drift_np(backend, z, n_e=1e4, x=x, t=3.0)
     np.testing.assert_array_equal(out.plane, [0, -1, -1, -1])
     np.testing.assert_array_equal(out.in_tpc, [True, False, False, False])
@@ -127,7 +132,7 @@ def test_linked_vdrift_follows_efield(backend):
 def test_parity_with_larnd_sim_tracks_out(backend, shared, tag):
     d = np.load(shared / "reference" / f"ref_{tag}.npz")
     ref, raw = d["tracks_out"], d["segs_in"]
-    f64 = lambda a: tensor(backend, a.astype(np.float64))  # noqa: E731
+    f64 = lambda a: tensor(backend, a.astype(np.float64))
     n_q = quench(f64(ref["dE"]), f64(ref["dEdx"]), NOMINAL, HARD)
     # positions: tracks_out is already in the swapped frame (drift along z); times come from the input file
     out = drift(f64(ref["x"]), f64(ref["y"]), f64(ref["z"]), f64(ref["z_start"]), f64(ref["z_end"]),
@@ -142,9 +147,10 @@ def test_parity_with_larnd_sim_tracks_out(backend, shared, tag):
 # ---------------------------------------------------------------------------------------------- gradients
 GRAD_PARAMS = {"Ab": 0.8, "kb": 0.0486, "eField": 0.5, "lifetime": 2200.0, "long_diff": 4.0e-6,
                "tran_diff": 8.8e-6, "vdrift": 0.1587}
-SEGS = dict(dE=np.array([0.5, 2.0, 0.1]), dEdx=np.array([2.1, 5.0, 30.0]), x=np.array([1.0, -3.0, 4.0]),
-            y=np.array([0.0, 2.0, -5.0]), z=np.array([-20.0, 15.0, -5.0]), z_start=np.array([-20.5, 14.0, -5.2]),
-            z_end=np.array([-19.5, 16.0, -4.8]))
+SEGS = {"dE": np.array([0.5, 2.0, 0.1]), "dEdx": np.array([2.1, 5.0, 30.0]),
+        "x": np.array([1.0, -3.0, 4.0]), "y": np.array([0.0, 2.0, -5.0]),
+        "z": np.array([-20.0, 15.0, -5.0]), "z_start": np.array([-20.5, 14.0, -5.2]),
+        "z_end": np.array([-19.5, 16.0, -4.8])}
 
 
 def _objective(values, segs, link_vdrift=False):

@@ -121,4 +121,4 @@ def drift(x, y, z, z_start, z_end, t, t_start, t_end, n_electrons, detector, par
     )
 
 
-__all__ = ["drift", "Drifted", "assign_tpc", "anode_z", "lifetime_attenuation", "diffusion_width"]
+__all__ = ["Drifted", "anode_z", "assign_tpc", "diffusion_width", "drift", "lifetime_attenuation"]

@@ -22,7 +22,7 @@ under ``jax.jit`` / ``tf.function``.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import eagerpy as ep
 
@@ -76,9 +76,12 @@ def running_integral(charge_per_tick):
     return q, nans, clean
 
 
-def _at(table, index):
-    """table[r, index[r]] for every row r (index: (n_rows,) int64)."""
-    return ops.take_along_axis(table, index[:, None], axis=1)[:, 0]
+def _at(table, *indices):
+    """table[r, index[r]] for every row r and each index (n_rows,) int64: one gather for all of them."""
+    if len(indices) == 1:
+        return ops.take_along_axis(table, indices[0][:, None], axis=1)[:, 0]
+    values = ops.take_along_axis(table, ep.stack(indices, axis=1), axis=1)
+    return tuple(values[:, i] for i in range(len(indices)))
 
 
 def _before(table, index):
@@ -100,19 +103,19 @@ def discriminate(q_disc, tick, ticks_left, start, target, n_ticks: int):
     return n_ticks - ops.cast(most_left, "int64")
 
 
-def interpolated_crossing(trigger, q, clean, start, baseline, threshold):
+def interpolated_crossing(trigger, q_trigger, step, q_before_start, baseline, threshold):
     """Fractional tick where the running integral crosses the threshold (linear between ticks n_c - 1 and n_c).
 
     n* = n_c - 1 + (thr - Qacc[n_c - 1]) / (Qacc[n_c] - Qacc[n_c - 1]) with Qacc the integral since the cycle's
-    start (baseline included); the fraction is clipped to [0, 1] (a noise-induced trigger need not bracket the
-    crossing) and a zero step gives fraction 1.
+    start (baseline included): q_trigger = cumulative charge through n_c, step = charge of tick n_c,
+    q_before_start = cumulative charge before the cycle's start. The fraction is clipped to [0, 1] (a
+    noise-induced trigger need not bracket the crossing) and a zero step gives fraction 1.
     """
-    before = baseline + _before(q, trigger) - _before(q, start)
-    step = _at(clean, trigger)
+    before = baseline + (q_trigger - step) - q_before_start
     has_step = step > 0
     fraction = (threshold - before) / ep.where(has_step, step, ep.ones_like(step))
     fraction = ep.where(has_step, ep.clip(fraction, 0.0, 1.0), ep.ones_like(fraction))
-    return ops.cast(trigger, ops.dtype_name(q)) - 1 + fraction
+    return ops.cast(trigger, ops.dtype_name(q_trigger)) - 1 + fraction
 
 
 def _default_cycles(max_samples: int, noise: bool) -> int:
@@ -123,7 +126,7 @@ def _default_cycles(max_samples: int, noise: bool) -> int:
 
 # ---------------------------------------------------------------------------------------------- front end
 def electronics(charge_per_tick, detector, relaxation="hard", *, noise: bool = False, rng=None,
-                active_ticks=None, max_cycles: Optional[int] = None) -> Samples:
+                active_ticks=None, max_cycles: int | None = None) -> Samples:
     """Self-triggered readout of pixel waveforms: (adc, time, charge), each (n_rows, 10), NaN in empty slots.
 
     charge_per_tick  EagerPy tensor (n_rows, n_ticks) of induced charge in electrons per 0.1 us tick, tick n at
@@ -191,17 +194,20 @@ def electronics(charge_per_tick, detector, relaxation="hard", *, noise: bool = F
         start_c = ep.minimum(start, n_ticks)                      # gathers stay in range for finished rows
         before = _before(q, start_c)
         trigger = discriminate(q_disc, tick, ticks_left, start_c, threshold - baseline + before, n_ticks)
-        # NaN between the cycle's start and the trigger: the running integral is NaN, it never triggers again.
         trigger_c = ep.minimum(trigger, n_ticks - 1)
-        clean_run = _at(nans, trigger_c) == _before(nans, start_c)
-        fired = _all(live, trigger <= last_tick, clean_run)
-
         end = ep.minimum(trigger_c + window, last_tick)
         end = ep.maximum(end, trigger_c)                           # rows that did not fire: any valid index
-        charge = baseline + (_at(q, end) - before) + _at(clean, trigger_c)
+        nans_trigger, nans_end = _at(nans, trigger_c, end)
+        q_trigger, q_end = _at(q, trigger_c, end)
+        step = _at(clean, trigger_c)
+        # NaN between the cycle's start and the trigger: the running integral is NaN, it never triggers again.
+        # (So a fired trigger tick is not NaN, and a NaN in the window shows as nans_end > nans_trigger.)
+        fired = _all(live, trigger <= last_tick, nans_trigger == _before(nans, start_c))
+
+        charge = baseline + (q_end - before) + step
         if noise:
             charge = charge + conversion_noise[:, cycle]
-        charge = ep.where(_at(nans, end) == _before(nans, trigger_c), charge, float("nan"))
+        charge = ep.where(nans_end == nans_trigger, charge, float("nan"))
         failed = charge < threshold                                # False for NaN: stored, like the reference
         stored = ep.logical_and(fired, ep.logical_not(failed))
 
@@ -209,7 +215,7 @@ def electronics(charge_per_tick, detector, relaxation="hard", *, noise: bool = F
         out_charge = ep.where(put, charge[:, None], out_charge)
         out_tick = ep.where(put, trigger_c[:, None], out_tick)
         if relaxation.trigger == "interpolated":
-            crossing = interpolated_crossing(trigger_c, q, clean, start_c, baseline, threshold)
+            crossing = interpolated_crossing(trigger_c, q_trigger, step, before, baseline, threshold)
             out_crossing = ep.where(put, crossing[:, None], out_crossing)
 
         count = count + ops.cast(stored, "int64")
@@ -252,4 +258,4 @@ def _normal(rng, shape, dtype, like):
     return z if isinstance(z, ep.Tensor) else ops.asarray(like, z, dtype)
 
 
-__all__ = ["electronics", "Samples", "digitize", "discriminate", "running_integral", "interpolated_crossing"]
+__all__ = ["Samples", "digitize", "discriminate", "electronics", "interpolated_crossing", "running_integral"]

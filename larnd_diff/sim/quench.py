@@ -60,4 +60,4 @@ def electron_count(n_electrons, relaxation):
     raise ValueError(f"unknown charge relaxation {relaxation.charge!r}; choose 'truncate' or 'continuous'")
 
 
-__all__ = ["quench", "birks_recombination", "box_recombination", "electron_count", "MODELS"]
+__all__ = ["MODELS", "birks_recombination", "box_recombination", "electron_count", "quench"]
