@@ -237,8 +237,8 @@ EL = DET.electronics
 def run_fee(waveform):
     wf = np.atleast_2d(np.asarray(waveform, np.float64))
     state = np.zeros((1, 2), np.uint64)
-    return front_end(wf, wf.shape[1], 0.1, EL.threshold_e, EL.integration_ticks(0.1), EL.max_adc_values, 900.0, 500.0, state,
-                     False)
+    return front_end(wf, wf.shape[1], 0.1, EL.threshold_e, EL.integration_ticks(0.1), EL.max_adc_values, 900.0,
+                     500.0, state, False)
 
 
 def electrons_per_tick(n_e):

@@ -74,16 +74,17 @@ def pixel_triggers(waveform, n_ticks, t_sampling, threshold_c, interval, max_sam
 
 @njit(parallel=True, **JIT)
 def front_end(waveforms, n_ticks, t_sampling, threshold_e, interval, max_samples, reset_e, uncorr_e, state, noisy):
-    """Apply :func:`pixel_triggers` to every row (``n_ticks`` ticks, zero past waveforms.shape[1]); returns charges (n, K) in C (NaN empty), trigger ticks (n, K)
-    (-1 empty) and sample counts."""
+    """Apply :func:`pixel_triggers` to every row (``n_ticks`` ticks, zero past waveforms.shape[1]).
+
+    Returns charges (n, K) in C (NaN empty), trigger ticks (n, K) (-1 empty) and sample counts."""
     n_rows = waveforms.shape[0]
     charges = np.full((n_rows, max_samples), np.nan)
     ticks = np.full((n_rows, max_samples), -1, np.int64)
     counts = np.zeros(n_rows, np.int64)
     threshold_c = threshold_e * E_CHARGE
     for r in prange(n_rows):
-        counts[r] = pixel_triggers(waveforms[r], n_ticks, t_sampling, threshold_c, interval, max_samples, reset_e, uncorr_e,
-                                   state, r, noisy, charges[r], ticks[r])
+        counts[r] = pixel_triggers(waveforms[r], n_ticks, t_sampling, threshold_c, interval, max_samples, reset_e,
+                                   uncorr_e, state, r, noisy, charges[r], ticks[r])
     return charges, ticks, counts
 
 
