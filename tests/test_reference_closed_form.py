@@ -318,3 +318,15 @@ def test_parallel_segment_silences_pixel():
     assert np.isnan(waves[0].waveforms).any()
     clean = simulate(track)
     assert len(hits) < len(clean)
+
+
+def test_parameters_move_outputs():
+    """Ab scales the collected charge; vdrift moves the hit times as drift distance / vdrift."""
+    seg = make_segments([0.1, -20.1, -20.0], [0.5, -20.0, -20.3], dE=3.0)
+    base = simulate(seg)
+    more = simulate(seg, params={"Ab": 0.88})
+    assert np.nansum(more.charge) > np.nansum(base.charge)
+    fast = simulate(seg, params={"vdrift": 0.17})
+    t_base, t_fast = np.nanmin(base.time), np.nanmin(fast.time)
+    drift_cm = abs(-20.15 - DET.tpc_borders[0, 2, 0]) - 0.5
+    assert t_base - t_fast == pytest.approx(drift_cm / 0.1587 - drift_cm / 0.17, abs=0.6)
