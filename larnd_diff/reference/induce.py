@@ -7,7 +7,8 @@ folded with the two-exponential current template (:func:`current_model`) at the 
 Two implementation notes:
 
 * The density does not depend on time, so it is evaluated once per grid point (larnd-sim re-evaluates it for
-  every tick). Points where it underflows to exactly zero are skipped.
+  every tick). Points whose density upper bound gives a current below ``NEGLIGIBLE_CURRENT`` (1e-60 C/us, far
+  below the smallest float32 subnormal of the stored signal) or underflows to zero are skipped.
 * For one (x, y) grid column the template is A exp(-(t_s(z) - t)/B)/B + (1 - A) exp(-(t_s(z) - t)/C)/C for
   t < t_s(z). Summed over z this is evaluated backwards in time with a decaying running sum per exponential
   (S_k = S_{k+1} exp(-dt/tau) + charge arriving during (T_k, T_{k+1}]), i.e. O(N_z + ticks) per column instead of
@@ -46,6 +47,11 @@ DELAY_US = (2.948, -2.705, -2.705, 4.825, 20.814, 20.814)
 MAX_DELAY_US = 4.1
 # exp(x) == 0.0 in float64 for x below this (the smallest subnormal is exp(-745.13)).
 _EXP_UNDERFLOW = -746.0
+#: Grid points whose density bound gives a current below this (C/us) are skipped: 1e15 times below the smallest
+#: float32 subnormal of larnd-sim's per-pair signal store, so they cannot change any stored value.
+NEGLIGIBLE_CURRENT = 1e-60
+#: Lower bound (us) of the fast time constant B over the pad (its minimum, at a corner, is 0.0872 us).
+_MIN_TAU_US = 0.05
 
 
 # ------------------------------------------------------------------------------------------- time windows ---
@@ -280,6 +286,10 @@ def pair_signal(out, seg_start, seg_end, sigma_t, sigma_l, n_e, t_start_us, z_an
     sqrt_a_2 = 2 * math.sqrt(a_coef)
     two_a_len = 2 * a_coef * length
     log_int_max = math.log(2 * math.sqrt(math.pi) / sqrt_a_2)
+    # skip a point when even its density upper bound exp(gauss + log_int_max) induces a negligible current
+    log_skip = _EXP_UNDERFLOW
+    if volume > 0 and math.isfinite(volume):
+        log_skip = max(log_skip, math.log(NEGLIGIBLE_CURRENT * _MIN_TAU_US / (volume * E_CHARGE)))
     ssx, ssy, ssz = f32(sx * sx, single), f32(sy * sy, single), f32(sz * sz, single)
 
     xs_in = np.empty(n_points)
@@ -348,7 +358,7 @@ def pair_signal(out, seg_start, seg_end, sigma_t, sigma_l, n_e, t_start_us, z_an
                 b = -(bx_in[jx] + by_in[jy] + bz[iz])
                 delta = dx_in[jx] + dy_in[jy] + dz[iz]
                 gauss = b * b / (4 * a_coef) - delta + log_factor
-                if gauss + log_int_max < _EXP_UNDERFLOW:
+                if gauss + log_int_max < log_skip:
                     continue
                 integral = math.sqrt(math.pi) * (-math.erf(b / sqrt_a_2) + math.erf((b + two_a_len) / sqrt_a_2)) \
                     / sqrt_a_2
