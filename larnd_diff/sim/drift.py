@@ -93,7 +93,8 @@ def drift(x, y, z, z_start, z_end, t, t_start, t_end, n_electrons, detector, par
     (meaningless) sigmas: never NaN, so a downstream mask is enough.
     """
     relaxation = as_relaxation(relaxation)
-    vdrift = params.vdrift_value
+    # a Params knows whether vdrift follows eField; a plain mapping gives it directly
+    vdrift = params.vdrift_value if hasattr(params, "vdrift_value") else params["vdrift"]
     plane = assign_tpc(x, y, z, detector)
     in_tpc = plane >= 0
     z_a = anode_z(plane, z, detector)
