@@ -102,13 +102,18 @@ def _jax_op(forward: Forward, backward: Backward) -> Callable[..., Any]:
 def _tf_op(forward: Forward, backward: Backward) -> Callable[..., Any]:
     import tensorflow as tf
 
+    # Eager calls go through cached tf.functions: one trace per input signature instead of TF's per-op eager
+    # cost on every step of the loops inside (inside an outer tf.function they are simply inlined).
+    fwd = tf.function(forward, autograph=False)
+    bwd = tf.function(lambda residuals, g: tuple(backward(residuals, g)), autograph=False)
+
     def op(*args):
         @tf.custom_gradient
         def inner(*xs):
-            out, residuals = forward(*xs)
+            out, residuals = fwd(*xs)
 
             def grad_fn(g):
-                return list(backward(residuals, g))
+                return list(bwd(tuple(residuals), g))
 
             return out, grad_fn
 

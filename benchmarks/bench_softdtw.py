@@ -12,7 +12,7 @@ repeats, and ``rss_rise_mb`` (peak resident memory rise of the subprocess). nump
 Usage::
 
     python benchmarks/bench_softdtw.py [--backends numpy torch jax tensorflow] [--n 2000] [--repeat 3]
-                                       [--device cpu|cuda] [--out softdtw.json]
+                                       [--device cpu|cuda] [--torch-threads 1] [--out softdtw.json]
 """
 from __future__ import annotations
 
@@ -86,11 +86,13 @@ def _step_fn(backend: str, device: str):
     return run, put
 
 
-def bench_one(backend: str, n: int, repeat: int, device: str) -> dict:
+def bench_one(backend: str, n: int, repeat: int, device: str, torch_threads: int = 1) -> dict:
     out = {"backend": backend, "device": device, "cases": {}}
     if backend == "torch":
         import torch
 
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
         out["torch_threads"] = torch.get_num_threads()
     run, put = _step_fn(backend, device)
     for case, (size, batch) in {"single": (n, 1), "batch": (n // 2, 8)}.items():
@@ -124,16 +126,20 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=None, help="JSON file (default: print only)")
+    ap.add_argument("--torch-threads", type=int, default=1,
+                    help="torch intra-op threads (default 1: each wavefront step is a few thousand numbers, too "
+                         "small to split, and with 2 threads on a busy 2-core machine OpenMP waits dominated); "
+                         "0 keeps torch's default")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one backend in-process
     args = ap.parse_args(argv)
     if args.one:
-        print(json.dumps(bench_one(args.one, args.n, args.repeat, args.device)))
+        print(json.dumps(bench_one(args.one, args.n, args.repeat, args.device, args.torch_threads)))
         return 0
     results = {"host": platform.node(), "cpus": os.cpu_count(), "load_avg": os.getloadavg(),
                "python": platform.python_version(), "results": []}
     for backend in args.backends:
         cmd = [sys.executable, __file__, "--one", backend, "--n", str(args.n), "--repeat", str(args.repeat),
-               "--device", args.device]
+               "--device", args.device, "--torch-threads", str(args.torch_threads)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
         if proc.returncode != 0 or not lines:

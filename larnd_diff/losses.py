@@ -113,7 +113,8 @@ def _host(v: Any) -> np.ndarray:
 
 
 # =========================================================================================== host layout
-def _layout(event_id: np.ndarray, pixel: np.ndarray, events: np.ndarray, detector) -> Tuple[np.ndarray, ...]:
+def _layout(event_id: np.ndarray, pixel: np.ndarray, events: np.ndarray, detector,
+            bucket: bool = False) -> Tuple[np.ndarray, ...]:
     """Rows of each event ordered by the pixel centre (x, then y, then row number), on the host.
 
     Returns ``rows`` (E, R) int (-1 = padding), ``x``, ``y`` (E, R) cm and ``rank`` (E, R): the index of the
@@ -137,6 +138,8 @@ def _layout(event_id: np.ndarray, pixel: np.ndarray, events: np.ndarray, detecto
     group = np.cumsum(new_group) - 1
     rank = group - group[starts[ev]] if len(idx) else group
     width = max(int(counts.max()) if n_ev else 0, 1)
+    if bucket:  # jax/tensorflow compile per shape: a few widths serve all hit sets (see softdtw._bucket)
+        width = _sd._bucket(width)
     rows = np.full((n_ev, width), -1, dtype=np.int64)
     out_x, out_y, out_rank = (np.zeros((n_ev, width)) for _ in range(3))
     rows[ev, pos], out_x[ev, pos], out_y[ev, pos], out_rank[ev, pos] = idx, x, y, rank
@@ -147,7 +150,8 @@ def _layout(event_id: np.ndarray, pixel: np.ndarray, events: np.ndarray, detecto
 def _embed(hits: Any, events: np.ndarray, detector, like: ep.Tensor) -> Tuple[ep.Tensor, ep.Tensor]:
     """(features (E, S, 4), lengths (E,)) as EagerPy tensors on ``like``'s backend. See module docstring."""
     dtype = _float_dtype(like)
-    rows, xs, ys, rank = _layout(_host(_get(hits, "event_id")), _host(_get(hits, "pixel")), events, detector)
+    rows, xs, ys, rank = _layout(_host(_get(hits, "event_id")), _host(_get(hits, "pixel")), events, detector,
+                                 bucket=ops.backend_of(like) in _sd._COMPILED)
     adc = _to_backend(like, _get(hits, "adc"), dtype)
     time = _to_backend(like, _get(hits, "time"), dtype)
     n_ev, width = rows.shape

@@ -55,6 +55,9 @@ __all__ = ["soft_dtw", "soft_dtw_divergence", "soft_dtw_cost_matrix", "pairwise_
 
 #: Stand-in for +inf in the DP tables (see module docstring).
 _BIG = 1e30
+#: exp arguments are clipped at -700 (exp = 1e-304, i.e. 0 next to the leading 1 of every soft-min sum): the
+#: 1e30 stand-ins would otherwise send -1e30 into exp, which takes a 5x slower path in torch's vectorised exp.
+_EXP_FLOOR = 700.0
 
 CostSpec = Union[str, Callable[[ep.Tensor, ep.Tensor], ep.Tensor]]
 
@@ -77,7 +80,8 @@ def _softmin3(a: ep.Tensor, b: ep.Tensor, c: ep.Tensor) -> ep.Tensor:
     which also makes ``softmin <= min(a, b, c)`` hold exactly in floating point.
     """
     m = ep.minimum(ep.minimum(a, b), c)
-    return m - ep.log(ep.exp(m - a) + ep.exp(m - b) + ep.exp(m - c))
+    lo = -_EXP_FLOOR
+    return m - ep.log(ep.exp(ep.maximum(m - a, lo)) + ep.exp(ep.maximum(m - b, lo)) + ep.exp(ep.maximum(m - c, lo)))
 
 
 def _index_dtype(like: ep.Tensor) -> str:
@@ -218,8 +222,9 @@ def _backward(backend: str, c: ep.Tensor, p_table: ep.Tensor, nx: ep.Tensor, ny:
         e1, p1, se1, sp1, se2, sp2 = carry  # successors: diagonal k+1 (row i, and shifted: row i+1), k+2 (row i+1)
         p, k = xs
         r = read(k) + p  # bitwise the forward's R
-        e = (se1 * ep.exp(ep.minimum(sp1 - r, 0.0)) + e1 * ep.exp(ep.minimum(p1 - r, 0.0))
-             + se2 * ep.exp(ep.minimum(sp2 - r, 0.0)))
+        lo = -_EXP_FLOOR
+        e = (se1 * ep.exp(ep.clip(sp1 - r, lo, 0.0)) + e1 * ep.exp(ep.clip(p1 - r, lo, 0.0))
+             + se2 * ep.exp(ep.clip(sp2 - r, lo, 0.0)))
         hit = ep.logical_and(end_row, (k_end == k)[:, None])
         e = e + ep.where(hit, seed, zero)
         return (e, p, _shift_left(e, 0.0), _shift_left(p, 0.0), se1, sp1), e
@@ -311,9 +316,47 @@ def _check_gamma(gamma: float) -> float:
     return gamma
 
 
+#: Backends that compile per input shape: their inputs are padded up to a few bucket sizes (see _bucket).
+_COMPILED = ("jax", "tensorflow")
+
+
+def _bucket(n: int) -> int:
+    """Round a size up to one of 4 steps per octave (8, 10, 12, 14, 16, 20, 24, 28, 32, 40, ...), <= 25 % extra.
+
+    jax (and tensorflow's eager path) compile one program per shape, about a second each on CPU; the hit
+    losses see a new sequence length for almost every event set, so unbucketed they would recompile all the
+    time. Padding is free in meaning (lengths mask it) and cheap in time.
+    """
+    if n <= 8:
+        return 8
+    step = 2 ** (int(np.floor(np.log2(n))) - 2)
+    return int(-(-n // step) * step)
+
+
+def _pad_to(t: ep.Tensor, size: int, axis: int) -> ep.Tensor:
+    extra = size - t.shape[axis]
+    if extra <= 0:
+        return t
+    shape = list(t.shape)
+    shape[axis] = extra
+    return ep.concatenate([t, ep.zeros(t, tuple(shape))], axis=axis)
+
+
 def _sdtw(x: ep.Tensor, y: ep.Tensor, nx: ep.Tensor, ny: ep.Tensor, gamma: float, cost: CostSpec) -> ep.Tensor:
     """Batched sdtw on prepared EagerPy inputs (B, N, d), (B, M, d) with integer lengths."""
     backend = ops.backend_of(x)
+    batch = x.shape[0]
+    if backend in _COMPILED:
+        pb = 1 << max(batch - 1, 0).bit_length()  # batch: next power of two
+        x = _pad_to(_pad_to(x, _bucket(x.shape[1]), 1), pb, 0)
+        y = _pad_to(_pad_to(y, _bucket(y.shape[1]), 1), pb, 0)
+        nx, ny = _pad_to(nx, pb, 0), _pad_to(ny, pb, 0)  # padded items have length 0
+        return _sdtw_core(backend, x, y, nx, ny, gamma, cost)[:batch]
+    return _sdtw_core(backend, x, y, nx, ny, gamma, cost)
+
+
+def _sdtw_core(backend: str, x: ep.Tensor, y: ep.Tensor, nx: ep.Tensor, ny: ep.Tensor, gamma: float,
+               cost: CostSpec) -> ep.Tensor:
     x = _sanitize(x, _valid_mask(nx, nx, x.shape[1]))
     y = _sanitize(y, _valid_mask(ny, ny, y.shape[1]))
     g = _gamma_tensor(x, gamma)
