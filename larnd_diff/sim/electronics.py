@@ -94,7 +94,7 @@ def discriminate(q_disc, tick, ticks_left, start, target, n_ticks: int):
     """First tick n >= start[r] with q_disc[r, n] >= target[r], per row; ``n_ticks`` where there is none.
 
     q_disc is the cumulative charge (plus discriminator noise) on ticks 0..n_ticks-1; target the threshold minus
-    the baseline plus the cumulative charge before the cycle's start. ``ticks_left`` = n_ticks - tick (int32):
+    the baseline plus the cumulative charge before the cycle's start. ``ticks_left`` = n_ticks - tick (int16):
     the first crossing is the one with the most ticks left, a max that is unique (argmax ties are not
     guaranteed to resolve to the first index on every backend) and cheap in a small integer type.
     """
@@ -162,7 +162,7 @@ def electronics(charge_per_tick, detector, relaxation="hard", *, noise: bool = F
 
     q, nans, clean = running_integral(charge_per_tick)
     tick = ops.cast(ep.arange(charge_per_tick, n_ticks), "int64")[None, :]
-    ticks_left = ops.cast(n_ticks - tick, "int32")
+    ticks_left = ops.cast(n_ticks - tick, "int16" if n_ticks < 2**15 else "int32")   # narrow: less memory traffic
     slot = ops.cast(ep.arange(charge_per_tick, n_slots), "int64")[None, :]
     if active_ticks is None:
         last_tick = ops.cast(ep.full_like(q[:, 0], float(n_ticks - 1)), "int64")
