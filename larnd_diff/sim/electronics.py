@@ -52,8 +52,8 @@ def digitize(charge_e, electronics, adc_mode: str = "round"):
     (the clips stay, so the gradient is zero in saturation).
     """
     e = electronics
-    volts = ep.maximum(charge_e * e.gain_mv_per_e + e.v_pedestal_mv - e.v_cm_mv, 0.0)
-    value = volts * e.adc_counts / (e.v_ref_mv - e.v_cm_mv)
+    millivolts = ep.maximum(charge_e * e.gain_mv_per_e + e.v_pedestal_mv - e.v_cm_mv, 0.0)
+    value = millivolts * e.adc_counts / (e.v_ref_mv - e.v_cm_mv)
     if adc_mode == "round":
         value = ops.round_half_even(value)
     elif adc_mode != "continuous":
