@@ -204,11 +204,10 @@ def block_waveforms(g, rows, *, n_pairs, n_rows, n_z, width, grid, sharpness, k_
     weight = ep.where(arrived, weight, 0.0)
 
     flat = (ops.asarray(rp, np.arange(n_rows), "int64")[:, None] * width + m).reshape((-1,))
-    d_terms = []
-    for frac, tau in ((amp, tau_fast), (1 - amp, tau_slow)):
-        val = weight * ep.exp(-lag / tau[:, None]) * (frac / tau)[:, None]
-        d_terms.append(ops.scatter_add(ep.zeros(weight, (n_rows * width,)), flat, val.reshape((-1,))))
-    d_all = ep.concatenate(d_terms, axis=0).reshape((2 * n_rows, width))
+    vals = [(weight * ep.exp(-lag / tau[:, None]) * (frac / tau)[:, None]).reshape((-1,))
+            for frac, tau in ((amp, tau_fast), (1 - amp, tau_slow))]
+    d_all = ops.scatter_add(ep.zeros(weight, (2 * n_rows * width,)), ep.concatenate([flat, flat + n_rows * width]),
+                            ep.concatenate(vals)).reshape((2 * n_rows, width))
     f_all = discounted_reverse_cumsum(d_all, ep.concatenate([-dt / tau_fast, -dt / tau_slow], axis=0))
     wave = ops.segment_sum(f_all[:n_rows] + f_all[n_rows:], rp, n_pairs).reshape((n_pairs * width,))
 

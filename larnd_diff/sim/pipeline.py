@@ -45,15 +45,36 @@ def _host(x) -> np.ndarray:
     """Detached float64 NumPy copy of an array or tensor (raw or EagerPy)."""
     if isinstance(x, np.ndarray):
         return x.astype(np.float64)
-    return np.asarray(ops.to_numpy(x if isinstance(x, ep.Tensor) else ep.astensor(x)), dtype=np.float64)
+    v = _concrete(x)
+    if v is None:
+        raise ValueError("segment arrays must have concrete values (the host plan needs them); under jax.jit pass "
+                         "them as NumPy arrays or closed-over constants")
+    return v
+
+
+def _concrete(x):
+    """Float64 NumPy value of a tensor, looking through autodiff tracers that carry a concrete primal value
+    (jax.grad / jax.value_and_grad); None when the value is abstract (inside jax.jit)."""
+    for _ in range(8):
+        try:
+            return np.asarray(ops.to_numpy(x if isinstance(x, ep.Tensor) else ep.astensor(x)), dtype=np.float64)
+        except Exception:
+            x = getattr(unwrap_ep(x), "primal", None)
+            if x is None:
+                return None
+    return None
+
+
+def unwrap_ep(x):
+    return x.raw if isinstance(x, ep.Tensor) else x
 
 
 def _host_param(value, name):
-    """A parameter as a Python float for planning; the nominal value when it cannot be read (a jax tracer)."""
-    try:
-        return float(np.asarray(ops.to_numpy(ep.astensor(value))) if not isinstance(value, (int, float)) else value)
-    except Exception:  # abstract value under jax.jit: plan with the nominal value
-        return float(SPECS[name].nominal)
+    """A parameter as a Python float for planning; the nominal value when it is abstract (under jax.jit)."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    v = _concrete(value)
+    return float(SPECS[name].nominal) if v is None else float(v)
 
 
 def _on_backend(b, x, dtype, device):
@@ -91,7 +112,7 @@ def _plan_inputs(fields, params, detector, relaxation):
 
 
 # ---------------------------------------------------------------------------------------------- blocks
-_WIDTHS = (32, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144)
+_WIDTHS = (64, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144)
 
 
 def _ladder(n: int, multiple: int) -> int:
@@ -117,7 +138,7 @@ def _expand(counts: np.ndarray):
 
 def _nz_of(n_z: np.ndarray) -> np.ndarray:
     """Padded number of z samples: 30 (the minimum, most pairs) or a ladder size above it."""
-    out = np.asarray([_ladder(v, 32) if v > 30 else 30 for v in np.unique(n_z)])
+    out = np.asarray([1 << int(np.ceil(np.log2(v))) if v > 30 else 30 for v in np.unique(n_z)])
     return out[np.searchsorted(np.unique(n_z), n_z)]
 
 
@@ -312,7 +333,11 @@ def simulate(segments, backend: str = "numpy", device=None, params=None, relaxat
 
     rng = b.rng(seed, device) if noise else None
     adc, time, q = electronics(charge, detector, relax, noise=noise, rng=rng)
-    has = np.any(~np.isnan(ops.to_numpy(adc)), axis=1) if n_rows else np.zeros(0, bool)
+    adc_host = _concrete(ops.stop_gradient(adc))
+    if adc_host is None:
+        raise ValueError("simulate needs concrete values to select the rows with samples; under jax.jit call it "
+                         "outside the jitted function (its blocks are jitted internally)")
+    has = np.any(~np.isnan(adc_host), axis=1) if n_rows else np.zeros(0, bool)
     keep = np.flatnonzero(has)
     kt = asarr(keep, "int64")
     hits = Hits(event_id=plan.row_event[keep], pixel=plan.rows[keep],

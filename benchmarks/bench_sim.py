@@ -1,0 +1,181 @@
+"""Speed and memory of the differentiable simulator per 100 cm of muon track, and of the Numba reference.
+
+    python benchmarks/bench_sim.py --backend torch --device cpu --out bench_torch_cpu.json
+    python benchmarks/bench_sim.py --backend jax --device cuda:0 --length-cm 100 --repeat 5
+
+Input: generated 1 GeV muons (``larnd_diff.generate``) passed through the paper's selection cuts when
+``larnd_diff.selection`` is available, packed into a batch of about ``--length-cm`` of track (sum of dx).
+Measured per backend / device: forward time (hard and smooth presets), forward + gradient of the six fit
+parameters (smooth preset; reverse mode), peak memory (GPU: the framework's allocator peak; CPU: growth of the
+process's peak RSS), and the Numba reference forward on the same input (float64 and larnd-sim precision).
+Times are medians over ``--repeat`` runs after one warm-up run (compilation excluded, reported separately).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+
+import numpy as np
+
+FIT = ("Ab", "kb", "eField", "lifetime", "long_diff", "tran_diff")
+
+
+def muon_batch(length_cm: float, seed: int):
+    from larnd_diff.generate import generate_muons
+
+    segs = generate_muons(n_events=max(4, int(length_cm / 20) + 4), seed=seed)
+    try:
+        from larnd_diff.selection import make_batches, select_tracks
+
+        sel = select_tracks(segs)
+        if len(sel):
+            segs = sel
+        batches = make_batches(segs, length_cm=length_cm, seed=seed)
+        segs = batches[0]
+    except ImportError:
+        pass
+    return segs
+
+
+def track_length(segs) -> float:
+    return float(np.sum(np.sqrt((segs["x_end"] - segs["x_start"]) ** 2 + (segs["y_end"] - segs["y_start"]) ** 2
+                                + (segs["z_end"] - segs["z_start"]) ** 2)))
+
+
+def _sync(backend, device):
+    if backend == "torch" and device and "cuda" in str(device):
+        import torch
+        torch.cuda.synchronize()
+
+
+def _block(x):
+    if hasattr(x, "block_until_ready"):
+        x.block_until_ready()
+    return x
+
+
+def _peak_reset(backend, device):
+    if backend == "torch" and device and "cuda" in str(device):
+        import torch
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak(backend, device, rss0):
+    if backend == "torch" and device and "cuda" in str(device):
+        import torch
+        return int(torch.cuda.max_memory_allocated())
+    if backend == "jax" and device and "cuda" in str(device):
+        import jax
+        stats = jax.devices()[0].memory_stats() or {}
+        return int(stats.get("peak_bytes_in_use", 0))
+    if backend == "tensorflow" and device and "GPU" in str(device).upper():
+        import tensorflow as tf
+        return int(tf.config.experimental.get_memory_info("GPU:0")["peak"])
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss0)
+
+
+def timed(fn, repeat):
+    t0 = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return first, statistics.median(times), times
+
+
+def bench_backend(segs, backend, device, dtype, repeat):
+    from larnd_diff import ops
+    from larnd_diff.params import SPECS
+    from larnd_diff.sim import simulate
+
+    out = {}
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    for relax in ("hard", "smooth"):
+        def fwd():
+            h = simulate(segs, backend=backend, device=device, relaxation=relax, dtype=dtype)
+            _block(h.adc)
+            _sync(backend, device)
+            return h
+        _peak_reset(backend, device)
+        first, med, times = timed(fwd, repeat)
+        out[f"forward_{relax}"] = dict(first_s=first, median_s=med, times_s=times,
+                                       peak_bytes=_peak(backend, device, rss0), rows=len(fwd()))
+    if backend != "numpy":
+        b = ops.get_backend(backend)
+        weights = np.random.default_rng(0).random((200_000, 10))
+
+        def loss(p):
+            import eagerpy as ep
+            h = simulate(segs, backend=backend, device=device, params=dict(p), relaxation="smooth", dtype=dtype)
+            a = ops.nan_to_num(ep.astensor(h.adc), 0.0)
+            return (a * ops.asarray(a, weights[: a.shape[0]], dtype)).sum()
+
+        def grad():
+            params = {k: b.asarray(np.asarray(SPECS[k].nominal), dtype, device) for k in FIT}
+            v, g = b.value_and_grad(loss, params)
+            for x in g.values():
+                _block(x.raw)
+            _sync(backend, device)
+        _peak_reset(backend, device)
+        first, med, times = timed(grad, repeat)
+        out["forward_grad6_smooth"] = dict(first_s=first, median_s=med, times_s=times,
+                                           peak_bytes=_peak(backend, device, rss0))
+    return out
+
+
+def bench_reference(segs, repeat):
+    from larnd_diff.reference import simulate as ref
+
+    out = {}
+    for precision in ("float64", "larnd-sim"):
+        first, med, times = timed(lambda: ref(segs, precision=precision), repeat)
+        out[f"forward_{precision}"] = dict(first_s=first, median_s=med, times_s=times)
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--backend", default="torch", choices=("numpy", "torch", "jax", "tensorflow", "none"))
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--dtype", default="float64", choices=("float64", "float32"))
+    ap.add_argument("--length-cm", type=float, default=100.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--no-reference", action="store_true")
+    ap.add_argument("--out", default=None, help="JSON file for the results")
+    args = ap.parse_args(argv)
+
+    segs = muon_batch(args.length_cm, args.seed)
+    length = track_length(segs)
+    result = dict(backend=args.backend, device=args.device, dtype=args.dtype, segments=int(len(segs)),
+                  track_length_cm=length, python=sys.version.split()[0], machine=platform.platform(),
+                  processor=platform.processor())
+    if args.backend != "none":
+        result["sim"] = bench_backend(segs, args.backend, args.device, args.dtype, args.repeat)
+    if not args.no_reference:
+        result["reference"] = bench_reference(segs, args.repeat)
+    scale = 100.0 / length
+    per100 = {}
+    for part in ("sim", "reference"):
+        for k, v in result.get(part, {}).items():
+            per100[f"{part}.{k}.s_per_100cm"] = v["median_s"] * scale
+            if "peak_bytes" in v:
+                per100[f"{part}.{k}.peak_bytes_per_100cm"] = v["peak_bytes"] * scale
+    result["per_100cm"] = per100
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    main()
