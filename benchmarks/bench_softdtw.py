@@ -113,7 +113,8 @@ def bench_one(backend: str, n: int, repeat: int, device: str, torch_threads: int
             times.append(time.perf_counter() - t0)
         out["cases"][case] = {
             "n": size, "m": size, "batch": batch, "what": "forward" if backend == "numpy" else "forward+backward",
-            "first_s": round(first, 4), "best_s": round(min(times), 4), "median_s": round(statistics.median(times), 4),
+            "first_s": round(first, 4), "best_s": round(min(times), 4),
+            "median_s": round(statistics.median(times), 4),
             "rss_rise_mb": round(_rss_mb() - rss0, 1),
         }
     return out

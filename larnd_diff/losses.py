@@ -127,7 +127,8 @@ def _layout(event_id: np.ndarray, pixel: np.ndarray, events: np.ndarray, detecto
     keep = (ev < n_ev) & (events[np.minimum(ev, max(n_ev - 1, 0))] == event_id) if n_ev else np.zeros(0, bool)
     idx = np.nonzero(keep)[0]
     ev = ev[idx]
-    x, y = (np.asarray(a, dtype=np.float64).reshape(-1) for a in detector.pixel_center(pixel[idx, 0], pixel[idx, 1]))
+    centres = detector.pixel_center(pixel[idx, 0], pixel[idx, 1])
+    x, y = (np.asarray(a, dtype=np.float64).reshape(-1) for a in centres)
     order = np.lexsort((idx, y, x, ev))
     idx, ev, x, y = idx[order], ev[order], x[order], y[order]
     counts = np.bincount(ev, minlength=n_ev)

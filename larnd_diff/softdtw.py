@@ -38,12 +38,18 @@ How it is computed, and why:
   tensorflow give for ``abs`` too, so hand-written and autodiff gradients agree.
 
 Zero-length items have no alignment: their sdtw is +inf with gradient 0; the divergence of two empty
-items is 0, of one empty and one non-empty +inf. gamma is a static Python float (not differentiated).
+items is 0, of one empty and one non-empty +inf. gamma is a Python float, passed to the op as a 0-d
+tensor (one compiled program for every gamma) and not differentiated.
+
+Compiled backends (jax, tensorflow) get their inputs padded to a few bucket sizes per octave (``_bucket``),
+so that new lengths rarely mean a new compilation. Devices: everything is created on the inputs' device
+(``ep.*_like``, ``ops.asarray(like, ...)``); on a GPU each step is ~30 small kernels (torch) or one fused
+while-loop body (jax/XLA), so short sequences are launch-bound there.
 """
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any, Callable, Optional, Tuple, Union
+from typing import Any, Callable, Tuple, Union
 
 import eagerpy as ep
 import numpy as np
@@ -81,7 +87,8 @@ def _softmin3(a: ep.Tensor, b: ep.Tensor, c: ep.Tensor) -> ep.Tensor:
     """
     m = ep.minimum(ep.minimum(a, b), c)
     lo = -_EXP_FLOOR
-    return m - ep.log(ep.exp(ep.maximum(m - a, lo)) + ep.exp(ep.maximum(m - b, lo)) + ep.exp(ep.maximum(m - c, lo)))
+    total = ep.exp(ep.maximum(m - a, lo)) + ep.exp(ep.maximum(m - b, lo)) + ep.exp(ep.maximum(m - c, lo))
+    return m - ep.log(total)
 
 
 def _index_dtype(like: ep.Tensor) -> str:
@@ -98,9 +105,10 @@ def _lengths(like: ep.Tensor, lengths: Any, batch: int, full: int) -> ep.Tensor:
     if lengths is None:
         return ops.asarray(like, np.full(batch, full, dtype=np.int64), dtype)
     raw = lengths.raw if isinstance(lengths, ep.Tensor) else lengths
-    if not isinstance(raw, (list, tuple, int, np.integer, np.ndarray)) and ops.backend_of(raw) == ops.backend_of(like):
+    host = isinstance(raw, (list, tuple, int, np.integer, np.ndarray))
+    if not host and ops.backend_of(raw) == ops.backend_of(like):
         return ops.cast(ep.astensor(raw), dtype).reshape((batch,))
-    arr = np.asarray(raw if isinstance(raw, (list, tuple, int, np.integer, np.ndarray)) else ops.to_numpy(raw))
+    arr = np.asarray(raw if host else ops.to_numpy(raw))
     arr = np.broadcast_to(arr, (batch,)).astype(np.int64)
     if np.any(arr < 0) or np.any(arr > full):
         raise ValueError(f"lengths must lie in [0, {full}], got {arr.tolist()}")
@@ -346,6 +354,7 @@ def _sdtw(x: ep.Tensor, y: ep.Tensor, nx: ep.Tensor, ny: ep.Tensor, gamma: float
     """Batched sdtw on prepared EagerPy inputs (B, N, d), (B, M, d) with integer lengths."""
     backend = ops.backend_of(x)
     batch = x.shape[0]
+    x, y = _pad_to(x, 1, 1), _pad_to(y, 1, 1)  # zero-size sequences: one masked position (lengths are 0)
     if backend in _COMPILED:
         pb = 1 << max(batch - 1, 0).bit_length()  # batch: next power of two
         x = _pad_to(_pad_to(x, _bucket(x.shape[1]), 1), pb, 0)
