@@ -489,9 +489,12 @@ class Calibrator:
     def _physical(self, normalized: Mapping[str, float]) -> Dict[str, float]:
         return {n: normalized[n] * self.nominal[n] for n in self.names}
 
-    def _save(self, opt, st: "_LoopState") -> None:
+    def _save(self, opt, st: "_LoopState", hist=None) -> None:
         if self.checkpoint_path is None:
             return
+        if hist is not None and not hist.closed:  # the history up to the offset is on disk before the checkpoint
+            hist.flush()
+            os.fsync(hist.fileno())
         _atomic_pickle(self.checkpoint_path, {
             "version": _CHECKPOINT_VERSION, "fingerprint": self._fingerprint(), "iteration": st.iteration,
             "n_skipped": st.n_skipped, "skipped": list(st.skipped), "history_bytes": st.history_bytes,
@@ -516,13 +519,20 @@ class Calibrator:
         """Open the history file for appending, cut back to the checkpointed offset; load earlier records."""
         if self.history_path is None:
             return None
-        self.history_path.parent.mkdir(parents=True, exist_ok=True)
-        if st.history_bytes and self.history_path.exists():
-            with open(self.history_path, "r+b") as fh:
+        path = self.history_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        size = path.stat().st_size if path.exists() else 0
+        if not st.history_bytes and size and not self.overwrite and not self.resume:
+            raise FileExistsError(f"{path} holds the history of an earlier fit; pass overwrite=True to replace it "
+                                  f"or choose another history_path")
+        if st.history_bytes:
+            if size < st.history_bytes:
+                raise ValueError(f"{path} is shorter ({size} bytes) than its checkpoint says ({st.history_bytes}); "
+                                 f"it was truncated or replaced after the checkpoint was written")
+            with open(path, "r+b") as fh:
                 fh.truncate(st.history_bytes)
-            st.records = read_history(self.history_path)
-        fh = open(self.history_path, "ab" if st.history_bytes else "wb")
-        return fh
+            st.records = read_history(path)
+        return open(path, "ab" if st.history_bytes else "wb")
 
     # ------------------------------------------------------------------------------------------ run
     def _start(self):
@@ -572,11 +582,11 @@ class Calibrator:
                 if self.callback is not None and self.callback(rec) is True:
                     st.stopped_early = True
                 if self.checkpoint_every and st.iteration % self.checkpoint_every == 0:
-                    self._save(opt, st)
+                    self._save(opt, st, hist)
         except BaseException:
             if consistent and self.checkpoint_on_error:
                 st.wall_time_s = wall_before + time.perf_counter() - t_session
-                self._save(opt, st)
+                self._save(opt, st, hist)
             raise
         finally:
             if hist is not None:
