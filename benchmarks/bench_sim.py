@@ -151,9 +151,20 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-reference", action="store_true")
     ap.add_argument("--out", default=None, help="JSON file for the results")
+    ap.add_argument("--input", default=None, help="segments (.npy structured array in the simulation frame, or an "
+                    "edep-sim .h5 file) instead of generated muons")
+    ap.add_argument("--save-input", default=None, help="write the benchmark's segments to this .npy file")
     args = ap.parse_args(argv)
 
-    segs = muon_batch(args.length_cm, args.seed)
+    if args.input is None:
+        segs = muon_batch(args.length_cm, args.seed)
+    elif args.input.endswith(".npy"):
+        segs = np.load(args.input)
+    else:
+        from larnd_diff.io import load_segments
+        segs = load_segments(args.input)
+    if args.save_input:
+        np.save(args.save_input, segs)
     length = track_length(segs)
     result = dict(backend=args.backend, device=args.device, dtype=args.dtype, segments=int(len(segs)),
                   track_length_cm=length, python=sys.version.split()[0], machine=platform.platform(),

@@ -63,30 +63,43 @@ def line_integral(a, b, length):
 def discounted_reverse_cumsum(d, log_decay, block: int = BLOCK):
     """F[:, n] = sum_{m >= n} d[:, m] exp(log_decay (m - n)) for rows of d (R, W) >= 0; log_decay (R,) in [-2, 0].
 
-    Blocked: within a block of ``block`` ticks, a reverse cumulative sum of d a^j rescaled by a^-i (all terms
-    are non-negative, so the rescaling loses no relative precision; a^-i <= e^(2 block) cannot overflow); between
-    blocks, the recurrence on the block sums with decay a^block, solved by a small triangular Toeplitz product.
+    Reference implementation of the recurrence (the simulator uses :func:`discounted_cumsum_prescaled` on a
+    reversed tick axis with the within-block scaling folded into the deposits).
     """
     r, w = d.shape
-    dtype = ops.dtype_name(d)
     nb = -(-w // block)
     if nb * block != w:
         d = ep.concatenate([d, ep.zeros(d, (r, nb * block - w))], axis=1)
-    j = ops.asarray(d, np.arange(block, dtype=np.float64), dtype)
-    up = ep.exp(log_decay[:, None] * j[None, :])                # a^j
-    down = ep.exp(-log_decay[:, None] * j[None, :])             # a^-j
-    g = ops.cumsum(d.reshape((r, nb, block)) * up[:, None, :], axis=2, reverse=True) * down[:, None, :]
+    j = ops.asarray(d, np.arange(block, dtype=np.float64), ops.dtype_name(d))
+    rev = ep.flip(d, axis=1).reshape((r, nb, block)) * ep.exp(-log_decay[:, None, None] * j[None, None, :])
+    f = discounted_cumsum_prescaled(rev.reshape((r, nb * block)), log_decay, block)
+    return ep.flip(f, axis=1)[:, nb * block - w:]
+
+
+def discounted_cumsum_prescaled(d_scaled, log_decay, block: int = BLOCK):
+    """Forward discounted cumulative sum F[:, n] = sum_{m <= n} d[:, m] a^(n - m), a = exp(log_decay) (R,),
+    given d_scaled[:, bL + j] = d[:, bL + j] a^-j (W a multiple of ``block``; d >= 0).
+
+    Within a block F[b, i] = a^i (cumsum_j<=i d_scaled[b, j] + c_b) with the carry c_b = a F[b, -1 of previous
+    block]; the carries follow c_b = a^L (S_{b-1} + c_{b-1}) (S = block sums of d_scaled), solved with a small
+    triangular Toeplitz product over blocks. Every exponent formed is <= 0 except the prescaling a^-j <= e^(2L),
+    and all terms are non-negative, so nothing overflows or cancels.
+    """
+    r, w = d_scaled.shape
+    dtype = ops.dtype_name(d_scaled)
+    nb = w // block
+    c = ops.cumsum(d_scaled.reshape((r, nb, block)), axis=2)
+    i = ops.asarray(d_scaled, np.arange(block, dtype=np.float64), dtype)
+    a_i = ep.exp(log_decay[:, None, None] * i[None, None, :])
     if nb == 1:
-        return g.reshape((r, block))[:, :w]
-    lag = np.arange(nb)[:, None] - np.arange(nb)[None, :]       # (c, b) -> c - b
-    lag_t = ops.asarray(d, np.maximum(lag, 0).astype(np.float64), dtype)
-    upper = ops.asarray(d, (lag >= 0).astype(np.float64), dtype)
-    toeplitz = ep.exp((log_decay * block)[:, None, None] * lag_t[None]) * upper[None]
-    starts = ops.einsum("rc,rcb->rb", g[:, :, 0], toeplitz)     # F at each block start
-    carry = ep.concatenate([starts[:, 1:], ep.zeros(d, (r, 1))], axis=1)
-    to_end = ops.asarray(d, (block - np.arange(block)).astype(np.float64), dtype)
-    f = g + ep.exp(log_decay[:, None, None] * to_end[None, None, :]) * carry[:, :, None]
-    return f.reshape((r, nb * block))[:, :w]
+        return (c * a_i).reshape((r, w))
+    # carry into block b: c_b = sum_{b' < b} a^{(b - b') L} ... expressed on the block sums S_b' = c[b', L-1]
+    lag = np.arange(nb)[:, None] - np.arange(nb)[None, :]        # (b, b') -> b - b'
+    lag_t = ops.asarray(d_scaled, np.maximum(lag, 0).astype(np.float64), dtype)
+    lower = ops.asarray(d_scaled, (lag > 0).astype(np.float64), dtype)
+    toeplitz = ep.exp((log_decay * block)[:, None, None] * lag_t[None]) * lower[None]   # a^{(b-b')L}, b' < b
+    carry = ops.einsum("rbc,rc->rb", toeplitz, c[:, :, block - 1])
+    return ((c + carry[:, :, None]) * a_i).reshape((r, w))
 
 
 def smooth_window_ticks(sharpness, tau_max, dt, tol: float = 30.0) -> int:
@@ -203,13 +216,17 @@ def block_waveforms(g, rows, *, n_pairs, n_rows, n_z, width, grid, sharpness, k_
     lag = ep.where(arrived, t_s - (t0[:, None] + ops.cast(m, dtype) * dt), 0.0)   # in (0, dt] unless clamped
     weight = ep.where(arrived, weight, 0.0)
 
-    flat = (ops.asarray(rp, np.arange(n_rows), "int64")[:, None] * width + m).reshape((-1,))
-    vals = [(weight * ep.exp(-lag / tau[:, None]) * (frac / tau)[:, None]).reshape((-1,))
+    # deposits on a reversed tick axis m' = width - 1 - m, prescaled by a^-(m' mod BLOCK) for the block scan
+    m_rev = (width - 1) - m
+    j_rev = ops.cast(m_rev % BLOCK, dtype)
+    flat = (ops.asarray(rp, np.arange(n_rows), "int64")[:, None] * width + m_rev).reshape((-1,))
+    vals = [(weight * ep.exp((j_rev * dt - lag) / tau[:, None]) * (frac / tau)[:, None]).reshape((-1,))
             for frac, tau in ((amp, tau_fast), (1 - amp, tau_slow))]
     d_all = ops.scatter_add(ep.zeros(weight, (2 * n_rows * width,)), ep.concatenate([flat, flat + n_rows * width]),
                             ep.concatenate(vals)).reshape((2 * n_rows, width))
-    f_all = discounted_reverse_cumsum(d_all, ep.concatenate([-dt / tau_fast, -dt / tau_slow], axis=0))
-    wave = ops.segment_sum(f_all[:n_rows] + f_all[n_rows:], rp, n_pairs).reshape((n_pairs * width,))
+    f_all = discounted_cumsum_prescaled(d_all, ep.concatenate([-dt / tau_fast, -dt / tau_slow], axis=0))
+    wave_rev = ops.segment_sum(f_all[:n_rows] + f_all[n_rows:], rp, n_pairs)
+    wave = ep.flip(wave_rev, axis=1).reshape((n_pairs * width,))
 
     if sharpness is not None:
         idx_all, corr_all = [], []

@@ -340,7 +340,7 @@ def simulate(segments, backend: str = "numpy", device=None, params=None, relaxat
     has = np.any(~np.isnan(adc_host), axis=1) if n_rows else np.zeros(0, bool)
     keep = np.flatnonzero(has)
     kt = asarr(keep, "int64")
-    hits = Hits(event_id=plan.row_event[keep], pixel=plan.rows[keep],
+    hits = Hits(event_id=asarr(plan.row_event[keep], "int64").raw, pixel=asarr(plan.rows[keep], "int64").raw,
                 adc=ops.gather(adc, kt, 0).raw, time=ops.gather(time, kt, 0).raw, charge=ops.gather(q, kt, 0).raw,
                 backtrack=None)
     if return_waveforms:
