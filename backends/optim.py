@@ -387,7 +387,7 @@ def _hessian_fd(backend, f, names, x0, dtype, device, step):
 
 
 def hessian(backend: str, f: Callable[[Dict[str, Any]], Any], values: Mapping[str, float], *,
-            method: str = "auto", step: float = 1e-4, dtype: str = "float64", device: Any = None
+            method: str = "auto", step: float = 1e-3, dtype: str = "float64", device: Any = None
             ) -> Tuple[np.ndarray, str]:
     """Hessian of the scalar ``f({name: raw scalar tensor})`` at ``values``; returns ``(H, method_used)``.
 
@@ -409,8 +409,11 @@ def hessian(backend: str, f: Callable[[Dict[str, Any]], Any], values: Mapping[st
         try:
             h = _FWD_OVER_REV[name](f, names, x0, dtype, device)
             return (h + h.T) / 2, "fwd_over_rev"
-        except Exception:
+        except Exception as exc:
             if method == "fwd_over_rev":
                 raise
+            warnings.warn(f"forward-over-reverse Hessian failed on {name} ({type(exc).__name__}: "
+                          f"{str(exc)[:200]}); using finite differences of gradients", RuntimeWarning,
+                          stacklevel=2)
     h = _hessian_fd(name, f, names, x0, dtype, device, step)
     return (h + h.T) / 2, "fd"

@@ -51,7 +51,8 @@ Uncertainties
 At the end (``hessian=True``) the Hessian H of the mean batch loss over ``hessian_batches`` (default all) with
 respect to the normalised parameters is computed at the final point: forward-over-reverse (jvp of the gradient)
 where the framework can push tangents through the simulator, else central finite differences of gradients
-(step ``hessian_step`` in normalised units), see :func:`larnd_diff.backends.optim.hessian`; ``hessian_method``
+(step ``hessian_step``, default 1e-3, in normalised units: large enough to step over the small-scale roughness
+that sample ordering and thresholds give the simulated loss), see :func:`larnd_diff.backends.optim.hessian`; ``hessian_method``
 says which. **Convention:** the loss is read as a negative log-likelihood, ``L = -ln p + const``, so the
 covariance of the normalised parameters is ``H^-1`` (a loss that is chi^2 would need ``2 H^-1``, one that is a
 mean over N hits ``H^-1 / N``: rescale with ``covariance_scale``). The physical covariance is
@@ -346,7 +347,7 @@ class Calibrator:
                  fixed: Optional[Mapping[str, float]] = None, link_vdrift: Optional[bool] = None,
                  simulator: Optional[Callable] = None, callback: Optional[Callable] = None,
                  hessian: bool = True, hessian_batches: Optional[Sequence[int]] = None,
-                 hessian_step: float = 1e-4, covariance_scale: float = 1.0):
+                 hessian_step: float = 1e-3, covariance_scale: float = 1.0):
         from .ops import get_backend
         from .selection import make_batches
 
@@ -702,7 +703,13 @@ class Calibrator:
         res.covariance = cov
         res.covariance_physical = cov * np.outer(d, d)
         res.correlation = correlation_from_covariance(cov)
-        res.errors = {n: float(math.sqrt(max(res.covariance_physical[i, i], 0.0))) for i, n in enumerate(self.names)}
+        var = np.diag(res.covariance_physical)
+        res.errors = {n: (float(math.sqrt(var[i])) if var[i] > 0 else float("nan")) for i, n in enumerate(self.names)}
+        if not posdef:
+            warnings.warn(f"the Hessian at the fitted point is not positive definite (eigenvalues "
+                          f"{np.round(np.linalg.eigvalsh(h), 6).tolist()}, method {method}): not a minimum of the "
+                          f"loss, or a flat/degenerate direction; the covariance is a pseudo-inverse and errors of "
+                          f"directions with non-positive variance are NaN", RuntimeWarning, stacklevel=3)
 
 
 @dataclass
@@ -727,10 +734,11 @@ def covariance_from_hessian(h: np.ndarray, scale: float = 1.0):
 
 
 def correlation_from_covariance(cov: np.ndarray) -> np.ndarray:
-    sd = np.sqrt(np.clip(np.diag(cov), 0, None))
+    """cov_ij / sqrt(cov_ii cov_jj); NaN where a variance is not positive (a flat or wrong-sign direction)."""
+    var = np.diag(cov).astype(np.float64)
+    sd = np.where(var > 0, np.sqrt(np.abs(var)), np.nan)
     with np.errstate(divide="ignore", invalid="ignore"):
-        corr = cov / np.outer(sd, sd)
-    return corr
+        return cov / np.outer(sd, sd)
 
 
 # ============================================================================================== entry point
