@@ -865,12 +865,15 @@ def plot_convergence_band(results: Sequence, path, tolerance: float = 0.01) -> N
         y = np.array([_max_rel(h["params"], tgt, names) for h in hist])
         curves.append(y)
         ax.plot(np.arange(len(y)), y, color="tab:blue", alpha=0.25, lw=0.8)
-    if curves:
-        n = min(len(c) for c in curves)
-        stack = np.stack([c[:n] for c in curves])
+    if curves:  # fits of different lengths (early stops): the band at each iteration is over the fits still running
+        n = max(len(c) for c in curves)
+        stack = np.full((len(curves), n), np.nan)
+        for i, c in enumerate(curves):
+            stack[i, :len(c)] = c
         x = np.arange(n)
-        ax.fill_between(x, stack.min(0), stack.max(0), color="tab:blue", alpha=0.2, label="min-max over fits")
-        ax.plot(x, np.median(stack, 0), color="tab:blue", lw=1.5, label="median")
+        ax.fill_between(x, np.nanmin(stack, 0), np.nanmax(stack, 0), color="tab:blue", alpha=0.2,
+                        label="min-max over fits")
+        ax.plot(x, np.nanmedian(stack, 0), color="tab:blue", lw=1.5, label="median")
     ax.axhline(tolerance, color="k", ls="--", lw=1, label=f"{tolerance:.0%}")
     ax.set_yscale("log")
     ax.set_xlabel("iteration")
