@@ -364,3 +364,13 @@ def test_plots_are_written(segments, backend, tmp_path):
     plot_loss(res[0], tmp_path / "l.png")
     plot_convergence_band(res, tmp_path / "b.png")
     assert all((tmp_path / f).stat().st_size > 1000 for f in ("t.png", "l.png", "b.png"))
+
+
+def test_data_target_hits_are_split_by_batch(segments, backend):
+    """A Hits target (data) is cut per batch through its backtrack rows; the fit recovers the values behind it."""
+    _torch_only(backend)
+    truth = {"Ab": 0.85, "lifetime": 2600.0}
+    data = toy_simulator(segments, truth, backend="torch").numpy()
+    res = _toy_fit(segments, backend, target=data, max_iter=150)
+    assert res.target is None
+    assert max(abs(res.params[n] / truth[n] - 1) for n in truth) < 0.01, res.summary()
