@@ -67,7 +67,8 @@ def _add_optimizer_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--link-vdrift", action=argparse.BooleanOptionalAction, default=None,
                    help="drift velocity follows eField through the mobility model (default: on when eField is "
-                        "fitted; unlinked, kb and eField are degenerate: they enter recombination only as kb/eField)")
+                        "fitted; unlinked, kb and eField are degenerate: they enter recombination only as "
+                        "kb/eField)")
     p.add_argument("--model-noise", action="store_true", help="simulate the model with electronics noise")
     p.add_argument("--target-noise", action="store_true", help="simulated targets with electronics noise")
     p.add_argument("--target-simulator", default="same", choices=("same", "reference"),

@@ -12,7 +12,8 @@ The recipe (the paper's, arXiv 2309.04639, unless said otherwise)
 * **Parameters** are fitted in normalised form: the optimiser sees ``p / nominal`` (so every parameter starts
   near 1 and one learning rate fits all). Any subset of :data:`~larnd_diff.params.PARAMETERS` can be fitted;
   ``fixed`` sets the others (default nominal). ``init`` gives the start (default nominal).
-* **Batches** are whole tracks packed into ~``batch_length_cm`` of track (:func:`larnd_diff.selection.make_batches`,
+* **Batches** are whole tracks packed into ~``batch_length_cm`` of track
+  (:func:`larnd_diff.selection.make_batches`,
   a fixed partition); every epoch visits all batches in a seeded order (``Batches.epoch_order``). One iteration =
   one batch = one optimiser step.
 * **Target.** Either a :class:`~larnd_diff.hits.Hits` (data; the rows of a batch are the rows whose backtracked
@@ -52,7 +53,8 @@ At the end (``hessian=True``) the Hessian H of the mean batch loss over ``hessia
 respect to the normalised parameters is computed at the final point: forward-over-reverse (jvp of the gradient)
 where the framework can push tangents through the simulator, else central finite differences of gradients
 (step ``hessian_step``, default 1e-3, in normalised units: large enough to step over the small-scale roughness
-that sample ordering and thresholds give the simulated loss), see :func:`larnd_diff.backends.optim.hessian`; ``hessian_method``
+that sample ordering and thresholds give the simulated loss), see :func:`larnd_diff.backends.optim.hessian`;
+``hessian_method``
 says which. **Convention:** the loss is read as a negative log-likelihood, ``L = -ln p + const``, so the
 covariance of the normalised parameters is ``H^-1`` (a loss that is chi^2 would need ``2 H^-1``, one that is a
 mean over N hits ``H^-1 / N``: rescale with ``covariance_scale``). The physical covariance is
@@ -528,7 +530,8 @@ class Calibrator:
                                   f"or choose another history_path")
         if st.history_bytes:
             if size < st.history_bytes:
-                raise ValueError(f"{path} is shorter ({size} bytes) than its checkpoint says ({st.history_bytes}); "
+                raise ValueError(f"{path} is shorter ({size} bytes) than its checkpoint says "
+                                 f"({st.history_bytes}); "
                                  f"it was truncated or replaced after the checkpoint was written")
             with open(path, "r+b") as fh:
                 fh.truncate(st.history_bytes)
@@ -598,7 +601,8 @@ class Calibrator:
         self._save(opt, st)
         if st.n_skipped:
             warnings.warn(f"{st.n_skipped} of {st.iteration} fit steps were skipped because the loss or a "
-                          f"gradient was NaN/inf (iterations {st.skipped[:20]}{' ...' if st.n_skipped > 20 else ''})",
+                          f"gradient was NaN/inf (iterations {st.skipped[:20]}"
+                          f"{' ...' if st.n_skipped > 20 else ''})",
                           RuntimeWarning, stacklevel=2)
         return self._result(opt, st)
 
@@ -704,11 +708,13 @@ class Calibrator:
         res.covariance_physical = cov * np.outer(d, d)
         res.correlation = correlation_from_covariance(cov)
         var = np.diag(res.covariance_physical)
-        res.errors = {n: (float(math.sqrt(var[i])) if var[i] > 0 else float("nan")) for i, n in enumerate(self.names)}
+        res.errors = {n: (float(math.sqrt(var[i])) if var[i] > 0 else float("nan"))
+                      for i, n in enumerate(self.names)}
         if not posdef:
             warnings.warn(f"the Hessian at the fitted point is not positive definite (eigenvalues "
                           f"{np.round(np.linalg.eigvalsh(h), 6).tolist()}, method {method}): not a minimum of the "
-                          f"loss, or a flat/degenerate direction; the covariance is a pseudo-inverse and errors of "
+                          f"loss, or a flat/degenerate direction; the covariance is a pseudo-inverse and errors "
+                          f"of "
                           f"directions with non-positive variance are NaN", RuntimeWarning, stacklevel=3)
 
 
@@ -865,7 +871,7 @@ def plot_convergence_band(results: Sequence, path, tolerance: float = 0.01) -> N
         y = np.array([_max_rel(h["params"], tgt, names) for h in hist])
         curves.append(y)
         ax.plot(np.arange(len(y)), y, color="tab:blue", alpha=0.25, lw=0.8)
-    if curves:  # fits of different lengths (early stops): the band at each iteration is over the fits still running
+    if curves:  # fits of different lengths (early stops): per iteration, the band is over the fits still running
         n = max(len(c) for c in curves)
         stack = np.full((len(curves), n), np.nan)
         for i, c in enumerate(curves):

@@ -336,7 +336,8 @@ def test_cli_fit_checkpoint_and_resume(segments, backend, tmp_path):
     path = tmp_path / "segs.h5"
     save_segments(path, segments, swap_xz=False)
     common = [str(path), "--no-swap", "--toy", "--target-params", "Ab=0.84,lifetime=3000", "--params",
-              "Ab,lifetime", "--checkpoint-dir", str(tmp_path / "ck"), "--batch-length", "60", "-q", "--no-hessian"]
+              "Ab,lifetime", "--checkpoint-dir", str(tmp_path / "ck"), "--batch-length", "60", "-q",
+              "--no-hessian"]
     assert main(["fit", *common, "--max-iter", "4"]) == 0
     with pytest.raises(FileExistsError):
         main(["fit", *common, "--max-iter", "8"])
