@@ -84,7 +84,7 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", ["corsika8", "test_inputs2", "muons"])
+@pytest.mark.parametrize("case", ["corsika8", "muons", pytest.param("test_inputs2", marks=pytest.mark.slow)])
 def test_hard_float64_matches_reference(backend, case, record_property):
     segs = CASES[case]()
     fig = compare(simulate(segs, backend=backend, relaxation="hard", dtype="float64"), reference(segs, "float64"))
@@ -105,7 +105,7 @@ def test_hard_float64_matches_reference_full(backend, case, record_property):
     assert fig["identical"] >= 0.95 and fig["within1"] >= 0.995
 
 
-@pytest.mark.parametrize("case", ["corsika8", "muons"])
+@pytest.mark.parametrize("case", ["muons", pytest.param("corsika8", marks=pytest.mark.slow)])
 def test_hard_float64_vs_larnd_sim_precision(backend, case, record_property):
     segs = CASES[case]()
     fig = compare(simulate(segs, backend=backend, relaxation="hard", dtype="float64"), reference(segs, "larnd-sim"))
@@ -113,7 +113,7 @@ def test_hard_float64_vs_larnd_sim_precision(backend, case, record_property):
     assert fig["identical"] >= 0.95 and fig["within1"] >= 0.995
 
 
-@pytest.mark.parametrize("case", ["corsika8", "muons"])
+@pytest.mark.parametrize("case", ["muons", pytest.param("corsika8", marks=pytest.mark.slow)])
 def test_hard_float32(backend, case, record_property):
     segs = CASES[case]()
     fig = compare(simulate(segs, backend=backend, relaxation="hard", dtype="float32"), reference(segs, "float64"))
@@ -121,7 +121,7 @@ def test_hard_float32(backend, case, record_property):
     assert fig["within1"] >= 0.99
 
 
-@pytest.mark.parametrize("case", ["corsika8", "muons"])
+@pytest.mark.parametrize("case", ["muons", pytest.param("corsika8", marks=pytest.mark.slow)])
 def test_smooth_deviation_report(backend, case, record_property):
     """Smooth preset: mean |dADC| per active pixel vs the reference ADC and vs the reference's unrounded ADC."""
     segs = CASES[case]()
