@@ -41,6 +41,7 @@ TICK_THREADS = 128
 def is_available() -> bool:
     """True when numba-cuda can run kernels here (a CUDA GPU with its driver, or the CUDA simulator)."""
     try:
+        from . import cuda_kernels  # noqa: F401  (NumPy compatibility shim, then numba.cuda)
         from numba import cuda
     except Exception:   # numba-cuda missing or broken
         return False

@@ -17,11 +17,18 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import config, cuda, float32, float64
-from numba.cuda.random import xoroshiro128p_normal_float32
 
-from .induce import (AMPLITUDE_A, DELAY_US, E_CHARGE, MAX_DELAY_US, NEGLIGIBLE_CURRENT, TAU_B_US, TAU_C_US,
-                     Z_SAMPLING_CM, _EXP_UNDERFLOW, _MIN_TAU_US)
+if not hasattr(np, "row_stack"):
+    # numba-cuda <= 0.30 registers an overload of np.row_stack (an alias of np.vstack that NumPy 2.5 removed) when
+    # its typing registries load, which then fails: give it the alias back before numba.cuda is imported.
+    np.row_stack = np.vstack
+
+from numba import config, cuda, float32, float64  # noqa: E402
+from numba.cuda.random import xoroshiro128p_normal_float32  # noqa: E402
+
+from .induce import (  # noqa: E402
+    AMPLITUDE_A, DELAY_US, E_CHARGE, MAX_DELAY_US, NEGLIGIBLE_CURRENT, TAU_B_US, TAU_C_US, Z_SAMPLING_CM,
+    _EXP_UNDERFLOW, _MIN_TAU_US)
 
 SIMULATOR = bool(config.ENABLE_CUDASIM)
 #: Capacity of the per-thread x / y grid buffers (larnd-sim's sampled_points is 30).
