@@ -108,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write LArPix packets + mc_packets_assn + tracks (needs --layout-yaml)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_simulate)
+
+    from .cli_fit import add_fit_commands
+
+    add_fit_commands(sub)
     return p
 
 
