@@ -6,9 +6,36 @@
 
 Heavy modules (numba, frameworks) are imported on first use, not at ``import larnd_diff``.
 """
+import sys
 from importlib import import_module
+from importlib.abc import MetaPathFinder
+from importlib.util import spec_from_file_location
+from pathlib import Path
 
 __version__ = "0.1.0"
+
+
+class _CheckoutBackendsFinder(MetaPathFinder):
+    """Resolve ``larnd_diff.backends`` to the top-level ``backends/`` of a source checkout.
+
+    Installed, ``backends/`` is the subpackage ``larnd_diff.backends`` (setup.cfg ``package_dir``); Python started
+    inside the checkout imports this source tree instead, where ``backends/`` sits beside the package.
+    """
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+
+    def find_spec(self, name, path=None, target=None):
+        if name != f"{__name__}.backends":
+            return None
+        return spec_from_file_location(name, self.directory / "__init__.py",
+                                       submodule_search_locations=[str(self.directory)])
+
+
+_checkout_backends = Path(__file__).resolve().parent.parent / "backends"
+if not (Path(__file__).resolve().parent / "backends").is_dir() and (_checkout_backends / "__init__.py").is_file() \
+        and not any(isinstance(f, _CheckoutBackendsFinder) for f in sys.meta_path):
+    sys.meta_path.append(_CheckoutBackendsFinder(_checkout_backends))
 
 _LAZY = {
     "simulate": "api", "BACKENDS": "api", "value_and_grad": "api",
