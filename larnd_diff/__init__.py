@@ -48,6 +48,7 @@ _LAZY = {
     "Relaxation": "sim.config", "SimConfig": "sim.config",
     "get_backend": "ops",
     "write_packets": "export",
+    "fit": "fit", "FitResult": "fit", "closure": "fit",
 }
 
 
