@@ -7,7 +7,6 @@ only hard dependency.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import eagerpy as ep
 import numpy as np

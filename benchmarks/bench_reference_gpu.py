@@ -1,6 +1,7 @@
 """Time the reference on a CUDA GPU (larnd_diff.reference.cuda.simulate, numba-cuda) after JIT compilation.
 
-    python benchmarks/bench_reference_gpu.py [--inputs a.h5 b.h5] [--repeat 3] [--cpu] [--out results/reference_gpu.json]
+    python benchmarks/bench_reference_gpu.py [--inputs a.h5 b.h5] [--repeat 3] [--cpu] \
+        [--out results/reference_gpu.json]
 
 Per input file: JIT time (first call on the first event, kernels compiled; reported separately), total wall
 seconds of the whole file after JIT (best and median of the repeats; the GPU is synchronised by the

@@ -123,7 +123,8 @@ def test_numpy_not_supported_messages(backend):
     b = ops.get_backend("numpy")
     with pytest.raises(NotSupported) as err:
         b.value_and_grad(lambda p: p["a"].sum(), {"a": np.ones(2)})
-    assert str(err.value) == "backend 'numpy' cannot compute gradients: it is forward-only; use torch, jax or tensorflow"
+    assert str(err.value) == ("backend 'numpy' cannot compute gradients: it is forward-only; "
+                              "use torch, jax or tensorflow")
     assert (err.value.backend, err.value.op) == ("numpy", "grad")
     with pytest.raises(NotSupported, match="cannot compute forward-mode derivatives"):
         b.jvp(lambda p: p["a"], {"a": np.ones(2)}, {"a": np.ones(2)})

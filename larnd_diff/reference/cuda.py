@@ -1,4 +1,6 @@
-"""The Numba reference on a CUDA GPU (numba-cuda): same algorithm, same outputs as :func:`larnd_diff.reference.simulate`.
+"""The Numba reference on a CUDA GPU (numba-cuda).
+
+Same algorithm, same outputs as :func:`larnd_diff.reference.simulate`.
 
 Host side (CPU, the reference's own functions): quenching, drifting, pixel lists, unique pixels, signal windows,
 digitisation, backtracking. Device side (:mod:`.cuda_kernels`): the induced current, one thread per
