@@ -21,13 +21,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..detector import resolve_detector
-from ..hits import N_BACKTRACK, Hits
+from ..hits import Hits
 from ..params import as_params
-from .backtrack import backtrack_samples, segments_per_pixel
 from .drift import drift
-from .electronics import digitize
 from .induce import E_CHARGE, first_tick_time, signal_windows
-from .pipeline import PRECISIONS, REQUIRED_FIELDS, promote_to_float64, stream_seed
+from .pipeline import PRECISIONS, REQUIRED_FIELDS, chunk_hits, promote_to_float64, stream_seed
 from .pixels import neighbourhood_radius, segment_pixel_pairs, unique_pixels
 from .quench import quench
 from .rng import create_streams, n_streams
@@ -195,20 +193,7 @@ def simulate(segments, detector=None, params=None, *, noise=False, seed=0, preci
                 np.zeros((1, 2), np.uint64)
             charges, ticks, _ = front_end_gpu(wf, det, noise, state)
             del wf
-            filled = (ticks >= 0) & np.isfinite(charges)
-            counts = filled.sum(axis=1)
-            keep = counts > 0
-            if not np.any(keep):
-                continue
-            times = np.where(filled, ticks * det.adc_tick_us, np.nan)
-            adc = np.where(filled, digitize(np.where(filled, charges, 0.0), el), np.nan)
-            track_map = segments_per_pixel(pair_row, pair_seg, n_rows, N_BACKTRACK)
-            bt = backtrack_samples(track_map[keep], np.where(filled, times, 0.0)[keep], counts[keep],
-                                   segs["t_start"].astype(np.float64), segs["t_end"].astype(np.float64),
-                                   det.time_padding, t_hi_pad, rows.astype(np.int64))
-            charge_e = np.where(filled, charges / E_CHARGE, np.nan)
-            parts.append(Hits(event_id=np.full(int(keep.sum()), ev, np.int64), pixel=uniq[keep],
-                              adc=adc[keep], time=times[keep], charge=charge_e[keep], backtrack=bt))
+            parts.append(chunk_hits(ev, uniq, charges, ticks, pair_row, pair_seg, segs, rows, det, t_hi_pad))
     return Hits.concatenate(parts, el.max_adc_values)
 
 

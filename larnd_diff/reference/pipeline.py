@@ -89,6 +89,27 @@ def chunk_waveforms(segs, det, vdrift, single):
     return uniq, waveforms, pair_row, pair_seg
 
 
+def chunk_hits(event_id, uniq, charges, ticks, pair_row, pair_seg, segs, rows, det, t_hi_pad) -> Hits:
+    """Hits of one chunk from its front-end output: charges (C) and trigger ticks per (pixel row, slot).
+
+    Rows without a stored sample are dropped. A conversion that integrated NaN current (spec 4.4.3) digitises to
+    NaN; larnd-sim's export drops it, so it counts as an empty slot here.
+    """
+    el = det.electronics
+    filled = (ticks >= 0) & np.isfinite(charges)
+    counts = filled.sum(axis=1)
+    keep = counts > 0
+    times = np.where(filled, ticks * det.adc_tick_us, np.nan)
+    adc = np.where(filled, digitize(np.where(filled, charges, 0.0), el), np.nan)
+    track_map = segments_per_pixel(pair_row, pair_seg, len(uniq), N_BACKTRACK)
+    bt = backtrack_samples(track_map[keep], np.where(filled, times, 0.0)[keep], counts[keep],
+                           segs["t_start"].astype(np.float64), segs["t_end"].astype(np.float64),
+                           det.time_padding, t_hi_pad, rows.astype(np.int64))
+    charge_e = np.where(filled, charges / E_CHARGE, np.nan)
+    return Hits(event_id=np.full(int(keep.sum()), event_id, np.int64), pixel=uniq[keep],
+                adc=adc[keep], time=times[keep], charge=charge_e[keep], backtrack=bt)
+
+
 def simulate(segments, detector=None, params=None, *, noise=False, seed=0, precision="larnd-sim",
              chunk_size=600, progress=False, return_waveforms=False):
     """Simulate the hits of ``segments`` (simulation frame, z = drift axis) with larnd-sim's algorithm.
@@ -151,20 +172,6 @@ def simulate(segments, detector=None, params=None, *, noise=False, seed=0, preci
             charges, ticks, counts = front_end(wf, det.n_ticks_event, dt, el.threshold_e, el.integration_ticks(dt),
                                                el.max_adc_values, el.reset_noise_e, el.uncorrelated_noise_e, state,
                                                bool(noise))
-            # a conversion that integrated NaN current (spec 4.4.3) digitises to NaN: larnd-sim's export drops it
-            filled = (ticks >= 0) & np.isfinite(charges)
-            counts = filled.sum(axis=1)
-            keep = counts > 0
-            if not np.any(keep):
-                continue
-            times = np.where(filled, ticks * det.adc_tick_us, np.nan)
-            adc = np.where(filled, digitize(np.where(filled, charges, 0.0), el), np.nan)
-            track_map = segments_per_pixel(pair_row, pair_seg, n_rows, N_BACKTRACK)
-            bt = backtrack_samples(track_map[keep], np.where(filled, times, 0.0)[keep], counts[keep],
-                                   segs["t_start"].astype(np.float64), segs["t_end"].astype(np.float64),
-                                   det.time_padding, t_hi_pad, rows.astype(np.int64))
-            charge_e = np.where(filled, charges / E_CHARGE, np.nan)
-            parts.append(Hits(event_id=np.full(int(keep.sum()), ev, np.int64), pixel=uniq[keep],
-                              adc=adc[keep], time=times[keep], charge=charge_e[keep], backtrack=bt))
+            parts.append(chunk_hits(ev, uniq, charges, ticks, pair_row, pair_seg, segs, rows, det, t_hi_pad))
     hits = Hits.concatenate(parts, el.max_adc_values)
     return (hits, waves) if return_waveforms else hits
