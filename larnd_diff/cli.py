@@ -21,11 +21,11 @@ def _params(items: list[str] | None) -> dict:
 def _detector(args):
     from .detector import load_detector, module0
 
-    if args.detector_yaml or args.layout_yaml:
-        if not (args.detector_yaml and args.layout_yaml):
-            raise SystemExit("--detector-yaml and --layout-yaml go together")
+    if args.detector_yaml:
+        if not args.layout_yaml:
+            raise SystemExit("--detector-yaml needs the pixel layout too: --layout-yaml FILE")
         return load_detector(args.detector_yaml, args.layout_yaml)
-    return module0()
+    return module0()  # a --layout-yaml alone only supplies the channel map of --packets
 
 
 def cmd_generate(args) -> int:
@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--outside", choices=("error", "drop", "keep"), default="error",
                    help="segments outside every TPC: stop with an error (default), drop them (counted), keep")
     s.add_argument("--detector-yaml", type=Path, help="larnd-sim detector properties YAML (default: module0)")
-    s.add_argument("--layout-yaml", type=Path, help="larnd-sim pixel layout YAML (default: module0 2.2.16)")
+    s.add_argument("--layout-yaml", type=Path,
+                   help="larnd-sim pixel layout YAML (geometry with --detector-yaml; chip/channel map of --packets)")
     s.add_argument("--packets", action="store_true",
                    help="also write LArPix packets + mc_packets_assn + tracks (needs --layout-yaml)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
