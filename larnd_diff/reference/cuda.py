@@ -20,14 +20,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..detector import resolve_detector
 from ..hits import Hits
-from ..params import as_params
-from .drift import drift
 from .induce import E_CHARGE, first_tick_time, signal_windows
-from .pipeline import PRECISIONS, REQUIRED_FIELDS, chunk_hits, promote_to_float64, stream_seed
+from .pipeline import chunk_hits, chunks, prepare, stream_seed
 from .pixels import neighbourhood_radius, segment_pixel_pairs, unique_pixels
-from .quench import quench
 from .rng import create_streams, n_streams
 
 #: Device memory bound (bytes) of one block of pairs: signal rows plus the two running-sum scratch rows (float64).
@@ -152,49 +148,21 @@ def simulate(segments, detector=None, params=None, *, noise=False, seed=0, preci
     """:func:`larnd_diff.reference.simulate` with the induced current, the waveform sums and the front end run as
     CUDA kernels. Same arguments (no ``return_waveforms``), same :class:`larnd_diff.hits.Hits` (times in us,
     charges in electrons, backtrack = rows of ``segments``)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
     if not is_available():
         raise RuntimeError("no CUDA GPU usable by numba-cuda here (larnd_diff.reference.cuda.is_available())")
-    single = precision == "larnd-sim"
-    det = resolve_detector(detector)
-    p = as_params(params, nominal=det.nominal)
-    vdrift = float(p.vdrift_value)
-    el = det.electronics
-    segments = np.asarray(segments)
-    missing = [f for f in REQUIRED_FIELDS if segments.dtype.names is None or f not in segments.dtype.names]
-    if missing:
-        raise KeyError(f"segments lack the field(s) {missing}; expected a structured array with the fields of "
-                       "larnd_diff.io.SEGMENT_DTYPE (simulation frame, z = drift axis)")
-    if not single:
-        segments = promote_to_float64(segments)
-    drifted = drift(quench(segments, p, detector=det), det, p)
-    events = np.unique(drifted["eventID"])
-    it = events
-    if progress:
-        try:
-            from tqdm import tqdm
-            it = tqdm(events, desc="reference (cuda)")
-        except ImportError:
-            pass
+    det, vdrift, drifted, single = prepare(segments, detector, params, precision)
     t_hi_pad = det.time_padding + 0.5 / vdrift
     parts = []
-    for i_event, ev in enumerate(it):
-        rows_ev = np.nonzero(drifted["eventID"] == ev)[0]
-        size = len(rows_ev) if chunk_size is None else int(chunk_size)
-        for c0 in range(0, len(rows_ev), size):
-            rows = rows_ev[c0:c0 + size]
-            segs = drifted[rows]
-            uniq, wf, pair_row, pair_seg = chunk_waveforms_gpu(segs, det, vdrift, single)
-            if len(uniq) == 0:
-                continue
-            n_rows = len(uniq)
-            state = create_streams(n_streams(n_rows), stream_seed(seed, i_event)) if noise else \
-                np.zeros((1, 2), np.uint64)
-            charges, ticks, _ = front_end_gpu(wf, det, noise, state)
-            del wf
-            parts.append(chunk_hits(ev, uniq, charges, ticks, pair_row, pair_seg, segs, rows, det, t_hi_pad))
-    return Hits.concatenate(parts, el.max_adc_values)
+    for i_event, ev, _, rows, segs in chunks(drifted, chunk_size, progress, "reference (cuda)"):
+        uniq, wf, pair_row, pair_seg = chunk_waveforms_gpu(segs, det, vdrift, single)
+        if len(uniq) == 0:
+            continue
+        state = create_streams(n_streams(len(uniq)), stream_seed(seed, i_event)) if noise else \
+            np.zeros((1, 2), np.uint64)
+        charges, ticks, _ = front_end_gpu(wf, det, noise, state)
+        del wf
+        parts.append(chunk_hits(ev, uniq, charges, ticks, pair_row, pair_seg, segs, rows, det, t_hi_pad))
+    return Hits.concatenate(parts, det.electronics.max_adc_values)
 
 
 __all__ = ["simulate", "is_available", "chunk_waveforms_gpu", "front_end_gpu"]

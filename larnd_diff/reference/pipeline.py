@@ -89,6 +89,45 @@ def chunk_waveforms(segs, det, vdrift, single):
     return uniq, waveforms, pair_row, pair_seg
 
 
+def prepare(segments, detector, params, precision):
+    """Check the input, quench and drift every segment: ``(detector, vdrift, drifted segments, single)``.
+
+    ``single`` is True for larnd-sim's float32 map; "float64" widens the float fields first.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    det = resolve_detector(detector)
+    p = as_params(params, nominal=det.nominal)
+    segments = np.asarray(segments)
+    missing = [f for f in REQUIRED_FIELDS if segments.dtype.names is None or f not in segments.dtype.names]
+    if missing:
+        raise KeyError(f"segments lack the field(s) {missing}; expected a structured array with the fields of "
+                       "larnd_diff.io.SEGMENT_DTYPE (simulation frame, z = drift axis)")
+    single = precision == "larnd-sim"
+    if not single:
+        segments = promote_to_float64(segments)
+    return det, float(p.vdrift_value), drift(quench(segments, p, detector=det), det, p), single
+
+
+def chunks(drifted, chunk_size, progress: bool, desc: str):
+    """``(event index, eventID, chunk index, rows, segments)`` in larnd-sim's order: events ascending, then
+    consecutive chunks of ``chunk_size`` rows (None = whole events)."""
+    events = np.unique(drifted["eventID"])
+    it = events
+    if progress:
+        try:
+            from tqdm import tqdm
+            it = tqdm(events, desc=desc)
+        except ImportError:
+            pass
+    for i_event, ev in enumerate(it):
+        rows_ev = np.nonzero(drifted["eventID"] == ev)[0]
+        size = len(rows_ev) if chunk_size is None else int(chunk_size)
+        for i_chunk, c0 in enumerate(range(0, len(rows_ev), size)):
+            rows = rows_ev[c0:c0 + size]
+            yield i_event, ev, i_chunk, rows, drifted[rows]
+
+
 def chunk_hits(event_id, uniq, charges, ticks, pair_row, pair_seg, segs, rows, det, t_hi_pad) -> Hits:
     """Hits of one chunk from its front-end output: charges (C) and trigger ticks per (pixel row, slot).
 
@@ -127,51 +166,25 @@ def simulate(segments, detector=None, params=None, *, noise=False, seed=0, preci
     ``noise``: 900 e- reset and 500 e- uncorrelated noise from per-pixel-row xoroshiro128+ streams seeded with
     ``seed * 2**32 + event index`` (larnd-sim: the event index, i.e. ``seed=0``); noise off is deterministic.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
-    single = precision == "larnd-sim"
-    det = resolve_detector(detector)
-    p = as_params(params, nominal=det.nominal)
-    vdrift = float(p.vdrift_value)
+    det, vdrift, drifted, single = prepare(segments, detector, params, precision)
     el = det.electronics
     dt = det.t_sampling
-    segments = np.asarray(segments)
-    missing = [f for f in REQUIRED_FIELDS if segments.dtype.names is None or f not in segments.dtype.names]
-    if missing:
-        raise KeyError(f"segments lack the field(s) {missing}; expected a structured array with the fields of "
-                       "larnd_diff.io.SEGMENT_DTYPE (simulation frame, z = drift axis)")
-    if not single:
-        segments = promote_to_float64(segments)
-    drifted = drift(quench(segments, p, detector=det), det, p)
-    events = np.unique(drifted["eventID"])
     parts, waves = [], []
-    it = events
-    if progress:
-        try:
-            from tqdm import tqdm
-            it = tqdm(events, desc="reference")
-        except ImportError:
-            pass
     t_hi_pad = det.time_padding + 0.5 / vdrift
-    for i_event, ev in enumerate(it):
-        rows_ev = np.nonzero(drifted["eventID"] == ev)[0]
-        size = len(rows_ev) if chunk_size is None else int(chunk_size)
-        for i_chunk, c0 in enumerate(range(0, len(rows_ev), size)):
-            rows = rows_ev[c0:c0 + size]
-            segs = drifted[rows]
-            uniq, wf, pair_row, pair_seg = chunk_waveforms(segs, det, vdrift, single)
-            if return_waveforms:
-                full = np.zeros((len(uniq), det.n_ticks_event))
-                full[:, :wf.shape[1]] = wf
-                waves.append(ChunkWaveforms(int(ev), i_chunk, uniq, full, rows))
-            if len(uniq) == 0:
-                continue
-            n_rows = len(uniq)
-            state = create_streams(n_streams(n_rows), stream_seed(seed, i_event)) if noise else \
-                np.zeros((1, 2), np.uint64)
-            charges, ticks, counts = front_end(wf, det.n_ticks_event, dt, el.threshold_e, el.integration_ticks(dt),
-                                               el.max_adc_values, el.reset_noise_e, el.uncorrelated_noise_e, state,
-                                               bool(noise))
-            parts.append(chunk_hits(ev, uniq, charges, ticks, pair_row, pair_seg, segs, rows, det, t_hi_pad))
+    for i_event, ev, i_chunk, rows, segs in chunks(drifted, chunk_size, progress, "reference"):
+        uniq, wf, pair_row, pair_seg = chunk_waveforms(segs, det, vdrift, single)
+        if return_waveforms:
+            full = np.zeros((len(uniq), det.n_ticks_event))
+            full[:, :wf.shape[1]] = wf
+            waves.append(ChunkWaveforms(int(ev), i_chunk, uniq, full, rows))
+        if len(uniq) == 0:
+            continue
+        n_rows = len(uniq)
+        state = create_streams(n_streams(n_rows), stream_seed(seed, i_event)) if noise else \
+            np.zeros((1, 2), np.uint64)
+        charges, ticks, counts = front_end(wf, det.n_ticks_event, dt, el.threshold_e, el.integration_ticks(dt),
+                                           el.max_adc_values, el.reset_noise_e, el.uncorrelated_noise_e, state,
+                                           bool(noise))
+        parts.append(chunk_hits(ev, uniq, charges, ticks, pair_row, pair_seg, segs, rows, det, t_hi_pad))
     hits = Hits.concatenate(parts, el.max_adc_values)
     return (hits, waves) if return_waveforms else hits
