@@ -244,6 +244,13 @@ class Backend:
     def index_set(self, x, index, values): self._missing("index_set")  # noqa: E704
 
     # ---- transformations (EagerPy functions) -----------------------------------------------
+    def float_params(self, params: Dict[str, Any]) -> Dict[str, Any]:
+        """Raw backend tensors of named parameter values; a non-float value raises TypeError naming it."""
+        raws = {k: self.raw_asarray(v) for k, v in params.items()}
+        for k, r in raws.items():
+            check_float_param(k, self.dtype_name(r))
+        return raws
+
     def value_and_grad(self, f: Callable, params: Dict[str, Any], *args: Any, has_aux: bool = False):
         """``(value, {name: grad})`` (``((value, aux), grads)`` with has_aux) for scalar ``f(params, *args)``.
 

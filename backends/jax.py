@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .base import Backend as _Base
-from .base import Jitted, check_float_param, check_scalar, split_aux, tree_map, unwrap
+from .base import Jitted, check_scalar, split_aux, tree_map, unwrap
 
 _WIDE = {"float64", "int64", "uint64", "complex128"}
 
@@ -161,15 +161,8 @@ class Backend(_Base):
         return x.at[index].set(jnp.asarray(values, dtype=x.dtype))
 
     # ---- transformations -------------------------------------------------------------------
-    def _params(self, params):
-        raws = {}
-        for k, v in params.items():
-            raws[k] = self.raw_asarray(v)
-            check_float_param(k, self.dtype_name(raws[k]))
-        return raws
-
     def value_and_grad(self, f, params, *args, has_aux=False):
-        raws = self._params(params)
+        raws = self.float_params(params)
 
         def raw_f(rp):
             value, aux = split_aux(f({k: ep.JAXTensor(v) for k, v in rp.items()}, *args), has_aux)
@@ -185,7 +178,7 @@ class Backend(_Base):
         return ep.JAXTensor(out), grads
 
     def jvp(self, f, params, tangents, *args):
-        raws = self._params(params)
+        raws = self.float_params(params)
         tans = {k: (self.raw_asarray(tangents[k], self.dtype_name(p)) if k in tangents else jnp.zeros_like(p))
                 for k, p in raws.items()}
 

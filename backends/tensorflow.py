@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from .base import Backend as _Base
-from .base import Jitted, check_float_param, check_scalar, split_aux, tree_map, unwrap
+from .base import Jitted, check_scalar, split_aux, tree_map, unwrap
 
 _ZERO = tf.UnconnectedGradients.ZERO
 
@@ -166,15 +166,8 @@ class Backend(_Base):
         return tf.tensor_scatter_nd_update(x, nd_index, updates)
 
     # ---- transformations -------------------------------------------------------------------
-    def _params(self, params):
-        raws = {}
-        for k, v in params.items():
-            raws[k] = self.raw_asarray(v)
-            check_float_param(k, self.dtype_name(raws[k]))
-        return raws
-
     def value_and_grad(self, f, params, *args, has_aux=False):
-        raws = self._params(params)
+        raws = self.float_params(params)
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             for r in raws.values():
                 tape.watch(r)
@@ -188,7 +181,7 @@ class Backend(_Base):
         return ((value, aux), grads) if has_aux else (value, grads)
 
     def jvp(self, f, params, tangents, *args):
-        raws = self._params(params)
+        raws = self.float_params(params)
         keys = list(raws)
         tans = [self.raw_asarray(tangents[k], self.dtype_name(raws[k])) if k in tangents
                 else tf.zeros_like(raws[k]) for k in keys]

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .base import Backend as _Base
-from .base import Jitted, check_float_param, check_scalar, split_aux, tree_map, unwrap
+from .base import Jitted, check_scalar, split_aux, tree_map, unwrap
 
 
 def _dtype(name):
@@ -144,12 +144,7 @@ class Backend(_Base):
 
     # ---- transformations -------------------------------------------------------------------
     def _leaves(self, params):
-        leaves = {}
-        for k, v in params.items():
-            raw = self.raw_asarray(v)
-            check_float_param(k, self.dtype_name(raw))
-            leaves[k] = raw.detach().requires_grad_(True)
-        return leaves
+        return {k: raw.detach().requires_grad_(True) for k, raw in self.float_params(params).items()}
 
     def value_and_grad(self, f, params, *args, has_aux=False):
         leaves = self._leaves(params)

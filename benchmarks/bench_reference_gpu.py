@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
+from bench_reference import machine_info as cpu_machine_info  # same folder: run as a script
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[0].parent / "shared"
@@ -49,17 +48,8 @@ def gpu_info() -> dict:
 
 
 def machine_info() -> dict:
-    import numba
-    info = dict(platform=platform.platform(), python=platform.python_version(), cpu_count=os.cpu_count(),
-                numba=numba.__version__, numpy=np.__version__, numba_threads=numba.config.NUMBA_NUM_THREADS)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    info["cpu_model"] = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    info = cpu_machine_info()
+    info.pop("load_average_1min", None)
     info.update(gpu_info())
     return info
 
