@@ -72,6 +72,32 @@ def cmd_simulate(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from .compare import CompareError, compare, format_table, load_input, plot, to_json
+
+    def progress(msg: str) -> None:
+        if not args.quiet:
+            print(f"[compare {time.perf_counter() - t0:7.1f} s] {msg}", file=sys.stderr, flush=True)
+
+    t0 = time.perf_counter()
+    try:
+        segs, source = load_input(args.input, events=args.events, seed=args.seed, swap_xz=not args.no_swap,
+                                  outside=args.outside)
+        result = compare(segs, backends=args.backends, device=args.device, repeat=args.repeat, dtype=args.dtype,
+                         grad=not args.no_grad, source=source, progress=progress)
+    except CompareError as exc:
+        print(f"larnd-diff compare: error: {exc}", file=sys.stderr)
+        return 2
+    print(format_table(result))
+    if args.json:
+        to_json(result, args.json)
+        progress(f"JSON written to {args.json}")
+    if args.figure:
+        plot(result, args.figure)
+        progress(f"figure written to {args.figure}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="larnd-diff", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -109,6 +135,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write LArPix packets + mc_packets_assn + tracks (needs --layout-yaml)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_simulate)
+
+    c = sub.add_parser("compare", help="every installed backend side by side: agreement with the reference, "
+                                       "gradients, time, memory (table; JSON and figure on request)")
+    c.add_argument("input", nargs="?", type=Path, help="segments HDF5 (default: generated 1 GeV muons)")
+    c.add_argument("-n", "--events", type=int, default=2, help="generated events without INPUT (default 2)")
+    c.add_argument("--seed", type=int, default=1, help="generator seed without INPUT")
+    c.add_argument("--backends", nargs="+", default=None, metavar="NAME",
+                   help="simulator backends to compare (default: every installed one: numpy torch jax tensorflow)")
+    c.add_argument("--device", default=None, help="framework device, e.g. cpu or cuda:0 (default: the framework's; "
+                                                  "numpy always runs on the CPU)")
+    c.add_argument("--dtype", default="float64", choices=("float64", "float32"), help="simulator float type")
+    c.add_argument("--repeat", type=int, default=2, help="timed runs after one warm-up run (median reported)")
+    c.add_argument("--no-grad", action="store_true", help="skip the forward + gradient timing")
+    c.add_argument("--json", type=Path, default=None, help="write the full result as JSON")
+    c.add_argument("--figure", type=Path, default=None, help="write the four-panel figure (PNG, PDF, ...)")
+    c.add_argument("--no-swap", action="store_true", help="INPUT is already in the simulation frame (z = drift)")
+    c.add_argument("--outside", choices=("error", "drop", "keep"), default="error",
+                   help="segments of INPUT outside every TPC: error (default), drop, keep")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    c.set_defaults(func=cmd_compare)
 
     from .cli_fit import add_fit_commands
 

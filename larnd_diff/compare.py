@@ -1,0 +1,723 @@
+"""Backends side by side on one input: agreement with the reference, gradients, time and memory.
+
+    import larnd_diff as ld
+    from larnd_diff import compare
+    segs = ld.generate_muons(n_events=2, seed=1)
+    result = compare.compare(segs, backends=["numpy", "torch"], device=None, repeat=2)
+    print(compare.format_table(result))
+    compare.plot(result, "compare.png")
+
+The same from the command line: ``larnd-diff compare [INPUT.h5] --backends torch jax --device cuda:0 --json
+out.json --figure out.png`` (``examples/compare_backends.py`` is a thin script over this module).
+
+What is measured, per backend (the simulator in ``dtype``, default float64):
+
+* ``hard_vs_reference``: the ``hard`` preset against the Numba reference in float64 (``precision="float64"``);
+  ``hard_vs_reference_larnd_sim``: against the reference in larnd-sim precision (its float32 map).
+* ``smooth_vs_reference``: the ``smooth`` preset (continuous ADC) against the float64 reference, and
+  ``mean_abs_dadc_vs_unrounded``: against the reference's ADC before rounding (what the smooth preset models).
+* Times (seconds, median over ``repeat`` runs after one warm-up run, whose time is ``*_first_s``; every timed call
+  ends by copying its result to the host, so asynchronous GPU work is included): ``forward_hard_s``,
+  ``forward_smooth_s``, ``forward_grad6_s`` (smooth preset, the sum of the ADC values and its gradient w.r.t. the six
+  fit parameters, reverse mode; not on numpy, which is forward-only).
+* Peak memory over the timed runs (``peak_bytes_*``): on a GPU the framework allocator's peak
+  (``torch.cuda.max_memory_allocated``, ``tf.config.experimental.get_memory_info``; jax has no reset, so its figure
+  is ``peak_bytes_in_use`` since the process started); on the CPU the growth of the process's resident set size
+  over its value at the start of the timed runs (sampled every few ms).
+* ``gradient_agreement``: per parameter, the largest relative difference of a backend's gradient from the first
+  differentiable backend's (1e-6 is the acceptance bar in float64).
+
+Agreement figures (:func:`agreement`) follow ``tests/test_sim_parity.py``: hit pixels are matched by
+(event, I, J) over the union of both sides; an empty ADC slot reads as the pedestal 74 (``digitize(0)``, as in
+larnd-sim outputs); a row is *identical* when all its slots are equal, *within_1* when no slot differs by more than
+one count; ``mean_abs_dadc_per_hit_pixel`` is the sum of |dADC| over the slots, averaged over the hit pixels.
+
+JSON (``to_json``) keys: ``version``, ``input`` (source, n_segments, n_events, track_cm), ``device``, ``dtype``,
+``repeat``, ``machine``, ``reference`` (forward_s, hit_pixels), ``backends`` (name -> the figures above plus
+``device``, ``memory``, ``loss``, ``gradients``), ``gradient_agreement`` (when two or more backends have gradients),
+``notes`` (name -> remark, e.g. numpy kept on the CPU).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import threading
+import time
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+
+from .params import FIT_PARAMETERS, SPECS
+
+__all__ = ["CompareError", "PEDESTAL", "adc_rows", "agreement", "unrounded_adc", "check_backends", "is_gpu",
+           "check_device", "placement", "timed", "PeakMemory", "loss_and_grads", "compare", "format_table", "to_json",
+           "plot", "load_input", "pixel_differences", "plot_event_comparison", "JSON_KEYS", "BACKEND_KEYS"]
+
+#: ADC value of an empty slot in the comparison (digitize(0), the pedestal, as in larnd-sim outputs).
+PEDESTAL = 74.0
+JSON_VERSION = 1
+#: Top-level keys of the JSON result, and the keys every backend entry has.
+JSON_KEYS = ("version", "input", "device", "dtype", "repeat", "machine", "reference", "backends", "notes")
+BACKEND_KEYS = ("device", "memory", "hard_vs_reference", "hard_vs_reference_larnd_sim", "smooth_vs_reference",
+                "forward_hard_s", "forward_hard_first_s", "forward_smooth_s", "forward_smooth_first_s",
+                "peak_bytes_forward")
+
+
+class CompareError(ValueError):
+    """A request the comparison cannot run (unknown or uninstalled backend, a GPU that is not there)."""
+
+
+# ============================================================================================== agreement
+def adc_rows(hits, adc=None) -> Dict[tuple, np.ndarray]:
+    """{(event, I, J): ADC row (float64) with empty slots read as the pedestal}; ``adc`` overrides hits.adc."""
+    h = hits.numpy()
+    values = h.adc if adc is None else adc
+    return {(int(e), int(p[0]), int(p[1])): np.nan_to_num(np.asarray(a, np.float64), nan=PEDESTAL)
+            for e, p, a in zip(h.event_id, h.pixel, values)}
+
+
+def agreement(ours, ref, ref_adc=None) -> dict:
+    """Figures comparing two Hits (see the module docstring): hit_pixels, only_ours, only_reference, identical,
+    within_1, mean_abs_dadc_per_hit_pixel. ``ref_adc`` replaces the reference's ADC (e.g. :func:`unrounded_adc`)."""
+    a = adc_rows(ours)
+    b = adc_rows(ref, ref_adc)
+    keys = sorted(set(a) | set(b))
+    width = next(iter(a.values() or b.values()), np.zeros(10)).shape[0]
+    empty = np.full(width, PEDESTAL)
+    diff = np.array([np.abs(a.get(k, empty) - b.get(k, empty)) for k in keys]) if keys else np.zeros((0, width))
+    n = max(len(keys), 1)
+    return {"hit_pixels": len(keys), "only_ours": len(set(a) - set(b)), "only_reference": len(set(b) - set(a)),
+            "identical": float(np.sum(np.all(diff == 0, axis=1)) / n),
+            "within_1": float(np.sum(np.all(diff <= 1, axis=1)) / n),
+            "mean_abs_dadc_per_hit_pixel": float(diff.sum() / n)}
+
+
+def unrounded_adc(ref, detector=None) -> Optional[np.ndarray]:
+    """The reference's ADC before rounding, from its converted charge (electrons); None without charges."""
+    if ref.charge is None:
+        return None
+    from .detector import module0
+
+    el = (detector or module0()).electronics
+    q = np.asarray(ref.numpy().charge, np.float64)
+    v = np.maximum(q * el.gain_mv_per_e + el.v_pedestal_mv - el.v_cm_mv, 0) * el.adc_counts / (el.v_ref_mv - el.v_cm_mv)
+    return np.minimum(v, el.adc_counts)
+
+
+# ============================================================================================== backends, devices
+def check_backends(names: Iterable[str]) -> List[str]:
+    """Canonical names of the requested backends; a :class:`CompareError` naming the problem and the installed
+    backends when one is unknown or its framework is not installed."""
+    from .ops import available_backends, get_backend, known_backends
+
+    out = []
+    for name in names:
+        if name == "reference":
+            raise CompareError("'reference' is what every backend is compared with; name simulator backends "
+                               f"({', '.join(known_backends())})")
+        try:
+            canonical = get_backend(name).name
+        except ImportError as exc:  # BackendUnavailable
+            raise CompareError(f"backend {name!r} is not installed here: {exc}; installed backends: "
+                               f"{', '.join(available_backends()) or 'none'}") from None
+        except (ValueError, TypeError) as exc:
+            raise CompareError(f"{exc}; installed backends: {', '.join(available_backends()) or 'none'}") from None
+        if canonical not in out:
+            out.append(canonical)
+    if not out:
+        raise CompareError("no backend to compare")
+    return out
+
+
+def is_gpu(backend: str, device) -> bool:
+    """Whether ``device`` (None = the framework's default device) is a GPU for ``backend``."""
+    if backend == "numpy":
+        return False
+    if device is None:
+        from .ops import get_backend
+
+        device = get_backend(backend).default_device()
+    return _spec_is_gpu(device)
+
+
+def _spec_is_gpu(device) -> bool:
+    spec = str(device).lower()
+    return "cuda" in spec or "gpu" in spec or "rocm" in spec
+
+
+def check_device(backend: str, device) -> None:
+    """A clear :class:`CompareError` when a GPU device is asked of a framework that sees none (TensorFlow would
+    otherwise fall back to the CPU silently)."""
+    if device is None or not is_gpu(backend, device):
+        return
+    if backend == "numpy":
+        raise CompareError("backend 'numpy' runs on the CPU only")
+    idx = _device_index(device)
+    if backend == "torch":
+        import torch
+
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    elif backend == "jax":
+        import jax
+
+        try:
+            n = len(jax.devices("gpu"))
+        except RuntimeError:
+            n = 0
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        n = len(tf.config.list_physical_devices("GPU"))
+    else:
+        return
+    if idx >= n:
+        raise CompareError(f"device {device!r} asked of {backend}, which sees {n} GPU(s) here")
+
+
+def placement(backend: str, device):
+    """A context manager that makes ``device`` the framework's default placement as well (None: no change).
+
+    TensorFlow runs an eager op on the GPU whenever there is one, whatever device its inputs were created on, so a
+    CPU run there needs ``tf.device``; jax puts arrays created without a device on its default device. torch and
+    numpy place by their inputs: nothing to do.
+    """
+    import contextlib
+
+    if device is None or backend not in ("tensorflow", "jax"):
+        return contextlib.nullcontext()
+    spec = str(device)
+    platform, _, idx = spec.lower().lstrip("/").partition(":")
+    index = int(idx) if idx.isdigit() else 0
+    gpu = _spec_is_gpu(spec)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.device(spec if spec.startswith("/") else f"/{'GPU' if gpu else 'CPU'}:{index}")
+    import jax
+
+    return jax.default_device(jax.devices("gpu" if gpu else "cpu")[index])
+
+
+def _device_index(device) -> int:
+    spec = str(device)
+    tail = spec.rsplit(":", 1)[-1] if ":" in spec else "0"
+    return int(tail) if tail.isdigit() else 0
+
+
+# ============================================================================================== time, memory
+def timed(fn: Callable, repeat: int = 2, monitor=None):
+    """(result of the last call, first-call seconds, median seconds of ``repeat`` further calls, their times).
+
+    The first call is the warm-up (compilation, caches); ``monitor`` (a context manager, e.g. :class:`PeakMemory`)
+    wraps the timed calls only.
+    """
+    t0 = time.perf_counter()
+    out = fn()
+    first = time.perf_counter() - t0
+    times = []
+    with monitor if monitor is not None else _null():
+        for _ in range(max(int(repeat), 1)):
+            t0 = time.perf_counter()
+            out = fn()
+            times.append(time.perf_counter() - t0)
+    return out, first, float(statistics.median(times)), times
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(r if sys.platform == "darwin" else r * 1024)
+
+
+class PeakMemory:
+    """Peak memory of the code run inside ``with PeakMemory(backend, device) as m:`` -> ``m.peak_bytes``.
+
+    GPU: the framework allocator's peak (reset on entry where the framework can: torch, tensorflow; jax reports
+    its peak since the process started). CPU: the largest resident-set growth over the value on entry, sampled by a
+    thread every ``interval`` seconds (and the process's peak RSS when that rose). ``m.kind`` says which.
+    """
+
+    def __init__(self, backend: str, device=None, interval: float = 0.005):
+        self.backend, self.device, self.interval = backend, device, interval
+        self.gpu = is_gpu(backend, device)
+        self.kind = f"{backend} GPU allocator peak" if self.gpu else "CPU resident-set growth"
+        if self.gpu and backend == "jax":
+            self.kind = "jax GPU allocator peak since process start (jax cannot reset it)"
+        self.peak_bytes: Optional[int] = None
+
+    def __enter__(self):
+        if self.gpu:
+            self._gpu_reset()
+            return self
+        self._base = _rss_bytes()
+        self._max_rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        self._peak = self._base
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self._peak = max(self._peak, _rss_bytes())
+            self._stop.wait(self.interval)
+
+    def __exit__(self, *exc):
+        if self.gpu:
+            self.peak_bytes = self._gpu_peak()
+            return False
+        self._stop.set()
+        self._thread.join()
+        peak = max(self._peak, _rss_bytes())
+        max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        if max_rss > self._max_rss0:  # a short spike the sampler missed
+            peak = max(peak, max_rss * (1 if sys.platform == "darwin" else 1024))
+        self.peak_bytes = int(max(peak - self._base, 0))
+        return False
+
+    def _gpu_reset(self):
+        idx = _device_index(self.device) if self.device is not None else 0
+        if self.backend == "torch":
+            import torch
+
+            torch.cuda.synchronize(idx)
+            torch.cuda.reset_peak_memory_stats(idx)
+        elif self.backend == "tensorflow":
+            import tensorflow as tf
+
+            try:
+                tf.config.experimental.reset_memory_stats(f"GPU:{idx}")
+            except (ValueError, AttributeError):
+                pass
+
+    def _gpu_peak(self) -> Optional[int]:
+        idx = _device_index(self.device) if self.device is not None else 0
+        try:
+            if self.backend == "torch":
+                import torch
+
+                torch.cuda.synchronize(idx)
+                return int(torch.cuda.max_memory_allocated(idx))
+            if self.backend == "jax":
+                import jax
+
+                stats = jax.devices("gpu")[idx].memory_stats() or {}
+                return int(stats["peak_bytes_in_use"]) if "peak_bytes_in_use" in stats else None
+            if self.backend == "tensorflow":
+                import tensorflow as tf
+
+                return int(tf.config.experimental.get_memory_info(f"GPU:{idx}")["peak"])
+        except Exception:  # a framework without the statistic: report none rather than fail the comparison
+            return None
+        return None
+
+
+# ============================================================================================== one backend
+def _host(x):
+    """Copy to the host (forces asynchronous GPU work to finish)."""
+    from .ops import to_numpy
+
+    return to_numpy(x)
+
+
+def loss_and_grads(segs, backend: str, device=None, dtype: str = "float64", detector=None):
+    """Sum of the smooth-preset ADC values and its gradient w.r.t. the six fit parameters (at nominal)."""
+    import larnd_diff as ld
+    from .ops import get_backend, nan_to_num
+
+    b = get_backend(backend)
+
+    def loss(p):
+        hits = ld.simulate(segs, backend=backend, device=device, relaxation="smooth", dtype=dtype,
+                           detector=detector, params={k: v.raw for k, v in p.items()})
+        return nan_to_num(b.wrap(hits.adc)).sum()
+
+    with placement(backend, device):
+        start = {k: b.asarray(np.asarray(SPECS[k].nominal), dtype, device) for k in FIT_PARAMETERS}
+        value, grads = b.value_and_grad(loss, start)
+    return float(_host(value)), {k: float(np.asarray(_host(g)).reshape(())) for k, g in grads.items()}
+
+
+def _compare_backend(segs, name, device, dtype, repeat, ref64, ref_ls, unrounded, grad, detector, log) -> dict:
+    import larnd_diff as ld
+    from .ops import get_backend
+
+    b = get_backend(name)
+    dev = None if name == "numpy" else device
+    row = {"device": str(dev if dev is not None else b.default_device()), "dtype": dtype}
+
+    def forward(relaxation):
+        def run():
+            with placement(name, dev):
+                h = ld.simulate(segs, backend=name, device=dev, relaxation=relaxation, dtype=dtype,
+                                detector=detector)
+            return h.numpy()  # to the host: includes the device's asynchronous work
+        return run
+
+    for relax in ("hard", "smooth"):
+        log(f"  {name}: forward ({relax})")
+        mem = PeakMemory(name, dev)
+        hits, first, med, times = timed(forward(relax), repeat, mem)
+        row[f"forward_{relax}_first_s"], row[f"forward_{relax}_s"] = first, med
+        row[f"forward_{relax}_times_s"] = times
+        row[f"peak_bytes_forward_{relax}"] = mem.peak_bytes
+        if relax == "hard":
+            row["hard_vs_reference"] = agreement(hits, ref64)
+            row["hard_vs_reference_larnd_sim"] = agreement(hits, ref_ls)
+        else:
+            fig = agreement(hits, ref64)
+            if unrounded is not None:
+                fig["mean_abs_dadc_vs_unrounded"] = agreement(hits, ref64, unrounded)["mean_abs_dadc_per_hit_pixel"]
+            row["smooth_vs_reference"] = fig
+    row["peak_bytes_forward"] = max((v for v in (row["peak_bytes_forward_hard"], row["peak_bytes_forward_smooth"])
+                                     if v is not None), default=None)
+    row["memory"] = mem.kind
+    if grad and b.supports("grad"):
+        log(f"  {name}: forward + gradient of {len(FIT_PARAMETERS)} parameters (smooth)")
+        mem = PeakMemory(name, dev)
+        (value, grads), first, med, times = timed(lambda: loss_and_grads(segs, name, dev, dtype, detector),
+                                                  repeat, mem)
+        row["forward_grad6_first_s"], row["forward_grad6_s"], row["forward_grad6_times_s"] = first, med, times
+        row["peak_bytes_grad"] = mem.peak_bytes
+        row["loss"], row["gradients"] = value, grads
+    return row
+
+
+# ============================================================================================== the comparison
+def _machine() -> dict:
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "processor": platform.processor(),
+            "cpus": os.cpu_count()}
+
+
+def _track_cm(segs) -> float:
+    return float(np.sum(np.asarray(segs["dx"], np.float64)))
+
+
+def compare(segs, backends: Optional[Sequence[str]] = None, device=None, repeat: int = 2, dtype: str = "float64",
+            grad: bool = True, detector=None, source: str = "segments",
+            progress: Optional[Callable[[str], None]] = None) -> dict:
+    """Run every backend of ``backends`` (default: every installed one) on ``segs``; the JSON-ready result.
+
+    device    framework device for every backend ("cpu", "cuda:0", ...; None = each framework's default); numpy
+              always runs on the CPU.
+    repeat    timed runs after the warm-up run (median reported).
+    dtype     the simulator's float type ("float64" or "float32"); the reference is float64 (and larnd-sim).
+    grad      also time forward + gradient (differentiable backends).
+    progress  ``progress(message)`` for progress lines (the CLI prints them to stderr).
+    """
+    from .ops import available_backends
+    import larnd_diff as ld
+
+    log = progress or (lambda msg: None)
+    names = check_backends(backends if backends else available_backends())
+    if dtype not in ("float64", "float32"):
+        raise CompareError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
+    notes = {}
+    for n in names:
+        if n == "numpy":
+            if device is not None and _spec_is_gpu(device):
+                notes[n] = f"numpy runs on the CPU only: compared on the CPU, not on {device}"
+            continue
+        check_device(n, device)
+    if len(segs) == 0:
+        raise CompareError("the input has no segments")
+
+    log(f"reference (Numba, float64 and larnd-sim precision) on {len(segs)} segments, {_track_cm(segs):.1f} cm")
+    _, ref_first, ref_s, _ = timed(lambda: ld.simulate(segs, precision="float64", detector=detector), 1)
+    ref64 = ld.simulate(segs, precision="float64", detector=detector).numpy()
+    ref_ls = ld.simulate(segs, precision="larnd-sim", detector=detector).numpy()
+    unrounded = unrounded_adc(ref64, detector)
+    out = {"version": JSON_VERSION,
+           "input": {"source": source, "n_segments": int(len(segs)),
+                     "n_events": int(len(np.unique(segs["eventID"]))) if "eventID" in segs.dtype.names else None,
+                     "track_cm": _track_cm(segs)},
+           "device": None if device is None else str(device), "dtype": dtype, "repeat": int(repeat),
+           "machine": _machine(),
+           "reference": {"forward_s": ref_s, "forward_first_s": ref_first, "hit_pixels": len(ref64),
+                         "precision": "float64"},
+           "backends": {}, "notes": notes}
+    for name in names:
+        where = "cpu" if name == "numpy" else (device or "the framework's default")
+        log(f"{name} ({dtype}, device {where})")
+        out["backends"][name] = _compare_backend(segs, name, device, dtype, repeat, ref64, ref_ls, unrounded, grad,
+                                                 detector, log)
+    with_grads = [(n, r["gradients"]) for n, r in out["backends"].items() if "gradients" in r]
+    if len(with_grads) > 1:
+        base_name, base = with_grads[0]
+        rel = {k: max(abs(g[k] - base[k]) / max(abs(base[k]), 1e-300) for _, g in with_grads[1:])
+               for k in FIT_PARAMETERS}
+        out["gradient_agreement"] = {"relative_to": base_name, "backends": [n for n, _ in with_grads],
+                                     "max_relative_difference": rel,
+                                     "worst": float(max(rel.values()))}
+    return out
+
+
+def to_json(result: dict, path=None) -> str:
+    """The result as JSON text (NaN-free: missing figures are null); written to ``path`` when given."""
+    text = json.dumps(result, indent=1, default=_json_default)
+    if path is not None:
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(text + "\n")
+    return text
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def _fmt_bytes(v) -> str:
+    return "-" if v is None else f"{v / 2**20:.0f}"
+
+
+def _fmt_s(v) -> str:
+    return "-" if v is None else f"{v:.3g}"
+
+
+def format_table(result: dict) -> str:
+    """A plain-text table of the result (one line per backend, then the gradient agreement)."""
+    inp = result["input"]
+    lines = [f"input: {inp['source']}: {inp['n_segments']} segments, {inp['track_cm']:.1f} cm of track; "
+             f"simulator {result['dtype']}; reference forward {result['reference']['forward_s']:.3g} s, "
+             f"{result['reference']['hit_pixels']} hit pixels",
+             f"{'backend':11s} {'device':9s} {'hard=ref':>9s} {'hard±1':>8s} {'hard=ls':>8s} {'sm|dADC|':>9s} "
+             f"{'unround':>8s} {'fwd[s]':>8s} {'smooth[s]':>9s} {'fwd+grad[s]':>11s} {'MB fwd':>7s} {'MB grad':>7s}"]
+    for name, r in result["backends"].items():
+        h, s = r["hard_vs_reference"], r["smooth_vs_reference"]
+        unround = s.get("mean_abs_dadc_vs_unrounded", float("nan"))
+        lines.append(f"{name:11s} {r['device'][:9]:9s} {h['identical']:9.2%} {h['within_1']:8.2%} "
+                     f"{r['hard_vs_reference_larnd_sim']['identical']:8.2%} "
+                     f"{s['mean_abs_dadc_per_hit_pixel']:9.3f} {unround:8.3f} "
+                     f"{_fmt_s(r['forward_hard_s']):>8s} {_fmt_s(r['forward_smooth_s']):>9s} "
+                     f"{_fmt_s(r.get('forward_grad6_s')):>11s} {_fmt_bytes(r.get('peak_bytes_forward')):>7s} "
+                     f"{_fmt_bytes(r.get('peak_bytes_grad')):>7s}")
+    g = result.get("gradient_agreement")
+    if g:
+        lines.append(f"gradients vs {g['relative_to']} (max relative difference): "
+                     + ", ".join(f"{k} {v:.1e}" for k, v in g["max_relative_difference"].items()))
+    for name, why in result.get("notes", {}).items():
+        lines.append(f"note: {name}: {why}")
+    lines.append("hard=ref / hard±1: ADC rows identical to / within one count of the float64 reference; hard=ls: "
+                 "identical to the larnd-sim-precision reference; sm|dADC|: smooth preset, mean |dADC| per hit pixel "
+                 "(unround: vs the reference's unrounded ADC); MB: peak memory (" +
+                 "; ".join(sorted({r['memory'] for r in result['backends'].values()})) + ")")
+    return "\n".join(lines)
+
+
+# ============================================================================================== figures
+def _figure(nrows=1, ncols=1, size=(6.4, 4.8), layout=None, **kw):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, layout=layout)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
+    return fig, axes
+
+
+def plot(result: dict, path=None, dpi: int = 110):
+    """Four panels: hard-preset agreement, smooth-preset |dADC|, times, peak memory. Returns the Figure."""
+    names = list(result["backends"])
+    rows = [result["backends"][n] for n in names]
+    x = np.arange(len(names))
+    fig, ax = _figure(2, 2, (11, 7.5))
+    a = ax[0][0]
+    ident = [r["hard_vs_reference"]["identical"] * 100 for r in rows]
+    within = [r["hard_vs_reference"]["within_1"] * 100 for r in rows]
+    ls = [r["hard_vs_reference_larnd_sim"]["identical"] * 100 for r in rows]
+    a.bar(x - 0.27, ident, 0.27, label="identical (ref. float64)")
+    a.bar(x, within, 0.27, label="within ±1 (ref. float64)")
+    a.bar(x + 0.27, ls, 0.27, label="identical (ref. larnd-sim precision)")
+    a.set_ylim(min(ident + within + ls + [95.0]) - 1, 100.6)
+    a.set_xticks(x, names)
+    a.set_ylabel("hit pixels [%]")
+    a.set_title("hard preset: ADC rows vs the Numba reference", fontsize=10)
+    a.legend(fontsize=7, loc="lower right")
+
+    a = ax[0][1]
+    sm = [r["smooth_vs_reference"]["mean_abs_dadc_per_hit_pixel"] for r in rows]
+    un = [r["smooth_vs_reference"].get("mean_abs_dadc_vs_unrounded", np.nan) for r in rows]
+    a.bar(x - 0.2, sm, 0.4, label="vs reference ADC")
+    a.bar(x + 0.2, un, 0.4, label="vs reference ADC before rounding")
+    a.set_xticks(x, names)
+    a.set_ylabel("mean |ΔADC| per hit pixel")
+    a.set_title("smooth preset vs the reference", fontsize=10)
+    a.legend(fontsize=7)
+
+    a = ax[1][0]
+    parts = [("forward_hard_s", "forward (hard)"), ("forward_smooth_s", "forward (smooth)"),
+             ("forward_grad6_s", "forward + 6 gradients (smooth)")]
+    for i, (key, label) in enumerate(parts):
+        a.bar(x + (i - 1) * 0.27, [r.get(key) or np.nan for r in rows], 0.27, label=label)
+    a.axhline(result["reference"]["forward_s"], color="k", ls="--", lw=1, label="Numba reference forward")
+    a.set_xticks(x, names)
+    a.set_yscale("log")
+    a.set_ylabel("seconds (median)")
+    a.set_title("time", fontsize=10)
+    a.legend(fontsize=7)
+
+    a = ax[1][1]
+    mem_f = [(r.get("peak_bytes_forward") or np.nan) / 2**20 for r in rows]
+    mem_g = [(r.get("peak_bytes_grad") or np.nan) / 2**20 for r in rows]
+    a.bar(x - 0.2, mem_f, 0.4, label="forward")
+    a.bar(x + 0.2, mem_g, 0.4, label="forward + gradient")
+    a.set_xticks(x, names)
+    a.set_ylabel("peak memory [MiB]")
+    kinds = sorted({r["memory"] for r in rows})
+    a.set_title("peak memory (" + "; ".join(k.replace(" (jax cannot reset it)", "") for k in kinds) + ")",
+                fontsize=8)
+    a.legend(fontsize=7)
+    g = result.get("gradient_agreement")
+    if g:
+        a.text(0.02, 0.97, f"gradients agree to {g['worst']:.1e} (relative, vs {g['relative_to']})",
+               transform=a.transAxes, va="top", fontsize=8)
+    inp = result["input"]
+    fig.suptitle(f"{inp['source']}: {inp['n_segments']} segments, {inp['track_cm']:.0f} cm of track; "
+                 f"simulator {result['dtype']}, device {result['device'] or 'default'}", fontsize=11)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=dpi)
+    return fig
+
+
+# ============================================================================================== event display
+def pixel_differences(hits_a, hits_b) -> dict:
+    """Per hit pixel (union of both, matched by (event, I, J)): ADC rows with empty slots as the pedestal,
+    ``delta_sum`` = sum over slots of (b - a), ``max_abs`` = max |b - a|, and which side has it."""
+    a, b = adc_rows(hits_a), adc_rows(hits_b)
+    keys = sorted(set(a) | set(b))
+    width = next(iter(a.values() or b.values()), np.zeros(10)).shape[0]
+    empty = np.full(width, PEDESTAL)
+    da = np.array([a.get(k, empty) for k in keys]).reshape(len(keys), width)
+    db = np.array([b.get(k, empty) for k in keys]).reshape(len(keys), width)
+    return {"keys": np.array(keys, dtype=np.int64).reshape(len(keys), 3), "delta_sum": (db - da).sum(axis=1),
+            "max_abs": np.abs(db - da).max(axis=1) if len(keys) else np.zeros(0),
+            "in_a": np.array([k in a for k in keys], bool), "in_b": np.array([k in b for k in keys], bool)}
+
+
+def _draw_xy(ax, hits, detector, segments, vmin, vmax):
+    h = hits.numpy()
+    for seg in segments if segments is not None else ():
+        ax.plot([seg["x_start"], seg["x_end"]], [seg["y_start"], seg["y_end"]], color="0.7", lw=0.6, zorder=1)
+    if not len(h):
+        return None
+    x, y = detector.pixel_center(h.pixel[:, 0], h.pixel[:, 1])
+    filled = ~np.isnan(h.adc[:, 0])
+    sc = ax.scatter(x[filled], y[filled], c=np.nanmax(h.adc[filled], axis=1), s=7, marker="s", cmap="viridis",
+                    vmin=vmin, vmax=vmax, zorder=2)
+    return sc
+
+
+def _draw_time_adc(ax, hits, detector):
+    h = hits.numpy()
+    rows, slots = np.nonzero(~np.isnan(h.adc))
+    if not len(rows):
+        return
+    _, y = detector.pixel_center(h.pixel[rows, 0], h.pixel[rows, 1])
+    ax.scatter(h.time[rows, slots], h.adc[rows, slots], c=y, s=5, cmap="plasma", zorder=2)
+
+
+def plot_event_comparison(hits_a, hits_b, labels=("A", "B"), detector=None, segments=None, path=None,
+                          title: Optional[str] = None, dpi: int = 110):
+    """Two simulations of the same event(s) side by side, and their per-pixel ADC differences. Returns the Figure.
+
+    Columns A and B: pixel-plane view (x, y; pixels coloured by their largest ADC, the true segments in grey)
+    above a time/ADC view (every ADC sample: time in us against ADC counts, coloured by the pixel's y). Third
+    column: the per-pixel difference sum over slots of ADC_B - ADC_A (empty slots read as the pedestal; pixels
+    with no difference in light grey) on the pixel plane, and the histogram of the per-pixel max |dADC|.
+    """
+    from matplotlib.colors import TwoSlopeNorm
+
+    from .detector import module0
+
+    det = detector or module0()
+    ha, hb = hits_a.numpy(), hits_b.numpy()
+    fig, ax = _figure(2, 3, (15, 9.5), layout="constrained", gridspec_kw={"height_ratios": [1.45, 1]})
+    both = np.concatenate([ha.adc.ravel(), hb.adc.ravel()])
+    both = both[~np.isnan(both)]
+    vmin, vmax = (float(both.min()), float(both.max())) if both.size else (0.0, 1.0)
+    sc = None
+    for col, (h, label) in enumerate(((ha, labels[0]), (hb, labels[1]))):
+        s = _draw_xy(ax[0][col], h, det, segments, vmin, vmax)
+        sc = s or sc
+        ax[0][col].set_title(f"{label}\n{len(h)} hit pixels, {int(h.n_samples.sum())} ADC samples", fontsize=10)
+        _draw_time_adc(ax[1][col], h, det)
+        ax[1][col].set_title(f"{label}: ADC samples (colour: pixel y)", fontsize=9)
+        ax[1][col].set_xlabel("time [us]")
+        ax[1][col].set_ylabel("ADC counts")
+    if sc is not None:
+        fig.colorbar(sc, ax=[ax[0][0], ax[0][1]], label="largest ADC of the pixel", shrink=0.85)
+    lims = [a.get_xlim() + a.get_ylim() for a in (ax[1][0], ax[1][1])]
+    for a in (ax[1][0], ax[1][1]):  # the same ranges on both sides
+        a.set_xlim(min(v[0] for v in lims), max(v[1] for v in lims))
+        a.set_ylim(min(v[2] for v in lims), max(v[3] for v in lims))
+
+    diff = pixel_differences(ha, hb)
+    k = diff["keys"]
+    a = ax[0][2]
+    for seg in segments if segments is not None else ():
+        a.plot([seg["x_start"], seg["x_end"]], [seg["y_start"], seg["y_end"]], color="0.85", lw=0.6, zorder=1)
+    if len(k):
+        x, y = det.pixel_center(k[:, 1], k[:, 2])
+        same = diff["max_abs"] == 0
+        a.scatter(x[same], y[same], s=7, marker="s", color="0.75", zorder=2, label=f"identical ({same.sum()})")
+        d = diff["delta_sum"][~same]
+        if d.size:
+            lim = max(float(np.abs(d).max()), 1.0)
+            s2 = a.scatter(x[~same], y[~same], c=d, s=12, marker="s", cmap="coolwarm",
+                           norm=TwoSlopeNorm(0.0, -lim, lim), zorder=3, label=f"different ({(~same).sum()})")
+            fig.colorbar(s2, ax=a, label="Σ ΔADC over the pixel's samples", shrink=0.85)
+        a.legend(fontsize=7, loc="upper right")
+    a.set_title(f"per-pixel ADC difference\n{labels[1]} − {labels[0]}", fontsize=10)
+    a = ax[1][2]
+    if len(k):
+        m = diff["max_abs"]
+        edges = np.arange(-0.5, max(float(m.max()), 3.0) + 1.5, 1.0) if m.max() <= 40 else 40
+        a.hist(m, bins=edges, color="tab:blue")
+        a.set_yscale("log")
+        frac = float(np.mean(m == 0))
+        a.text(0.97, 0.95, f"{len(m)} hit pixels\n{frac:.2%} identical ADC rows\n{np.mean(m <= 1):.2%} within ±1\n"
+               f"only in A: {int((~diff['in_b']).sum())}\nonly in B: {int((~diff['in_a']).sum())}",
+               transform=a.transAxes, ha="right", va="top", fontsize=8)
+    a.set_xlabel("max |ΔADC| over the pixel's samples")
+    a.set_ylabel("hit pixels")
+    a.set_title("per-pixel ADC differences (A = left, B = middle)", fontsize=9)
+    b = det.tpc_borders
+    for a in ax[0]:
+        a.set_xlim(b[:, 0].min(), b[:, 0].max())
+        a.set_ylim(b[:, 1].min(), b[:, 1].max())
+        a.set_xlabel("x [cm]")
+        a.set_ylabel("y [cm]")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    if path is not None:
+        fig.savefig(path, dpi=dpi)
+    return fig
+
+
+# ============================================================================================== input
+def load_input(path=None, events: int = 2, seed: int = 1, swap_xz: bool = True, outside: str = "error"):
+    """(segments, description): the segments of an HDF5 file, or ``events`` generated 1 GeV muons."""
+    import larnd_diff as ld
+
+    if path:
+        return ld.load_segments(str(path), swap_xz=swap_xz, outside=outside), str(path)
+    return ld.generate_muons(n_events=events, seed=seed), f"generated 1 GeV muons ({events} events, seed {seed})"
