@@ -26,7 +26,7 @@ import eagerpy as ep
 
 from .base import tree_map, unwrap
 
-__all__ = ["custom_vjp", "scan"]
+__all__ = ["custom_vjp", "host_vjp", "scan"]
 
 Forward = Callable[..., Tuple[Any, Tuple[Any, ...]]]
 Backward = Callable[[Tuple[Any, ...], Any], Sequence[Any]]
@@ -123,6 +123,89 @@ def _tf_op(forward: Forward, backward: Backward) -> Callable[..., Any]:
         return inner(*args)
 
     return op
+
+
+# =========================================================================================== host_vjp
+def host_vjp(backend_name: str, forward: Callable[..., Any], backward: Callable[..., Any],
+             out_shape: Tuple[int, ...]) -> Callable[..., Any]:
+    """A differentiable op whose forward and backward are NumPy functions run on the host (compiled kernels).
+
+    ``forward(x, *consts) -> y`` with ``y.shape == out_shape``; ``backward(x, *consts, g) -> dx`` (the
+    vector-Jacobian product for the cotangent ``g`` of y). Only ``x`` (float) is differentiable; ``consts``
+    (integer or float host data) get no gradient. Returns ``op(x, *consts)``: raw tensors in, a raw tensor of
+    x's dtype and device out. On jax the calls are ``jax.pure_callback`` (usable under ``jax.jit``), on
+    TensorFlow ``tf.numpy_function``; the tensors must live in host memory (CPU devices).
+    """
+    import numpy as np
+
+    name = backend_name.lower()
+
+    def fwd_np(x, *consts):
+        return np.asarray(forward(np.asarray(x), *map(np.asarray, consts)), dtype=np.asarray(x).dtype)
+
+    def bwd_np(x, *rest):
+        *consts, g = rest
+        return np.asarray(backward(np.asarray(x), *map(np.asarray, consts), np.asarray(g)),
+                          dtype=np.asarray(x).dtype)
+
+    if name in ("numpy", "np"):
+        return fwd_np
+    if name in ("torch", "pytorch"):
+        import torch
+
+        def to_np(t):
+            return t.detach().cpu().numpy()
+
+        class _HostOp(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, x, *consts):
+                ctx.save_for_backward(x, *consts)
+                return torch.from_numpy(fwd_np(to_np(x), *map(to_np, consts))).to(x.device)
+
+            @staticmethod
+            def backward(ctx, g):
+                x, *consts = ctx.saved_tensors
+                dx = torch.from_numpy(bwd_np(to_np(x), *map(to_np, consts), to_np(g))).to(x.device)
+                return (dx,) + (None,) * len(consts)
+
+        return _HostOp.apply
+    if name == "jax":
+        import jax
+
+        @jax.custom_vjp
+        def op(x, *consts):
+            return jax.pure_callback(fwd_np, jax.ShapeDtypeStruct(out_shape, x.dtype), x, *consts)
+
+        def op_fwd(x, *consts):
+            return op(x, *consts), (x, consts)
+
+        def op_bwd(res, g):
+            x, consts = res
+            dx = jax.pure_callback(bwd_np, jax.ShapeDtypeStruct(x.shape, x.dtype), x, *consts, g)
+            return (dx,) + (None,) * len(consts)
+
+        op.defvjp(op_fwd, op_bwd)
+        return op
+    if name in ("tensorflow", "tf"):
+        import tensorflow as tf
+
+        def op(x, *consts):
+            @tf.custom_gradient
+            def inner(xv):
+                y = tf.numpy_function(fwd_np, [xv, *consts], xv.dtype, stateful=False)
+                y.set_shape(out_shape)
+
+                def grad_fn(g):
+                    dx = tf.numpy_function(bwd_np, [xv, *consts, g], xv.dtype, stateful=False)
+                    dx.set_shape(xv.shape)
+                    return dx
+
+                return y, grad_fn
+
+            return inner(x)
+
+        return op
+    raise ValueError(f"host_vjp: no glue for backend {backend_name!r} (numpy, torch, jax, tensorflow)")
 
 
 # =========================================================================================== scan

@@ -152,13 +152,14 @@ def pair_geometry(g, pitch, n_pts):
                 step_y=g["sgn_y"] * h_y, z0=z_lo - 4 * s_L, h_z=h_z, volume=ep.abs(h_x * h_y * h_z))
 
 
-def block_waveforms(g, rows, *, n_pairs, n_rows, n_z, width, grid, sharpness, k_fast, k_slow, dtype):
-    """Induced charge per tick (electrons) of a block of pairs on their windows: (n_pairs, width).
+def row_inputs(g, rows, *, n_z, grid, dtype):
+    """Per-row inputs of the entry loop, a dict of (n_rows,) tensors named as :data:`fused.ROW_FIELDS`.
 
-    g: per-pair tensors (see :func:`pair_geometry`, plus n_electrons, z_anode, vdrift, eval_start, n_win);
-    rows: dict with int tensors pair, i, j (the in-pad samples); the z samples of a row are k = 0..n_z-1, masked
-    beyond the pair's own count. grid = (pixel pitch cm, samples per axis, tick us). ``sharpness`` None = hard
-    stop; a number = sigmoid onset with correction windows of k_fast / k_slow ticks (fast / slow exponential).
+    g: per-pair tensors (see :func:`pair_geometry`, plus n_electrons, z_anode, vdrift); rows: dict with int
+    tensors pair, i, j (the in-pad samples) and float ``valid`` (0 on padded rows). Everything that depends on
+    the row only (not on the z sample or the tick) is computed here; the z samples of row r are k = 0..n_z-1
+    with weight coef exp(-(q0 + q1 k + q2 k^2)) (erf(u_len - u) + erf(u)), u = u0 + u1 k, and arrival time
+    (|k h_z - z_an| - 0.5) / vdrift + delay.
     """
     pitch, n_pts, dt = grid
     geo = pair_geometry(g, pitch, n_pts)
@@ -174,7 +175,6 @@ def block_waveforms(g, rows, *, n_pairs, n_rows, n_z, width, grid, sharpness, k_
     norm = (line_charge_norm(g["n_electrons"], length, s_T, s_L) * (math.sqrt(math.pi) / 2) / sqrt_a
             * geo["volume"] * dt)
 
-    # ---- rows: in-pad (x_i, y_j) samples; everything that does not depend on z or time
     rp = rows["pair"]
     at = lambda v: ops.gather(v, rp, 0)  # noqa: E731  per-pair value for each row
     x_i = at(geo["x0"]) + ops.cast(rows["i"], dtype) * at(geo["step_x"])
@@ -191,25 +191,36 @@ def block_waveforms(g, rows, *, n_pairs, n_rows, n_z, width, grid, sharpness, k_
     s1 = hz * uz_r * wl_r / (2 * a_r)
     e0x, e0y, e0z = rx - s0 * ux_r, ry - s0 * uy_r, rz0 - s0 * uz_r
     e1x, e1y, e1z = -s1 * ux_r, -s1 * uy_r, hz - s1 * uz_r
-    q0 = (e0x * e0x + e0y * e0y) * wt_r / 2 + e0z * e0z * wl_r / 2
-    q1 = (e0x * e1x + e0y * e1y) * wt_r + e0z * e1z * wl_r
-    q2 = (e1x * e1x + e1y * e1y) * wt_r / 2 + e1z * e1z * wl_r / 2
     sa_r = at(sqrt_a)
-    u0, u1 = sa_r * s0, sa_r * s1                                # erf arguments sqrt(a) s*(k)
-    u_len = sa_r * at(length)
-    z_an = at(g["z_anode"]) - at(geo["z0"])
     vd = g["vdrift"]
-    t0 = at(g["eval_start"])
-    n_win = at(g["n_win"])
-    mask_k = ops.cast(ops.asarray(rp, np.arange(n_z), "int64")[None, :] < ops.cast(at(g["n_z"]), "int64")[:, None],
-                      dtype)
+    return dict(q0=(e0x * e0x + e0y * e0y) * wt_r / 2 + e0z * e0z * wl_r / 2,
+                q1=(e0x * e1x + e0y * e1y) * wt_r + e0z * e1z * wl_r,
+                q2=(e1x * e1x + e1y * e1y) * wt_r / 2 + e1z * e1z * wl_r / 2,
+                u0=sa_r * s0, u1=sa_r * s1,                          # erf arguments sqrt(a) s*(k)
+                u_len=sa_r * at(length), coef=at(norm) * rows["valid"], h_z=hz,
+                z_an=at(g["z_anode"]) - at(geo["z0"]), vdrift=ep.zeros_like(hz) + vd, delay=delay,
+                tau_fast=tau_fast, tau_slow=tau_slow, amp=amp)
+
+
+def entry_waveforms(f, rows, *, n_pairs, n_rows, n_z, width, dt, sharpness, k_fast, k_slow, dtype):
+    """Induced charge per tick (electrons) of a block of pairs on their windows, (n_pairs, width), from the
+    per-row inputs ``f`` of :func:`row_inputs` (EagerPy: the portable implementation of the fused kernels).
+
+    rows: dict with int tensors pair, n_z, n_win and float t0 (us) per row. ``sharpness`` None = hard stop; a
+    number = sigmoid onset with correction windows of k_fast / k_slow ticks (fast / slow exponential).
+    """
+    rp = rows["pair"]
+    hz, z_an, vd = f["h_z"], f["z_an"], f["vdrift"]
+    amp, tau_fast, tau_slow, delay = f["amp"], f["tau_fast"], f["tau_slow"], f["delay"]
+    t0, n_win = rows["t0"], rows["n_win"]
+    mask_k = ops.cast(ops.asarray(rp, np.arange(n_z), "int64")[None, :] < rows["n_z"][:, None], dtype)
 
     # ---- entries (row, k): charge weight, arrival time, bucket tick
-    k = ops.asarray(x_i, np.arange(n_z, dtype=np.float64), dtype)[None, :]
-    gauss = ep.exp(-(q0[:, None] + k * (q1[:, None] + k * q2[:, None])))
-    u = u0[:, None] + k * u1[:, None]
-    weight = gauss * (ops.erf(u_len[:, None] - u) + ops.erf(u)) * ((at(norm) * rows["valid"])[:, None] * mask_k)
-    t_s = (ep.abs(k * hz[:, None] - z_an[:, None]) - 0.5) / vd + delay[:, None]
+    k = ops.asarray(hz, np.arange(n_z, dtype=np.float64), dtype)[None, :]
+    gauss = ep.exp(-(f["q0"][:, None] + k * (f["q1"][:, None] + k * f["q2"][:, None])))
+    u = f["u0"][:, None] + k * f["u1"][:, None]
+    weight = gauss * (ops.erf(f["u_len"][:, None] - u) + ops.erf(u)) * (f["coef"][:, None] * mask_k)
+    t_s = (ep.abs(k * hz[:, None] - z_an[:, None]) - 0.5) / vd[:, None] + delay[:, None]
     m_raw = ops.cast(ops.ceil(ops.stop_gradient((t_s - t0[:, None]) / dt)), "int64") - 1
     arrived = m_raw >= 0
     m = ep.minimum(ep.maximum(m_raw, 0), (n_win - 1)[:, None])
@@ -245,5 +256,29 @@ def block_waveforms(g, rows, *, n_pairs, n_rows, n_z, width, grid, sharpness, k_
     return wave.reshape((n_pairs, width))
 
 
+def fused_waveforms(backend_name, f, rows, *, n_pairs, width, dt, sharpness, k_fast, k_slow):
+    """:func:`entry_waveforms` through the fused Numba kernels (CPU tensors), with their hand-written gradient.
+
+    rows: int tensors pair, n_z, n_win and the float64 tensor t0 per row (no gradient; operands of the host
+    call, so a jitted caller passes new values each call).
+    """
+    from larnd_diff.backends.custom_vjp import host_vjp
+    from larnd_diff.sim import fused
+
+    args = (float(dt), sharpness, int(k_fast), int(k_slow))
+
+    def forward(x, pair, n_z, n_win, t0):
+        return fused.forward(x, fused.RowLayout(pair, n_z, n_win, t0, n_pairs, width), *args)
+
+    def backward(x, pair, n_z, n_win, t0, g):
+        return fused.backward(x, fused.RowLayout(pair, n_z, n_win, t0, n_pairs, width), *args, g)
+
+    rowf = ep.stack([f[name] for name in fused.ROW_FIELDS], axis=1)
+    op = host_vjp(backend_name, forward, backward, (n_pairs, width))
+    consts = [rows[k].raw for k in ("pair", "n_z", "n_win", "t0")]
+    return ep.astensor(op(rowf.raw, *consts))
+
+
 __all__ = ["current_template", "template_polynomial", "line_charge_norm", "line_integral",
-           "discounted_reverse_cumsum", "smooth_window_ticks", "pair_geometry", "block_waveforms"]
+           "discounted_reverse_cumsum", "smooth_window_ticks", "pair_geometry", "row_inputs", "entry_waveforms",
+           "fused_waveforms"]

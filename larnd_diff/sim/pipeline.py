@@ -170,7 +170,10 @@ def _blocks(plan: pixels.PairPlan, compute: np.ndarray, budget: int, n_corr: int
 
 
 def _block_inputs(plan, pair_idx, multiple):
-    """Host index arrays of one block, padded: per-pair gather index and rows (pair, i, j)."""
+    """Host index arrays of one block, padded: per-pair gather index and rows (pair, i, j, n_z, n_win, t0).
+
+    Rows are grouped by pair in pair order; padded rows belong to the last pair and have valid = 0.
+    """
     n_p = _ladder(len(pair_idx), max(multiple // 4, 1))
     counts = plan.nx[pair_idx] * plan.ny[pair_idx]
     r_pair, r_local = _expand(counts)
@@ -180,24 +183,28 @@ def _block_inputs(plan, pair_idx, multiple):
     n_r = _ladder(len(r_pair), multiple)
     pad = lambda a, n, v=0: np.concatenate([a, np.full(n - len(a), v, a.dtype)])  # noqa: E731
     gather = pad(pair_idx.astype(np.int64), n_p, pair_idx[0])
-    # padded rows belong to a padded pair (index n_p - 1 when there is one) so they add nothing real
-    pad_pair = n_p - 1 if n_p > len(pair_idx) else 0
-    rows = dict(pair=pad(r_pair, n_r, pad_pair), i=pad(r_i, n_r), j=pad(r_j, n_r),
-                valid=pad(np.ones(len(r_pair)), n_r, 0.0))
+    pair_of_row = pad(r_pair, n_r, n_p - 1)
+    rows = dict(pair=pair_of_row, i=pad(r_i, n_r), j=pad(r_j, n_r), valid=pad(np.ones(len(r_pair)), n_r, 0.0),
+                n_z=plan.n_z[gather][pair_of_row], n_win=plan.n_win[gather][pair_of_row],
+                t0=plan.eval_start[gather][pair_of_row])
     return gather, rows, n_p, n_r, len(r_pair)
 
 
-def _block_fn(backend, grad_capable: bool):
-    """The per-block evaluation, jitted on jax (cached) and checkpointed on differentiable backends."""
-    key = (backend.name, grad_capable)
+def _block_fn(backend, grad_capable: bool, fused: bool):
+    """The per-block evaluation, jitted on jax (cached) and, with the EagerPy entry loop, checkpointed on
+    differentiable backends (the fused kernels keep nothing of size rows x ticks in the first place)."""
+    key = (backend.name, grad_capable, fused)
     fn = _JIT_CACHE.get(key)
     if fn is None:
         def run(g, rows, *, n_pairs, n_rows, n_z, width, grid, sharpness, k_fast, k_slow, dtype):
             def body(g_, rows_):
-                return induce.block_waveforms(g_, rows_, n_pairs=n_pairs, n_rows=n_rows, n_z=n_z, width=width,
-                                              grid=grid, sharpness=sharpness, k_fast=k_fast, k_slow=k_slow,
-                                              dtype=dtype)
-            if grad_capable:
+                f = induce.row_inputs(g_, rows_, n_z=n_z, grid=grid, dtype=dtype)
+                common = dict(n_pairs=n_pairs, width=width, dt=grid[2], sharpness=sharpness, k_fast=k_fast,
+                              k_slow=k_slow)
+                if fused:
+                    return induce.fused_waveforms(backend.name, f, rows_, **common)
+                return induce.entry_waveforms(f, rows_, n_rows=n_rows, n_z=n_z, dtype=dtype, **common)
+            if grad_capable and not fused:
                 body = backend.checkpoint(body)
             return body(g, rows)
 
@@ -210,10 +217,28 @@ def _block_fn(backend, grad_capable: bool):
     return fn
 
 
+def use_fused(kernel: str, backend, like) -> bool:
+    """Whether a block runs through the fused Numba kernels: ``kernel`` "fused", "eager" or "auto" (fused when
+    numba is importable and the tensors live in host memory)."""
+    from larnd_diff.sim import fused
+
+    if kernel == "eager":
+        return False
+    on_host = backend.name == "numpy" or "cpu" in str(backend.device_of(like)).lower()
+    if kernel == "fused":
+        if not fused.available():
+            raise ImportError("SimConfig(kernel='fused') needs numba")
+        if not on_host:
+            raise ValueError(f"SimConfig(kernel='fused') runs on CPU tensors; these are on {backend.device_of(like)}")
+        return True
+    if kernel != "auto":
+        raise ValueError(f"unknown kernel {kernel!r}; choose 'auto', 'fused' or 'eager'")
+    return fused.available() and on_host
+
+
 def trace_count(backend_name: str = "jax") -> int:
-    """How often the jitted block function was traced (jax) - for recompilation tests."""
-    fn = _JIT_CACHE.get((backend_name, True))
-    return getattr(fn, "trace_count", 0)
+    """How often the jitted block functions were traced (jax) - for recompilation tests."""
+    return sum(getattr(fn, "trace_count", 0) for key, fn in _JIT_CACHE.items() if key[0] == backend_name)
 
 
 # ---------------------------------------------------------------------------------------------- simulate
@@ -280,7 +305,8 @@ def simulate(segments, backend: str = "numpy", device=None, params=None, relaxat
     n_corr = 2 * (k_fast + k_slow)
     compute = ~plan.nan_pair if sharp is None else np.ones(plan.n_pairs, bool)
     blocks = _blocks(plan, compute, config.memory_budget_bytes, n_corr, itemsize)
-    fn = _block_fn(b, grad_capable)
+    fused = use_fused(config.kernel, b, t["x"])
+    fn = _block_fn(b, grad_capable, fused)
     grid = (float(detector.pixel_pitch), int(detector.sampled_points), float(detector.t_sampling))
     waves, flat_idx, keep_masks = [], [], []
     n_ticks = 1
@@ -306,10 +332,10 @@ def simulate(segments, backend: str = "numpy", device=None, params=None, relaxat
         g.update(x_p=asarr(plan.x_p[gather]), y_p=asarr(plan.y_p[gather]), x_first_is_a=asarr(x_first_is_a, "bool"),
                  branch=asarr(plan.branch[gather], "int64"), n_z=asarr(plan.n_z[gather].astype(np.float64)),
                  sgn_x=asarr(sgn_x), sgn_y=asarr(sgn_y), z_anode=asarr(z_anode[seg_of]),
-                 eval_start=asarr(plan.eval_start[gather]), n_win=asarr(plan.n_win[gather], "int64"),
                  vdrift=vdrift)
-        rows_t = {k: asarr(v, "int64") for k, v in rows.items() if k != "valid"}
+        rows_t = {k: asarr(v, "int64") for k, v in rows.items() if k not in ("valid", "t0")}
         rows_t["valid"] = asarr(rows["valid"])
+        rows_t["t0"] = asarr(rows["t0"], "float64" if fused else dtype)
         wave = fn(g, rows_t, n_pairs=n_p, n_rows=n_r, n_z=n_z, width=width, grid=grid,
                   sharpness=None if sharp is None else float(sharp), k_fast=k_fast, k_slow=k_slow, dtype=dtype)
         real = len(pair_idx)
