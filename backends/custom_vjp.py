@@ -26,7 +26,7 @@ import eagerpy as ep
 
 from .base import tree_map, unwrap
 
-__all__ = ["custom_vjp", "host_vjp", "scan"]
+__all__ = ["custom_vjp", "cuda_vjp", "host_vjp", "scan"]
 
 Forward = Callable[..., Tuple[Any, Tuple[Any, ...]]]
 Backward = Callable[[Tuple[Any, ...], Any], Sequence[Any]]
@@ -206,6 +206,41 @@ def host_vjp(backend_name: str, forward: Callable[..., Any], backward: Callable[
 
         return op
     raise ValueError(f"host_vjp: no glue for backend {backend_name!r} (numpy, torch, jax, tensorflow)")
+
+
+def cuda_vjp(backend_name: str, forward: Callable[..., Any], backward: Callable[..., Any],
+             out_shape: Tuple[int, ...]) -> Callable[..., Any]:
+    """A differentiable op whose forward and backward are CUDA kernels writing into preallocated arrays.
+
+    ``forward(x, *consts, out)`` adds y into ``out`` (zeros of ``out_shape``, float64); ``backward(x, *consts,
+    g, dx)`` writes the vector-Jacobian product into ``dx`` (zeros like x, float64). Arrays are handed over as
+    framework tensors on the GPU (``__cuda_array_interface__``, zero-copy); x in float64. Torch only: jax and
+    TensorFlow arrays cannot be written in place by a foreign kernel inside their compiled programs.
+    """
+    name = backend_name.lower()
+    if name not in ("torch", "pytorch"):
+        raise NotImplementedError(f"cuda_vjp: GPU kernels are wired for torch only, not {backend_name!r}")
+    import torch
+
+    class _CudaOp(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, *consts):
+            x64 = x.detach().to(torch.float64).contiguous()
+            consts = tuple(c.contiguous() for c in consts)
+            out = torch.zeros(out_shape, dtype=torch.float64, device=x.device)
+            forward(x64, *consts, out)
+            ctx.save_for_backward(x64, *consts)
+            ctx.in_dtype = x.dtype
+            return out.to(x.dtype)
+
+        @staticmethod
+        def backward(ctx, g):
+            x64, *consts = ctx.saved_tensors
+            dx = torch.zeros_like(x64)
+            backward(x64, *consts, g.detach().to(torch.float64).contiguous(), dx)
+            return (dx.to(ctx.in_dtype),) + (None,) * len(consts)
+
+    return _CudaOp.apply
 
 
 # =========================================================================================== scan

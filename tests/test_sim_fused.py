@@ -28,9 +28,9 @@ def segments():
     return segs[:30]
 
 
-def _waves(segs, backend, relaxation, config, params=None):
+def _waves(segs, backend, relaxation, config, params=None, device=None):
     hits, waves, _ = simulate(segs, backend=backend, relaxation=relaxation, config=config, params=params,
-                              return_waveforms=True)
+                              return_waveforms=True, device=device)
     return hits, waves
 
 
@@ -45,7 +45,7 @@ def test_fused_forward_matches_eager(segments, backend, relaxation):
     np.testing.assert_array_equal(np.nan_to_num(a_f, nan=-1), np.nan_to_num(a_e, nan=-1))
 
 
-def _gradients(segs, backend, relaxation, config):
+def _gradients(segs, backend, relaxation, config, device=None):
     """d/d(six parameters, segment dE, x_start) of a weighted sum of the per-tick charge (float64)."""
     b = ops.get_backend(backend)
     weights = np.random.default_rng(1).random(200_000)
@@ -55,13 +55,13 @@ def _gradients(segs, backend, relaxation, config):
         f = dict(fields)
         f["dE"], f["x_start"] = p.pop("dE"), p.pop("x_start")
         _, waves, _ = simulate(f, backend=backend, relaxation=relaxation, config=config, return_waveforms=True,
-                               params={k: v.raw for k, v in p.items()})
+                               params={k: v.raw for k, v in p.items()}, device=device)
         w = ops.nan_to_num(waves.reshape((-1,)))
         return (w * ops.asarray(w, weights[: w.shape[0]], "float64")).sum()
 
-    start = {k: b.asarray(np.asarray(SPECS[k].nominal), "float64") for k in FIT_PARAMETERS}
-    start["dE"] = b.asarray(segs["dE"].astype(np.float64), "float64")
-    start["x_start"] = b.asarray(segs["x_start"].astype(np.float64), "float64")
+    start = {k: b.asarray(np.asarray(SPECS[k].nominal), "float64", device) for k in FIT_PARAMETERS}
+    start["dE"] = b.asarray(segs["dE"].astype(np.float64), "float64", device)
+    start["x_start"] = b.asarray(segs["x_start"].astype(np.float64), "float64", device)
     _, grads = b.value_and_grad(loss, start)
     return {k: ops.to_numpy(v) for k, v in grads.items()}
 
@@ -70,8 +70,11 @@ def _gradients(segs, backend, relaxation, config):
 def test_fused_gradients_match_autodiff(segments, backend, relaxation):
     if backend == "numpy":
         pytest.skip("numpy is forward-only")
-    g_f = _gradients(segments, backend, relaxation, FUSED)
-    g_e = _gradients(segments, backend, relaxation, EAGER)
+    _assert_same_gradients(_gradients(segments, backend, relaxation, FUSED),
+                           _gradients(segments, backend, relaxation, EAGER), relaxation)
+
+
+def _assert_same_gradients(g_f, g_e, relaxation):
     for name in g_e:
         scale = np.abs(g_e[name]).max()
         if relaxation == "smooth" or name not in ("Ab", "kb", "eField", "lifetime", "dE"):
@@ -81,13 +84,42 @@ def test_fused_gradients_match_autodiff(segments, backend, relaxation):
 
 
 def test_kernel_selection(segments):
-    from larnd_diff.sim.pipeline import use_fused
+    from larnd_diff.sim.pipeline import fused_target
     from larnd_diff.ops import get_backend
 
     nb = get_backend("numpy")
     like = nb.asarray(np.zeros(3), "float64")
-    assert use_fused("auto", nb, like) and use_fused("fused", nb, like) and not use_fused("eager", nb, like)
+    assert fused_target("auto", nb, like) == "cpu" and fused_target("fused", nb, like) == "cpu"
+    assert fused_target("eager", nb, like) is None
     with pytest.raises(ValueError, match="kernel"):
-        use_fused("cuda-magic", nb, like)
+        fused_target("cuda-magic", nb, like)
     with pytest.raises(ValueError, match="kernel"):
         SimConfig(kernel="cuda-magic")
+
+
+def _cuda_or_skip():
+    torch = pytest.importorskip("torch")
+    from larnd_diff.sim import fused_cuda
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU visible to torch")
+    if not fused_cuda.is_available():
+        pytest.skip("numba-cuda cannot launch kernels here")
+    return "cuda:0"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("relaxation", ["hard", "smooth"])
+def test_fused_cuda_matches_eager_and_cpu(segments, relaxation):
+    """The numba-cuda kernels (torch on a GPU) against the EagerPy path on the GPU and the CPU kernels."""
+    device = _cuda_or_skip()
+    _, w_cuda = _waves(segments, "torch", relaxation, FUSED, device=device)
+    _, w_eager = _waves(segments, "torch", relaxation, EAGER, device=device)
+    _, w_cpu = _waves(segments, "torch", relaxation, FUSED)
+    w_cuda, w_eager, w_cpu = (ops.to_numpy(w) for w in (w_cuda, w_eager, w_cpu))
+    scale = np.nanmax(np.abs(w_eager))
+    assert np.nanmax(np.abs(w_cuda - w_eager)) <= 1e-12 * scale
+    assert np.nanmax(np.abs(w_cuda - w_cpu)) <= 1e-12 * scale
+    g_cuda = _gradients(segments, "torch", relaxation, FUSED, device=device)
+    _assert_same_gradients(g_cuda, _gradients(segments, "torch", relaxation, EAGER, device=device), relaxation)
+    _assert_same_gradients(g_cuda, _gradients(segments, "torch", relaxation, FUSED), relaxation)

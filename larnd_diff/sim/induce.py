@@ -256,16 +256,25 @@ def entry_waveforms(f, rows, *, n_pairs, n_rows, n_z, width, dt, sharpness, k_fa
     return wave.reshape((n_pairs, width))
 
 
-def fused_waveforms(backend_name, f, rows, *, n_pairs, width, dt, sharpness, k_fast, k_slow):
-    """:func:`entry_waveforms` through the fused Numba kernels (CPU tensors), with their hand-written gradient.
+def fused_waveforms(backend_name, f, rows, *, n_pairs, width, dt, sharpness, k_fast, k_slow, target="cpu"):
+    """:func:`entry_waveforms` through the fused Numba kernels, with their hand-written gradient: ``target``
+    "cpu" (host tensors, :mod:`larnd_diff.sim.fused`) or "cuda" (torch tensors on a GPU, :mod:`.fused_cuda`).
 
-    rows: int tensors pair, n_z, n_win and the float64 tensor t0 per row (no gradient; operands of the host
+    rows: int tensors pair, n_z, n_win and the float64 tensor t0 per row (no gradient; operands of the kernel
     call, so a jitted caller passes new values each call).
     """
-    from larnd_diff.backends.custom_vjp import host_vjp
+    from larnd_diff.backends import custom_vjp as glue
     from larnd_diff.sim import fused
 
     args = (float(dt), sharpness, int(k_fast), int(k_slow))
+    rowf = ep.stack([f[name] for name in fused.ROW_FIELDS], axis=1)
+    consts = [rows[k].raw for k in ("pair", "n_z", "n_win", "t0")]
+    if target == "cuda":
+        from larnd_diff.sim import fused_cuda
+
+        op = glue.cuda_vjp(backend_name, lambda x, *c: fused_cuda.forward(x, *c[:4], *args, c[4]),
+                           lambda x, *c: fused_cuda.backward(x, *c[:4], *args, c[4], c[5]), (n_pairs, width))
+        return ep.astensor(op(rowf.raw, *consts))
 
     def forward(x, pair, n_z, n_win, t0):
         return fused.forward(x, fused.RowLayout(pair, n_z, n_win, t0, n_pairs, width), *args)
@@ -273,9 +282,7 @@ def fused_waveforms(backend_name, f, rows, *, n_pairs, width, dt, sharpness, k_f
     def backward(x, pair, n_z, n_win, t0, g):
         return fused.backward(x, fused.RowLayout(pair, n_z, n_win, t0, n_pairs, width), *args, g)
 
-    rowf = ep.stack([f[name] for name in fused.ROW_FIELDS], axis=1)
-    op = host_vjp(backend_name, forward, backward, (n_pairs, width))
-    consts = [rows[k].raw for k in ("pair", "n_z", "n_win", "t0")]
+    op = glue.host_vjp(backend_name, forward, backward, (n_pairs, width))
     return ep.astensor(op(rowf.raw, *consts))
 
 

@@ -190,7 +190,7 @@ def _block_inputs(plan, pair_idx, multiple):
     return gather, rows, n_p, n_r, len(r_pair)
 
 
-def _block_fn(backend, grad_capable: bool, fused: bool):
+def _block_fn(backend, grad_capable: bool, fused):
     """The per-block evaluation, jitted on jax (cached) and, with the EagerPy entry loop, checkpointed on
     differentiable backends (the fused kernels keep nothing of size rows x ticks in the first place)."""
     key = (backend.name, grad_capable, fused)
@@ -202,7 +202,7 @@ def _block_fn(backend, grad_capable: bool, fused: bool):
                 common = dict(n_pairs=n_pairs, width=width, dt=grid[2], sharpness=sharpness, k_fast=k_fast,
                               k_slow=k_slow)
                 if fused:
-                    return induce.fused_waveforms(backend.name, f, rows_, **common)
+                    return induce.fused_waveforms(backend.name, f, rows_, target=fused, **common)
                 return induce.entry_waveforms(f, rows_, n_rows=n_rows, n_z=n_z, dtype=dtype, **common)
             if grad_capable and not fused:
                 body = backend.checkpoint(body)
@@ -217,23 +217,28 @@ def _block_fn(backend, grad_capable: bool, fused: bool):
     return fn
 
 
-def use_fused(kernel: str, backend, like) -> bool:
-    """Whether a block runs through the fused Numba kernels: ``kernel`` "fused", "eager" or "auto" (fused when
-    numba is importable and the tensors live in host memory)."""
+def fused_target(kernel: str, backend, like):
+    """Where a block's hot loop runs: "cpu" (fused Numba kernels on host tensors), "cuda" (fused numba-cuda
+    kernels on torch GPU tensors) or None (the EagerPy implementation). ``kernel``: SimConfig.kernel ("auto"
+    picks a fused target when one fits the tensors' device and its numba flavour is importable)."""
     from larnd_diff.sim import fused
 
-    if kernel == "eager":
-        return False
-    on_host = backend.name == "numpy" or "cpu" in str(backend.device_of(like)).lower()
-    if kernel == "fused":
-        if not fused.available():
-            raise ImportError("SimConfig(kernel='fused') needs numba")
-        if not on_host:
-            raise ValueError(f"SimConfig(kernel='fused') runs on CPU tensors; these are on {backend.device_of(like)}")
-        return True
-    if kernel != "auto":
+    if kernel not in ("auto", "fused", "eager"):
         raise ValueError(f"unknown kernel {kernel!r}; choose 'auto', 'fused' or 'eager'")
-    return fused.available() and on_host
+    if kernel == "eager":
+        return None
+    device = str(backend.device_of(like)).lower()
+    if backend.name == "numpy" or "cpu" in device:
+        target = "cpu" if fused.available() else None
+    elif backend.name == "torch" and "cuda" in device:
+        from larnd_diff.sim import fused_cuda
+        target = "cuda" if fused_cuda.is_available() else None
+    else:
+        target = None
+    if kernel == "fused" and target is None:
+        raise ValueError(f"SimConfig(kernel='fused') has no kernel for {backend.name} tensors on {device} (CPU: "
+                         "numba; GPU: torch with numba-cuda); use kernel='eager' or 'auto'")
+    return target
 
 
 def trace_count(backend_name: str = "jax") -> int:
@@ -305,7 +310,7 @@ def simulate(segments, backend: str = "numpy", device=None, params=None, relaxat
     n_corr = 2 * (k_fast + k_slow)
     compute = ~plan.nan_pair if sharp is None else np.ones(plan.n_pairs, bool)
     blocks = _blocks(plan, compute, config.memory_budget_bytes, n_corr, itemsize)
-    fused = use_fused(config.kernel, b, t["x"])
+    fused = fused_target(config.kernel, b, t["x"])
     fn = _block_fn(b, grad_capable, fused)
     grid = (float(detector.pixel_pitch), int(detector.sampled_points), float(detector.t_sampling))
     waves, flat_idx, keep_masks = [], [], []
@@ -383,4 +388,4 @@ def _nan_overlay(charge, plan, n_ticks, asarr):
     return ep.where(asarr(mask, "bool"), float("nan"), charge)
 
 
-__all__ = ["simulate", "trace_count"]
+__all__ = ["simulate", "trace_count", "fused_target"]
