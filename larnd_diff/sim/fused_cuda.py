@@ -16,7 +16,8 @@ import math
 from functools import lru_cache
 
 from larnd_diff.sim import fused
-from larnd_diff.sim.fused import AMP, COEF, HZ, TF, TS, ZAN, bucket, entry, entry_gradient, onset_deposits
+from larnd_diff.sim.fused import (AMP, HZ, TF, TS, ZAN, arrival, bucket, entry, entry_gradient, gauss_floor,
+                                  onset_deposits, row_negligible)
 
 try:   # the kernels below are compiled with these names rebound to numba.cuda (see _kernels)
     from larnd_diff.reference import cuda_kernels as _numpy_shim  # noqa: F401  (NumPy compatibility shim)
@@ -47,9 +48,8 @@ def _turn(f, n_z):
 
 
 def _bucket_of(f, k, t0, n_win, dt):
-    """m_raw of z sample k (-1 when k is out of range: behind every real sample)."""
-    _, t_s, _, _, _ = entry(f, k)
-    m_raw, _ = bucket(t_s, t0, n_win, dt)
+    """m_raw of z sample k."""
+    m_raw, _ = bucket(arrival(f, k), t0, n_win, dt)
     return m_raw
 
 
@@ -58,9 +58,10 @@ def _forward_kernel(rowf, pair, n_z, n_win, t0, dt, sharpness, k_fast, k_slow, o
     if r >= rowf.shape[0]:
         return
     f = rowf[r]
-    if f[COEF] == 0.0:
-        return
     p, nz, nw, t0r = pair[r], n_z[r], n_win[r], t0[r]
+    floor = gauss_floor(f, dt)
+    if row_negligible(f, nz, floor):
+        return
     tau_f, tau_s, amp = f[TF], f[TS], f[AMP]
     rho_f, rho_s = math.exp(-dt / tau_f), math.exp(-dt / tau_s)
     turn = _turn(f, nz)
@@ -76,13 +77,14 @@ def _forward_kernel(rowf, pair, n_z, n_win, t0, dt, sharpness, k_fast, k_slow, o
         for side in range(2):
             while (ka < turn and min(ma, nw - 1) == n) if side == 0 else (kb >= turn and min(mb, nw - 1) == n):
                 k = ka if side == 0 else kb
-                w, t_s, _, _, _ = entry(f, k)
+                w, t_s, _, _, _, live = entry(f, k, floor)
                 m_raw, m = bucket(t_s, t0r, nw, dt)
-                lag = t_s - (t0r + m * dt)
-                acc_f += w * amp / tau_f * math.exp(-lag / tau_f)
-                acc_s += w * (1.0 - amp) / tau_s * math.exp(-lag / tau_s)
-                if sharpness > 0:
-                    onset_deposits(f, w, t_s, m_raw, t0r, nw, dt, sharpness, k_fast, k_slow, out, p)
+                if live:
+                    lag = t_s - (t0r + m * dt)
+                    acc_f += w * amp / tau_f * math.exp(-lag / tau_f)
+                    acc_s += w * (1.0 - amp) / tau_s * math.exp(-lag / tau_s)
+                    if sharpness > 0:
+                        onset_deposits(f, w, t_s, m_raw, t0r, nw, dt, sharpness, k_fast, k_slow, out, p)
                 if side == 0:
                     ka += 1
                     ma = _bucket_of(f, ka, t0r, nw, dt) if ka < turn else -1
@@ -101,8 +103,9 @@ def _backward_kernel(rowf, pair, n_z, n_win, t0, dt, sharpness, k_fast, k_slow, 
     acc = cuda.local.array(14, float64)
     for i in range(14):
         acc[i] = 0.0
-    if f[COEF] != 0.0:
-        p, nz, nw, t0r = pair[r], n_z[r], n_win[r], t0[r]
+    p, nz, nw, t0r = pair[r], n_z[r], n_win[r], t0[r]
+    floor = gauss_floor(f, dt)
+    if not row_negligible(f, nz, floor):
         gw = g_wave[p]
         rho_f, rho_s = math.exp(-dt / f[TF]), math.exp(-dt / f[TS])
         turn = _turn(f, nz)
@@ -132,10 +135,11 @@ def _backward_kernel(rowf, pair, n_z, n_win, t0, dt, sharpness, k_fast, k_slow, 
             for side in range(2):
                 while (ka >= 0 and min(ma, nw - 1) == n) if side == 0 else (kb < nz and min(mb, nw - 1) == n):
                     k = ka if side == 0 else kb
-                    w, t_s, gauss, erfs, u = entry(f, k)
+                    w, t_s, gauss, erfs, u, live = entry(f, k, floor)
                     m_raw, m = bucket(t_s, t0r, nw, dt)
-                    entry_gradient(f, k, w, t_s, gauss, erfs, u, m_raw, m, t0r, nw, dt, sharpness, k_fast, k_slow,
-                                   hf, kf, hs, ks, gw, acc)
+                    if live:
+                        entry_gradient(f, k, w, t_s, gauss, erfs, u, m_raw, m, t0r, nw, dt, sharpness, k_fast,
+                                       k_slow, hf, kf, hs, ks, gw, acc)
                     if side == 0:
                         ka -= 1
                         ma = _bucket_of(f, ka, t0r, nw, dt) if ka >= 0 else -1

@@ -152,7 +152,7 @@ def pair_geometry(g, pitch, n_pts):
                 step_y=g["sgn_y"] * h_y, z0=z_lo - 4 * s_L, h_z=h_z, volume=ep.abs(h_x * h_y * h_z))
 
 
-def row_inputs(g, rows, *, n_z, grid, dtype):
+def row_inputs(g, rows, *, grid, dtype):
     """Per-row inputs of the entry loop, a dict of (n_rows,) tensors named as :data:`fused.ROW_FIELDS`.
 
     g: per-pair tensors (see :func:`pair_geometry`, plus n_electrons, z_anode, vdrift); rows: dict with int

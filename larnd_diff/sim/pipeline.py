@@ -142,23 +142,29 @@ def _nz_of(n_z: np.ndarray) -> np.ndarray:
     return out[np.searchsorted(np.unique(n_z), n_z)]
 
 
-def _bytes_estimate(n_rows, n_z, width, n_corr, itemsize):
-    """Working memory (bytes) of a block: ~24 live (row, z) temporaries, ~12 (row, tick), corrections."""
+def _bytes_estimate(n_rows, n_z, width, n_corr, itemsize, fused: bool):
+    """Working memory (bytes) of a block. EagerPy entry loop: ~24 live (row, z) temporaries, ~12 (row, tick),
+    the onset corrections. Fused kernels: ~100 row-level values (inputs, autodiff residuals) and the pair's
+    waveform (here charged to its rows)."""
+    if fused:
+        return itemsize * n_rows * 100 + 8 * 3 * width * np.maximum(n_rows // 64, 1)
     return itemsize * n_rows * (24 * n_z + 12 * width + 4 * n_z * n_corr)
 
 
-def _blocks(plan: pixels.PairPlan, compute: np.ndarray, budget: int, n_corr: int, itemsize: int):
-    """Split the pairs to evaluate into blocks of equal padded (width, n_z) whose memory estimate fits ``budget``."""
+def _blocks(plan: pixels.PairPlan, compute: np.ndarray, budget: int, n_corr: int, itemsize: int, fused: bool):
+    """Split the pairs to evaluate into blocks of equal padded width (and, for the EagerPy entry loop, equal
+    padded n_z) whose memory estimate fits ``budget``. Returns [(pair indices, width, n_z)]."""
     pairs = np.flatnonzero(compute)
     if not len(pairs):
         return []
     width = _width_of(plan.n_win[pairs])
-    nz = _nz_of(plan.n_z[pairs])
+    # the fused kernels loop over each row's own n_z: no padding class (n_z = 0, a static argument under jit)
+    nz = np.zeros_like(width) if fused else _nz_of(plan.n_z[pairs])
     rows_per = plan.nx[pairs] * plan.ny[pairs]
     out = []
     for w, z in sorted(set(zip(width.tolist(), nz.tolist()))):
         sel = np.flatnonzero((width == w) & (nz == z))
-        cost = _bytes_estimate(rows_per[sel], z, w, n_corr, itemsize)
+        cost = _bytes_estimate(rows_per[sel], z, w, n_corr, itemsize, fused)
         start, acc = 0, 0
         for k, c in enumerate(cost):
             if acc + c > budget and k > start:
@@ -198,7 +204,7 @@ def _block_fn(backend, grad_capable: bool, fused):
     if fn is None:
         def run(g, rows, *, n_pairs, n_rows, n_z, width, grid, sharpness, k_fast, k_slow, dtype):
             def body(g_, rows_):
-                f = induce.row_inputs(g_, rows_, n_z=n_z, grid=grid, dtype=dtype)
+                f = induce.row_inputs(g_, rows_, grid=grid, dtype=dtype)
                 common = dict(n_pairs=n_pairs, width=width, dt=grid[2], sharpness=sharpness, k_fast=k_fast,
                               k_slow=k_slow)
                 if fused:
@@ -309,8 +315,8 @@ def simulate(segments, backend: str = "numpy", device=None, params=None, relaxat
     itemsize = 8 if dtype == "float64" else 4
     n_corr = 2 * (k_fast + k_slow)
     compute = ~plan.nan_pair if sharp is None else np.ones(plan.n_pairs, bool)
-    blocks = _blocks(plan, compute, config.memory_budget_bytes, n_corr, itemsize)
     fused = fused_target(config.kernel, b, t["x"])
+    blocks = _blocks(plan, compute, config.memory_budget_bytes, n_corr, itemsize, fused is not None)
     fn = _block_fn(b, grad_capable, fused)
     grid = (float(detector.pixel_pitch), int(detector.sampled_points), float(detector.t_sampling))
     waves, flat_idx, keep_masks = [], [], []
