@@ -108,6 +108,17 @@ def onset_window(k_max, tau, sharpness, dt):
     return min(k_max, int(math.ceil(30.0 * tau / (sharpness * dt))) + 1)
 
 
+def onset_constants(f, dt, sharpness, k_fast, k_slow):
+    """Per-row constants of the relaxed onset, for the fast then the slow exponential: (ticks on each side,
+    e^{dt/tau}, e^{s dt/tau} (capped), e^{-(ticks - 1) dt/tau}) - computed once per row, not per z sample."""
+    kf = onset_window(k_fast, f[TF], sharpness, dt)
+    ks = onset_window(k_slow, f[TS], sharpness, dt)
+    return (float(kf), math.exp(dt / f[TF]), math.exp(min(sharpness * dt / f[TF], 700.0)),
+            math.exp(-(kf - 1) * dt / f[TF]),
+            float(ks), math.exp(dt / f[TS]), math.exp(min(sharpness * dt / f[TS], 700.0)),
+            math.exp(-(ks - 1) * dt / f[TS]))
+
+
 def onset(y, e_y, x_sy, after, sharpness):
     """(soft - hard, its derivative in y) of the relaxed onset at y = (t_s - T_n)/tau, given e_y = e^{-y} and
     x_sy = e^{-s y}; ``after``: tick n past the hard bucket (no hard term there)."""
@@ -135,12 +146,13 @@ def next_exp(x, step, sy):
     return math.exp(min(-sy, 700.0))
 
 
-def entry_gradient(f, k, w, t_s, gauss, erfs, u, m_raw, m, t0, n_win, dt, sharpness, k_fast, k_slow,
+def entry_gradient(f, k, w, t_s, gauss, erfs, u, m_raw, m, t0, n_win, dt, sharpness, oc,
                    h_fast, k_fast_sum, h_slow, k_slow_sum, gw, acc):
     """Add the z sample k's share of d loss / d f (len(ROW_FIELDS)) to ``acc``.
 
-    h_*, k_*_sum: the adjoint recurrences H(m), K(m) of each exponential at the sample's bucket m (see
-    ``_backward``); gw: the cotangent of the pair's waveform (ticks), read by the smooth onset's ticks.
+    oc: the row's :func:`onset_constants`; h_*, k_*_sum: the adjoint recurrences H(m), K(m) of each exponential
+    at the sample's bucket m (see ``_backward``); gw: the cotangent of the pair's waveform (ticks), read by the
+    smooth onset's ticks.
     """
     dw = 0.0
     dt_s = 0.0
@@ -158,10 +170,12 @@ def entry_gradient(f, k, w, t_s, gauss, erfs, u, m_raw, m, t0, n_win, dt, sharpn
         dw += frac / tau * d_p
         d_frac = w / tau * d_p
         if sharpness > 0:
-            k_side = onset_window(k_fast if c == 0 else k_slow, tau, sharpness, dt)
-            y = (t_s - (t0 + (m_raw - k_side + 1) * dt)) / tau
-            e_y, x_sy = math.exp(-y), math.exp(min(-sharpness * y, 700.0))
-            step_e, step_x = math.exp(dt / tau), math.exp(sharpness * dt / tau)
+            k_side = int(oc[0] if c == 0 else oc[4])
+            step_e, step_x, shift = (oc[1], oc[2], oc[3]) if c == 0 else (oc[5], oc[6], oc[7])
+            lag_raw = t_s - (t0 + m_raw * dt)
+            y = lag_raw / tau + (k_side - 1) * dt / tau
+            e_y = (e if m == m_raw else math.exp(-lag_raw / tau)) * shift
+            x_sy = math.exp(min(-sharpness * y, 700.0))
             for d in range(-k_side + 1, k_side + 1):
                 n = m_raw + d
                 if 0 <= n < n_win:
@@ -198,17 +212,20 @@ def entry_gradient(f, k, w, t_s, gauss, erfs, u, m_raw, m, t0, n_win, dt, sharpn
     acc[VD] -= dt_s * (abs(arg) - 0.5) / (f[VD] * f[VD])
 
 
-def onset_deposits(f, w, t_s, m_raw, t0, n_win, dt, sharpness, k_fast, k_slow, wave, pair):
+def onset_deposits(f, w, t_s, m_raw, t0, n_win, dt, sharpness, oc, wave, pair):
     """The relaxed onset's correction (soft - hard) of one z sample on the ticks around its arrival, added to
-    wave[pair, n] with ``add`` of the compile target (a plain add on CPU, an atomic add on the GPU)."""
+    wave[pair, n] with ``add`` of the compile target (a plain add on CPU, an atomic add on the GPU).
+    oc: the row's :func:`onset_constants`."""
+    lag_raw = t_s - (t0 + m_raw * dt)
     for c in range(2):
         tau = f[TF] if c == 0 else f[TS]
         base = w * (f[AMP] if c == 0 else 1.0 - f[AMP]) / tau
-        k_side = onset_window(k_fast if c == 0 else k_slow, tau, sharpness, dt)
+        k_side = int(oc[0] if c == 0 else oc[4])
+        step_e, step_x, shift = (oc[1], oc[2], oc[3]) if c == 0 else (oc[5], oc[6], oc[7])
         # walk n = m_raw - k_side + 1 ... m_raw + k_side, y falling by dt/tau: e^{-y}, e^{-s y} by multiplication
-        y = (t_s - (t0 + (m_raw - k_side + 1) * dt)) / tau
-        e_y, x_sy = math.exp(-y), math.exp(min(-sharpness * y, 700.0))
-        step_e, step_x = math.exp(dt / tau), math.exp(sharpness * dt / tau)
+        y = lag_raw / tau + (k_side - 1) * dt / tau
+        e_y = math.exp(-lag_raw / tau) * shift
+        x_sy = math.exp(min(-sharpness * y, 700.0))
         for d in range(-k_side + 1, k_side + 1):
             n = m_raw + d
             if 0 <= n < n_win:
@@ -219,8 +236,11 @@ def onset_deposits(f, w, t_s, m_raw, t0, n_win, dt, sharpness, k_fast, k_slow, w
             x_sy = next_exp(x_sy, step_x, sharpness * y)
 
 
-SCALARS = (arrival, gauss_floor, row_negligible, entry, bucket, onset_window, onset, next_exp, entry_gradient,
-           onset_deposits)
+#: Placeholder onset constants of the hard preset (never read).
+_NO_ONSET = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+
+SCALARS = (arrival, gauss_floor, row_negligible, entry, bucket, onset_window, onset_constants, onset, next_exp,
+           entry_gradient, onset_deposits)
 
 
 def compile_scalars(decorate, extra=None) -> dict:
@@ -258,6 +278,7 @@ def _forward(rowf, pair, n_z, n_win, t0, row_start, width, dt, sharpness, k_fast
             if row_negligible(f, n_z[r], floor):
                 continue
             tau_f, tau_s, amp = f[TF], f[TS], f[AMP]
+            oc = onset_constants(f, dt, sharpness, k_fast, k_slow) if sharpness > 0 else _NO_ONSET
             top = -1
             for k in range(n_z[r]):
                 w, t_s, _, _, _, live = entry(f, k, floor)
@@ -269,7 +290,7 @@ def _forward(rowf, pair, n_z, n_win, t0, row_start, width, dt, sharpness, k_fast
                 dep_s[m] += w * (1.0 - amp) / tau_s * math.exp(-lag / tau_s)
                 top = max(top, m)
                 if sharpness > 0:
-                    onset_deposits(f, w, t_s, m_raw, t0[r], n_win[r], dt, sharpness, k_fast, k_slow, out, p)
+                    onset_deposits(f, w, t_s, m_raw, t0[r], n_win[r], dt, sharpness, oc, out, p)
             rho_f, rho_s = math.exp(-dt / tau_f), math.exp(-dt / tau_s)
             acc_f, acc_s = 0.0, 0.0
             for n in range(top, -1, -1):
@@ -303,6 +324,7 @@ def _backward(rowf, pair, n_z, n_win, t0, row_start, width, dt, sharpness, k_fas
             if row_negligible(f, n_z[r], floor):
                 continue
             rho_f, rho_s = math.exp(-dt / f[TF]), math.exp(-dt / f[TS])
+            oc = onset_constants(f, dt, sharpness, k_fast, k_slow) if sharpness > 0 else _NO_ONSET
             hf = hs = kf = ks = 0.0
             for n in range(min(width, n_win[r])):
                 kf = rho_f * (kf + hf)
@@ -316,8 +338,8 @@ def _backward(rowf, pair, n_z, n_win, t0, row_start, width, dt, sharpness, k_fas
                 m_raw, m = bucket(t_s, t0[r], n_win[r], dt)
                 if m_raw < 0 or not live:
                     continue
-                entry_gradient(f, k, w, t_s, gauss, erfs, u, m_raw, m, t0[r], n_win[r], dt, sharpness, k_fast,
-                               k_slow, h_f[m], k_f[m], h_s[m], k_s[m], gw, acc)
+                entry_gradient(f, k, w, t_s, gauss, erfs, u, m_raw, m, t0[r], n_win[r], dt, sharpness, oc,
+                               h_f[m], k_f[m], h_s[m], k_s[m], gw, acc)
     return grad
 
 

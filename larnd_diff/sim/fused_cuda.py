@@ -16,8 +16,8 @@ import math
 from functools import lru_cache
 
 from larnd_diff.sim import fused
-from larnd_diff.sim.fused import (AMP, HZ, TF, TS, ZAN, arrival, bucket, entry, entry_gradient, gauss_floor,
-                                  onset_deposits, row_negligible)
+from larnd_diff.sim.fused import (_NO_ONSET, AMP, HZ, TF, TS, ZAN, arrival, bucket, entry, entry_gradient,
+                                  gauss_floor, onset_constants, onset_deposits, row_negligible)
 
 try:   # the kernels below are compiled with these names rebound to numba.cuda (see _kernels)
     from larnd_diff.reference import cuda_kernels as _numpy_shim  # noqa: F401  (NumPy compatibility shim)
@@ -64,6 +64,7 @@ def _forward_kernel(rowf, pair, n_z, n_win, t0, dt, sharpness, k_fast, k_slow, o
         return
     tau_f, tau_s, amp = f[TF], f[TS], f[AMP]
     rho_f, rho_s = math.exp(-dt / tau_f), math.exp(-dt / tau_s)
+    oc = onset_constants(f, dt, sharpness, k_fast, k_slow) if sharpness > 0 else _NO_ONSET
     turn = _turn(f, nz)
     ka, kb = 0, nz - 1                         # time-descending pointers: k up to turn - 1, k down to turn
     ma = _bucket_of(f, ka, t0r, nw, dt) if ka < turn else -1
@@ -84,7 +85,7 @@ def _forward_kernel(rowf, pair, n_z, n_win, t0, dt, sharpness, k_fast, k_slow, o
                     acc_f += w * amp / tau_f * math.exp(-lag / tau_f)
                     acc_s += w * (1.0 - amp) / tau_s * math.exp(-lag / tau_s)
                     if sharpness > 0:
-                        onset_deposits(f, w, t_s, m_raw, t0r, nw, dt, sharpness, k_fast, k_slow, out, p)
+                        onset_deposits(f, w, t_s, m_raw, t0r, nw, dt, sharpness, oc, out, p)
                 if side == 0:
                     ka += 1
                     ma = _bucket_of(f, ka, t0r, nw, dt) if ka < turn else -1
@@ -108,6 +109,7 @@ def _backward_kernel(rowf, pair, n_z, n_win, t0, dt, sharpness, k_fast, k_slow, 
     if not row_negligible(f, nz, floor):
         gw = g_wave[p]
         rho_f, rho_s = math.exp(-dt / f[TF]), math.exp(-dt / f[TS])
+        oc = onset_constants(f, dt, sharpness, k_fast, k_slow) if sharpness > 0 else _NO_ONSET
         turn = _turn(f, nz)
         ka, kb = turn - 1, turn                # time-ascending pointers: k down to 0, k up to nz - 1
         ma = _bucket_of(f, ka, t0r, nw, dt) if ka >= 0 else -1
@@ -138,8 +140,8 @@ def _backward_kernel(rowf, pair, n_z, n_win, t0, dt, sharpness, k_fast, k_slow, 
                     w, t_s, gauss, erfs, u, live = entry(f, k, floor)
                     m_raw, m = bucket(t_s, t0r, nw, dt)
                     if live:
-                        entry_gradient(f, k, w, t_s, gauss, erfs, u, m_raw, m, t0r, nw, dt, sharpness, k_fast,
-                                       k_slow, hf, kf, hs, ks, gw, acc)
+                        entry_gradient(f, k, w, t_s, gauss, erfs, u, m_raw, m, t0r, nw, dt, sharpness, oc,
+                                       hf, kf, hs, ks, gw, acc)
                     if side == 0:
                         ka -= 1
                         ma = _bucket_of(f, ka, t0r, nw, dt) if ka >= 0 else -1
