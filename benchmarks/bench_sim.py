@@ -91,10 +91,14 @@ def timed(fn, repeat):
     return first, statistics.median(times), times
 
 
-def bench_backend(segs, backend, device, dtype, repeat):
+def bench_backend(segs, backend, device, dtype, repeat, kernel="auto"):
     from larnd_diff import ops
     from larnd_diff.params import SPECS
-    from larnd_diff.sim import simulate
+    from larnd_diff.sim import simulate as _simulate
+    from larnd_diff.sim.config import SimConfig
+
+    def simulate(*a, **kw):
+        return _simulate(*a, config=SimConfig(kernel=kernel), **kw)
 
     out = {}
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -150,6 +154,8 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-reference", action="store_true")
+    ap.add_argument("--kernel", default="auto", choices=("auto", "fused", "eager"),
+                    help="SimConfig.kernel: fused Numba / numba-cuda kernels or the EagerPy implementation")
     ap.add_argument("--out", default=None, help="JSON file for the results")
     ap.add_argument("--input", default=None, help="segments (.npy structured array in the simulation frame, or an "
                     "edep-sim .h5 file) instead of generated muons")
@@ -166,11 +172,11 @@ def main(argv=None):
     if args.save_input:
         np.save(args.save_input, segs)
     length = track_length(segs)
-    result = dict(backend=args.backend, device=args.device, dtype=args.dtype, segments=int(len(segs)),
-                  track_length_cm=length, python=sys.version.split()[0], machine=platform.platform(),
-                  processor=platform.processor())
+    result = dict(backend=args.backend, device=args.device, dtype=args.dtype, kernel=args.kernel,
+                  segments=int(len(segs)), track_length_cm=length, python=sys.version.split()[0],
+                  machine=platform.platform(), processor=platform.processor())
     if args.backend != "none":
-        result["sim"] = bench_backend(segs, args.backend, args.device, args.dtype, args.repeat)
+        result["sim"] = bench_backend(segs, args.backend, args.device, args.dtype, args.repeat, args.kernel)
     if not args.no_reference:
         result["reference"] = bench_reference(segs, args.repeat)
     scale = 100.0 / length

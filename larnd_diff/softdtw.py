@@ -350,11 +350,48 @@ def _pad_to(t: ep.Tensor, size: int, axis: int) -> ep.Tensor:
     return ep.concatenate([t, ep.zeros(t, tuple(shape))], axis=axis)
 
 
-def _sdtw(x: ep.Tensor, y: ep.Tensor, nx: ep.Tensor, ny: ep.Tensor, gamma: float, cost: CostSpec) -> ep.Tensor:
+def _use_host(kernel: str, like: ep.Tensor) -> bool:
+    """Whether the DP runs as host loops (:mod:`larnd_diff.softdtw_host`) rather than as the wavefront.
+
+    "auto": on the host whenever numba is there and the data is in host memory, or on a torch GPU (the cost
+    matrix is copied: a few MB for a fit's hit sequences, far cheaper than n + m launches of ~30 kernels).
+    """
+    from larnd_diff import softdtw_host
+
+    if kernel == "wavefront":
+        return False
+    if kernel not in ("auto", "host"):
+        raise ValueError(f"kernel must be 'auto', 'host' or 'wavefront', got {kernel!r}")
+    if not softdtw_host.available():
+        if kernel == "host":
+            raise ImportError("soft_dtw(kernel='host') needs numba")
+        return False
+    if kernel == "host":
+        return True
+    b = ops.get_backend(ops.backend_of(like))
+    return b.name in ("numpy", "torch") or "cpu" in str(b.device_of(like)).lower()
+
+
+def _host_matrix(c: ep.Tensor, nx: ep.Tensor, ny: ep.Tensor, gamma: float) -> ep.Tensor:
+    """Differentiable (w.r.t. c) host Soft-DTW values of cost matrices (B, N, M), inf for empty items."""
+    from larnd_diff import softdtw_host as host
+
+    op = glue.host_vjp(ops.backend_of(c), lambda cc, a, b: host.sdtw_values(cc, a, b, gamma),
+                       lambda cc, a, b, g: host.sdtw_grad(cc, a, b, gamma, g), (c.shape[0],))
+    return ep.astensor(op(c.raw, nx.raw, ny.raw))
+
+
+def _sdtw(x: ep.Tensor, y: ep.Tensor, nx: ep.Tensor, ny: ep.Tensor, gamma: float, cost: CostSpec,
+          kernel: str = "auto") -> ep.Tensor:
     """Batched sdtw on prepared EagerPy inputs (B, N, d), (B, M, d) with integer lengths."""
     backend = ops.backend_of(x)
     batch = x.shape[0]
     x, y = _pad_to(x, 1, 1), _pad_to(y, 1, 1)  # zero-size sequences: one masked position (lengths are 0)
+    if _use_host(kernel, x):
+        x = _sanitize(x, _valid_mask(nx, nx, x.shape[1]))
+        y = _sanitize(y, _valid_mask(ny, ny, y.shape[1]))
+        c = cost(x, y) if callable(cost) else pairwise_cost(x, y, cost)
+        return _host_matrix(c, nx, ny, gamma)
     if backend in _COMPILED:
         pb = 1 << max(batch - 1, 0).bit_length()  # batch: next power of two
         x = _pad_to(_pad_to(x, _bucket(x.shape[1]), 1), pb, 0)
@@ -375,11 +412,11 @@ def _sdtw_core(backend: str, x: ep.Tensor, y: ep.Tensor, nx: ep.Tensor, ny: ep.T
     return ep.astensor(_xy_op(backend, cost)(x.raw, y.raw, nx.raw, ny.raw, g.raw))
 
 
-def _divergence(x, y, nx, ny, gamma, cost) -> ep.Tensor:
+def _divergence(x, y, nx, ny, gamma, cost, kernel="auto") -> ep.Tensor:
     """sdtw(x,y) - (sdtw(x,x) + sdtw(y,y)) / 2 with the empty-item conventions of the module docstring."""
-    xy = _sdtw(x, y, nx, ny, gamma, cost)
-    xx = _sdtw(x, x, nx, nx, gamma, cost)
-    yy = _sdtw(y, y, ny, ny, gamma, cost)
+    xy = _sdtw(x, y, nx, ny, gamma, cost, kernel)
+    xx = _sdtw(x, x, nx, nx, gamma, cost, kernel)
+    yy = _sdtw(y, y, ny, ny, gamma, cost, kernel)
     both = ep.logical_and(nx >= 1, ny >= 1)
     zero = ep.zeros_like(xy)
     xy, xx, yy = (ep.where(both, v, zero) for v in (xy, xx, yy))  # no inf - inf for empty items
@@ -389,7 +426,7 @@ def _divergence(x, y, nx, ny, gamma, cost) -> ep.Tensor:
 
 
 def soft_dtw(x, y, gamma: float = 1.0, lengths_x=None, lengths_y=None, cost: CostSpec = "abs",
-             divergence: bool = False):
+             divergence: bool = False, kernel: str = "auto"):
     """Soft-DTW value per batch item; native tensors in, native tensors out (EagerPy in, EagerPy out).
 
     Args:
@@ -402,6 +439,9 @@ def soft_dtw(x, y, gamma: float = 1.0, lengths_x=None, lengths_y=None, cost: Cos
       cost: "abs" (sum |x - y|, the paper's), "sq" (sum (x - y)^2), or ``callable(x, y) -> (B, N, M)``
         on EagerPy tensors (padded positions of x and y arrive as 0).
       divergence: return sdtw(x,y) - (sdtw(x,x) + sdtw(y,y)) / 2 instead (>= 0, 0 iff x == y).
+      kernel: "wavefront" (the anti-diagonal formulation, framework ops, any device), "host" (Numba loops on
+        the host, :mod:`larnd_diff.softdtw_host`; torch GPU tensors are copied) or "auto" (host for numpy,
+        torch and host-memory jax/tensorflow arrays when numba is installed; else the wavefront).
 
     Returns:
       (B,) values (a 0-d value for 1-D inputs), differentiable w.r.t. x and y on torch, jax and
@@ -422,13 +462,14 @@ def soft_dtw(x, y, gamma: float = 1.0, lengths_x=None, lengths_y=None, cost: Cos
     nx = _lengths(xt, lengths_x, batch, xt.shape[1])
     ny = _lengths(xt, lengths_y, batch, yt.shape[1])
     fn = _divergence if divergence else _sdtw
-    out = fn(xt, yt, nx, ny, gamma, cost)
+    out = fn(xt, yt, nx, ny, gamma, cost, kernel)
     return restore(out[0] if scalar else out)
 
 
-def soft_dtw_divergence(x, y, gamma: float = 1.0, lengths_x=None, lengths_y=None, cost: CostSpec = "abs"):
+def soft_dtw_divergence(x, y, gamma: float = 1.0, lengths_x=None, lengths_y=None, cost: CostSpec = "abs",
+                        kernel: str = "auto"):
     """``soft_dtw(..., divergence=True)``: sdtw(x,y) - (sdtw(x,x) + sdtw(y,y)) / 2, >= 0, 0 iff x == y."""
-    return soft_dtw(x, y, gamma, lengths_x, lengths_y, cost, divergence=True)
+    return soft_dtw(x, y, gamma, lengths_x, lengths_y, cost, divergence=True, kernel=kernel)
 
 
 def soft_dtw_cost_matrix(c, gamma: float = 1.0, lengths_x=None, lengths_y=None):

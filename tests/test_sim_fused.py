@@ -27,7 +27,7 @@ def segments():
     from larnd_diff.generate import generate_muons
 
     segs = generate_muons(n_events=2, seed=3)
-    return segs[:30]
+    return segs[:20]
 
 
 def _waves(segs, backend, relaxation, config, params=None, device=None):

@@ -289,3 +289,46 @@ def test_backends_agree(backend):
         _, gx, gy = value_and_grads(backend, xs, ys, **kw)
         np.testing.assert_allclose(gx, tgx, rtol=0, atol=1e-10)
         np.testing.assert_allclose(gy, tgy, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("divergence", [False, True])
+def test_host_and_wavefront_kernels_agree(backend, divergence):
+    """The Numba host loops and the anti-diagonal wavefront: same values and gradients (padded batch, an empty
+    item, unequal lengths), so either can serve every backend."""
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(7)
+    b = ops.get_backend(backend)
+    x = rng.normal(size=(3, 40, 2))
+    y = rng.normal(size=(3, 33, 2))
+    lx, ly = [40, 17, 0], [33, 33, 0]
+    out = {}
+    for kernel in ("host", "wavefront"):
+        def f(p):
+            v = soft_dtw(p["x"], b.asarray(y, "float64"), 0.7, lx, ly, divergence=divergence, kernel=kernel)
+            v = ops.nan_to_num(v, 0.0)
+            return ep_where_finite(v).sum()
+        if backend == "numpy":
+            v = soft_dtw(b.asarray(x, "float64"), b.asarray(y, "float64"), 0.7, lx, ly, divergence=divergence,
+                         kernel=kernel)
+            out[kernel] = (ops.to_numpy(v), None)
+        else:
+            val, g = b.value_and_grad(f, {"x": b.asarray(x, "float64")})
+            v = soft_dtw(b.asarray(x, "float64"), b.asarray(y, "float64"), 0.7, lx, ly, divergence=divergence,
+                         kernel=kernel)
+            out[kernel] = (ops.to_numpy(v), ops.to_numpy(g["x"]))
+    np.testing.assert_allclose(out["host"][0], out["wavefront"][0], rtol=1e-12, atol=1e-12)
+    if backend != "numpy":
+        assert np.abs(out["host"][1]).max() > 0
+        np.testing.assert_allclose(out["host"][1], out["wavefront"][1], rtol=1e-10, atol=1e-12)
+
+
+def ep_where_finite(v):
+    import eagerpy as ep
+
+    v = ep.astensor(v)
+    return ep.where(v.abs() < 1e300, v, ep.zeros_like(v))
+
+
+def test_unknown_kernel_is_rejected():
+    with pytest.raises(ValueError, match="kernel"):
+        soft_dtw(np.zeros(3), np.zeros(4), kernel="gpu-magic")

@@ -226,7 +226,8 @@ def _block_fn(backend, grad_capable: bool, fused):
 def fused_target(kernel: str, backend, like):
     """Where a block's hot loop runs: "cpu" (fused Numba kernels on host tensors), "cuda" (fused numba-cuda
     kernels on torch GPU tensors) or None (the EagerPy implementation). ``kernel``: SimConfig.kernel ("auto"
-    picks a fused target when one fits the tensors' device and its numba flavour is importable)."""
+    picks a fused target when one fits the tensors' device and its numba flavour is importable; "fused" also
+    sends jax GPU arrays to the host kernels through jax.pure_callback)."""
     from larnd_diff.sim import fused
 
     if kernel not in ("auto", "fused", "eager"):
@@ -239,6 +240,8 @@ def fused_target(kernel: str, backend, like):
     elif backend.name == "torch" and "cuda" in device:
         from larnd_diff.sim import fused_cuda
         target = "cuda" if fused_cuda.is_available() else None
+    elif backend.name == "jax" and kernel == "fused" and fused.available():
+        target = "cpu"      # GPU arrays through jax.pure_callback to the host kernels (copies both ways)
     else:
         target = None
     if kernel == "fused" and target is None:
