@@ -256,9 +256,10 @@ def entry_waveforms(f, rows, *, n_pairs, n_rows, n_z, width, dt, sharpness, k_fa
     return wave.reshape((n_pairs, width))
 
 
-def fused_waveforms(backend_name, f, rows, *, n_pairs, width, dt, sharpness, k_fast, k_slow, target="cpu"):
+def fused_waveforms(backend_name, rowf, rows, *, n_pairs, width, dt, sharpness, k_fast, k_slow, target="cpu"):
     """:func:`entry_waveforms` through the fused Numba kernels, with their hand-written gradient: ``target``
     "cpu" (host tensors, :mod:`larnd_diff.sim.fused`) or "cuda" (torch tensors on a GPU, :mod:`.fused_cuda`).
+    ``rowf``: the :func:`row_inputs` stacked in ``fused.ROW_FIELDS`` order, (n_rows, 14).
 
     rows: int tensors pair, n_z, n_win and the float64 tensor t0 per row (no gradient; operands of the kernel
     call, so a jitted caller passes new values each call).
@@ -267,7 +268,6 @@ def fused_waveforms(backend_name, f, rows, *, n_pairs, width, dt, sharpness, k_f
     from larnd_diff.sim import fused
 
     args = (float(dt), sharpness, int(k_fast), int(k_slow))
-    rowf = ep.stack([f[name] for name in fused.ROW_FIELDS], axis=1)
     consts = [rows[k].raw for k in ("pair", "n_z", "n_win", "t0")]
     if target == "cuda":
         from larnd_diff.sim import fused_cuda
