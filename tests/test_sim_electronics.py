@@ -5,7 +5,8 @@
   10-sample cap, truncated window, padded inputs);
 * the real larnd-sim waveforms of test_inputs chunks 0 and 1 (../shared/reference): trigger ticks, converted
   charges and ADC values;
-* the smooth preset: forward close to hard, gradients vs central finite differences and across backends;
+* the ADC modes: straight-through = round forward, continuous gradient;
+* the smooth preset: forward equal to hard, gradients vs central finite differences and across backends;
 * jax.jit traces once; noise is seeded and statistically sensible.
 """
 from __future__ import annotations
@@ -124,6 +125,71 @@ def test_digitize_closed_forms(backend):
     cont = ops.to_numpy(digitize(q, FEE, "continuous"))
     np.testing.assert_allclose(cont[:2], [(580 - 288) * 256 / 1012, (28 + 292) * 256 / 1012], rtol=1e-14)
     assert cont[3] == 256 and cont[4] == 0
+
+
+def _digitize_probe_charges():
+    """Charges across the whole ADC range: negative (clip at 0), around the threshold, ties of the unrounded
+    value (x.5), random values and saturation (clip at 256)."""
+    def charge_for(value):
+        return (value * (FEE.v_ref_mv - FEE.v_cm_mv) / FEE.adc_counts - 292.0) / FEE.gain_mv_per_e
+    rng = np.random.default_rng(7)
+    return np.concatenate([[-1e6, -5_000.0, 0.0, THR, 179_000.0, 179_600.0, 1e6],
+                           [charge_for(v + 0.5) for v in range(74, 256)],
+                           rng.uniform(-10_000.0, 200_000.0, 500)])
+
+
+def test_straight_through_forward_equals_round(backend):
+    q = tensor(backend, _digitize_probe_charges())
+    rounded = ops.to_numpy(digitize(q, FEE, "round"))
+    straight = ops.to_numpy(digitize(q, FEE, "straight-through"))
+    np.testing.assert_array_equal(straight, rounded)            # bit for bit, integer counts
+    assert np.array_equal(straight, np.round(straight))
+    q32 = tensor(backend, _digitize_probe_charges(), "float32")
+    np.testing.assert_array_equal(ops.to_numpy(digitize(q32, FEE, "straight-through")),
+                                  ops.to_numpy(digitize(q32, FEE, "round")))
+
+
+def test_straight_through_gradient_equals_continuous(backend):
+    if backend not in DIFFERENTIABLE:
+        pytest.skip(f"{backend} has no autodiff")
+    import eagerpy as ep
+    charges = _digitize_probe_charges()
+    weights = tensor(backend, np.random.default_rng(8).uniform(0.5, 2.0, len(charges)))
+    b = ops.get_backend(backend)
+
+    def grad_of(mode):
+        def loss(p):
+            return ep.sum(weights * digitize(p["q"] * p["scale"], FEE, mode))
+        value, grads = b.value_and_grad(loss, {"q": b.asarray(charges, "float64"), "scale": np.float64(1.0)})
+        return float(ops.to_numpy(value)), ops.to_numpy(grads["q"]), float(ops.to_numpy(grads["scale"]))
+
+    v_cont, gq_cont, gs_cont = grad_of("continuous")
+    v_st, gq_st, gs_st = grad_of("straight-through")
+    _, gq_round, gs_round = grad_of("round")
+    np.testing.assert_array_equal(gq_st, gq_cont)
+    np.testing.assert_allclose(gs_st, gs_cont, rtol=1e-14)
+    assert np.all(gq_round == 0) and gs_round == 0.0              # rounding alone has no gradient
+    # the continuous slope: gain x counts / (V_ref - V_cm) per electron inside [0, 256], zero where clipped
+    slope = FEE.gain_mv_per_e * FEE.adc_counts / (FEE.v_ref_mv - FEE.v_cm_mv)
+    w = ops.to_numpy(weights)
+    unrounded = ops.to_numpy(digitize(tensor(backend, charges), FEE, "continuous"))
+    inside = (unrounded > 0) & (unrounded < FEE.adc_counts)
+    np.testing.assert_allclose(gq_st[inside], w[inside] * slope, rtol=1e-14)
+    assert np.all(gq_st[~inside] == 0)
+    # the forward values differ only by the rounding
+    assert v_st != v_cont and abs(v_st - v_cont) <= 0.5 * np.sum(w)
+
+
+def test_unknown_adc_mode_lists_the_modes():
+    q = tensor("numpy", [1000.0])
+    with pytest.raises(ValueError, match="'round', 'continuous' or 'straight-through'"):
+        digitize(q, FEE, "stochastic")
+
+
+def test_presets_adc_modes():
+    assert HARD.adc == "round" and SMOOTH.adc == "straight-through"
+    assert SMOOTH.replace(adc="continuous").adc == "continuous"
+    assert SMOOTH.replace(adc="continuous").onset_sharpness == SMOOTH.onset_sharpness
 
 
 def test_round_half_even_in_digitize(backend):
@@ -300,12 +366,17 @@ def test_reference_waveforms_float32(backend, shared):
 
 @pytest.mark.parametrize("chunk", [0])
 def test_reference_waveforms_smooth_forward(backend, shared, chunk):
+    # on the same waveforms the smooth front end (interpolated trigger, straight-through ADC) has the reference's
+    # forward values: same trigger ticks, same integer ADC counts; the continuous ADC is within the rounding
     w, ref_tick, _, ref_adc, _, _ = reference_chunk(shared, chunk)
     adc, time, _ = _electronics_fn(backend, SMOOTH)(w)
     filled = ref_tick >= 0
     assert ticks_of(time).tolist() == ref_tick.tolist()
-    assert np.abs(adc[filled] - ref_adc[filled]).max() <= 0.5
+    np.testing.assert_array_equal(adc[filled], ref_adc[filled])
     assert np.isnan(adc[~filled]).all()
+    adc_c, _, _ = _electronics_fn(backend, SMOOTH.replace(adc="continuous"))(w)
+    assert np.abs(adc_c[filled] - ref_adc[filled]).max() <= 0.5
+    assert np.isnan(adc_c[~filled]).all()
 
 
 # ---------------------------------------------------------------------------------------------- smooth gradients
@@ -337,12 +408,14 @@ def _surrogate_values(w, scale):
 
 
 def _straight_through_fd(w, h=1e-5):
-    """Central finite-difference gradient of the loss with the straight-through time: the ADC enters through its
-    continuous value; the time's forward value is the hard tick time and its derivative that of the crossing, so
-    d loss / d scale = d(adc part)/d scale + sum f'(t_hard) d t_crossing / d scale."""
+    """Central finite-difference gradient of the loss with the smooth preset's straight-through ADC and time: the
+    ADC's forward value is the rounded count and its derivative that of the continuous value; the time's forward
+    value is the hard tick time and its derivative that of the crossing, so
+    d loss / d scale = sum g'(adc_rounded) d adc_continuous / d scale + sum f'(t_hard) d t_crossing / d scale."""
     up, down, mid = _surrogate_values(w, 1 + h), _surrogate_values(w, 1 - h), _surrogate_values(w, 1.0)
     filled = ~np.isnan(mid[0])
-    adc_part = (np.sum((up[0][filled] / 100.0) ** 2) - np.sum((down[0][filled] / 100.0) ** 2)) / (2 * h)
+    d_adc = (up[0][filled] - down[0][filled]) / (2 * h)
+    adc_part = np.sum(2 * np.round(mid[0][filled]) / 100.0 ** 2 * d_adc)
     d_crossing = (up[2][filled] - down[2][filled]) / (2 * h)
     slope = (1 - np.tanh(mid[1][filled] / 7.0 - 3.0) ** 2) / 7.0
     return adc_part + np.sum(slope * d_crossing)

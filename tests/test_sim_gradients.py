@@ -8,6 +8,10 @@
 The scalar is sum(adc * w) + sum(charge * w) / 1000 over filled slots. The sample *time* is not part of it: in
 the smooth preset its value is the integer trigger tick x 600/6003 us (piecewise constant) and its gradient is
 the straight-through gradient of the interpolated threshold crossing, which finite differences cannot see.
+For the same reason the scalar uses the smooth preset with a *continuous* ADC (``FD_RELAXATION``): the preset's
+own ADC is straight-through (rounded counts forward, the continuous value's gradient), whose finite differences
+are zero or jumps. Its gradient is by construction the continuous one (tests/test_sim_electronics.py checks the
+identity), so these tests check the preset's gradients too.
 """
 from __future__ import annotations
 
@@ -19,9 +23,12 @@ import pytest
 from larnd_diff import ops
 from larnd_diff.params import FIT_PARAMETERS, SPECS
 from larnd_diff.sim import simulate
+from larnd_diff.sim.config import SMOOTH
 
 DIFFERENTIABLE = ("torch", "jax", "tensorflow")
 NOMINAL = {k: SPECS[k].nominal for k in FIT_PARAMETERS}
+#: The smooth preset with the unrounded ADC: finite differences of a rounded (straight-through) ADC are meaningless.
+FD_RELAXATION = SMOOTH.replace(adc="continuous")
 
 
 def small_segments(n_seg=8, seed=3):
@@ -66,7 +73,7 @@ def scalar_of(hits_adc, hits_charge, weights):
     return (a * w).sum() + (q * w).sum() / 1000.0
 
 
-def make_loss(segs, backend, weights, relaxation="smooth"):
+def make_loss(segs, backend, weights, relaxation=FD_RELAXATION):
     def loss(p):
         h = simulate(segs, backend=backend, params=dict(p), relaxation=relaxation, dtype="float64")
         return scalar_of(h.adc, h.charge, weights)

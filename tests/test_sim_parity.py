@@ -7,7 +7,11 @@ Figures are attached to the test report with ``record_property`` and printed (ru
 * hard preset, float64  vs reference precision="float64":   identical ADC rows on >= 99.5 % of hit pixels
 * hard preset, float64  vs reference precision="larnd-sim": >= 95 % identical, >= 99.5 % within +-1 count
 * hard preset, float32  vs reference precision="float64":   >= 99 % within +-1 count
-* smooth preset: mean |dADC| per active pixel against the reference ADC and against its unrounded ADC (report)
+* smooth preset (straight-through ADC: integer counts) vs reference precision="float64": mean |dADC| per active
+  pixel <= the measured figure plus a margin (muons 0.0413 -> 0.05, corsika8 0.0559 -> 0.065); the issue's
+  0.04 target is not met at onset sharpness 100 (xfail below). On these inputs nearly all of the deviation is the
+  relaxed onset: with the hard onset (other relaxations kept) <= 0.005, with sharpness 1000 <= 0.02. (On the whole
+  shared files, pixels that the reference silences with NaN add more: README, "The differentiable simulator".)
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import numpy as np
 import pytest
 
 from larnd_diff.sim import simulate
+from larnd_diff.sim.config import SMOOTH
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 CORSIKA = SHARED / "data" / "module0_corsika.h5"
@@ -121,19 +126,70 @@ def test_hard_float32(backend, case, record_property):
     assert fig["within1"] >= 0.99
 
 
+#: Smooth preset vs the float64 reference, mean |dADC| per active pixel: measured figure (identical on numpy, torch,
+#: jax and tensorflow) plus a margin. Issue #3 asks for <= 0.04 (aim 0.01): not met, see test_smooth_issue_target.
+SMOOTH_MEASURED = {"muons": 0.0413, "corsika8": 0.0559}
+SMOOTH_BOUND = {"muons": 0.05, "corsika8": 0.065}
+ISSUE_TARGET = 0.04
+_SMOOTH_CACHE = {}
+
+
+def _smooth_figures(backend, case, relaxation="smooth"):
+    """(figures vs reference float64, figures vs its unrounded ADC) of the smooth preset, cached per test session."""
+    key = (backend, case, relaxation)
+    if key not in _SMOOTH_CACHE:
+        segs = CASES[case]()
+        ours = simulate(segs, backend=backend, relaxation=relaxation, dtype="float64")
+        ref = reference(segs, "float64")
+        unrounded = _unrounded_adc(ref)
+        _SMOOTH_CACHE[key] = (compare(ours, ref), None if unrounded is None else compare(ours, ref, ref_adc=unrounded))
+    return _SMOOTH_CACHE[key]
+
+
 @pytest.mark.parametrize("case", ["muons", pytest.param("corsika8", marks=pytest.mark.slow)])
 def test_smooth_deviation_report(backend, case, record_property):
-    """Smooth preset: mean |dADC| per active pixel vs the reference ADC and vs the reference's unrounded ADC."""
-    segs = CASES[case]()
-    ours = simulate(segs, backend=backend, relaxation="smooth", dtype="float64")
-    ref = reference(segs, "float64")
-    fig = compare(ours, ref)
+    """Smooth preset: mean |dADC| per active pixel vs the reference ADC (and, with the continuous ADC, vs its
+    unrounded ADC).
+
+    The smooth ADC is straight-through (the rounded count forward), so a sample differs from the reference by 0 or
+    1 count: only where the relaxed current onset moves the unrounded value across a .5 boundary (~4-5 % of rows).
+    """
+    fig, _ = _smooth_figures(backend, case)
     _report(record_property, f"{backend}/{case}/smooth-vs-ref-adc", fig)
-    unrounded = _unrounded_adc(ref)
-    if unrounded is not None:
-        fig2 = compare(ours, ref, ref_adc=unrounded)
-        _report(record_property, f"{backend}/{case}/smooth-vs-ref-unrounded-adc", fig2)
-    assert fig["mean_abs_dadc"] < 5.0
+    assert fig["mean_abs_dadc"] <= SMOOTH_BOUND[case], (fig, SMOOTH_MEASURED[case])
+    assert fig["identical"] >= 0.94 and fig["within1"] >= 0.995
+    # the same with the continuous ADC against the reference's unrounded ADC (measured 0.0511 and 0.0538)
+    _, fig_unrounded = _smooth_figures(backend, case, SMOOTH.replace(adc="continuous"))
+    if fig_unrounded is not None:
+        _report(record_property, f"{backend}/{case}/smooth-continuous-adc-vs-ref-unrounded-adc", fig_unrounded)
+        assert fig_unrounded["mean_abs_dadc"] <= 0.065
+
+
+# Not strict: these 3 muon events sit one flipped sample (0.0023) above the target, a lucky small sample (20
+# generated events: 0.10); an XPASS here alone does not mean the target is met.
+@pytest.mark.xfail(strict=False, reason="issue #3 target mean |dADC| <= 0.04 per active pixel is not met by the "
+                   "smooth preset: its sigmoid onset (sharpness 100) changes the point-sampled current at the arrival "
+                   "tick by ~0.05 ADC per sample (0.0413 here); the other relaxations contribute <= 0.0014")
+def test_smooth_issue_target(backend):
+    fig, _ = _smooth_figures(backend, "muons")
+    assert fig["mean_abs_dadc"] <= ISSUE_TARGET, fig
+
+
+@pytest.mark.parametrize("case", ["muons", pytest.param("corsika8", marks=pytest.mark.slow)])
+def test_smooth_without_relaxed_onset(backend, case, record_property):
+    """Every smooth relaxation but the onset (continuous charge, interpolated trigger, straight-through ADC):
+    <= 0.005 (measured 0.0000 on muons, 0.0014 on corsika8 = one sample off by one count). Without a sharpness the
+    pipeline also keeps the reference's NaN for segments parallel to the anode; these cases have no such hit."""
+    fig, _ = _smooth_figures(backend, case, SMOOTH.replace(onset_sharpness=None))
+    _report(record_property, f"{backend}/{case}/smooth-hard-onset-vs-ref-adc", fig)
+    assert fig["mean_abs_dadc"] <= 0.005 and fig["identical"] >= 0.995
+
+
+def test_smooth_sharper_onset_approaches_reference(backend, record_property):
+    """The deviation is the onset's width tau/s: sharpness 1000 gives 0.0138 on muons (100: 0.0413)."""
+    fig, _ = _smooth_figures(backend, "muons", SMOOTH.replace(onset_sharpness=1000.0))
+    _report(record_property, f"{backend}/muons/smooth-sharpness-1000-vs-ref-adc", fig)
+    assert fig["mean_abs_dadc"] <= 0.02 and fig["only_ref"] == 0, fig
 
 
 def _unrounded_adc(ref):

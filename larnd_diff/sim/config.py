@@ -16,13 +16,17 @@ class Relaxation:
     trigger          "tick" = integer trigger tick, time = tick * 600/6003 us (reference); "interpolated" = the
                      same tick selects the integration window, but the reported time carries the gradient of the
                      linearly interpolated threshold crossing (straight-through: forward value unchanged).
-    adc              "round" = round-half-even digitisation (reference); "continuous" = no rounding.
+    adc              "round" = round-half-even digitisation (reference, no gradient); "continuous" = no rounding
+                     (real-valued counts, differentiable); "straight-through" = forward value identical to "round"
+                     (integer counts, like real data), gradient that of the continuous value
+                     (x + stop_gradient(round(x) - x)). The smooth preset uses "straight-through"; for the fully
+                     continuous ADC (e.g. finite differences of an ADC loss) use SMOOTH.replace(adc="continuous").
     """
 
     onset_sharpness: Optional[float] = None
     charge: Literal["truncate", "continuous"] = "truncate"
     trigger: Literal["tick", "interpolated"] = "tick"
-    adc: Literal["round", "continuous"] = "round"
+    adc: Literal["round", "continuous", "straight-through"] = "round"
 
     def replace(self, **kw) -> "Relaxation":
         return replace(self, **kw)
@@ -30,8 +34,10 @@ class Relaxation:
 
 #: Reference semantics, quirks included: for parity tests against the Numba reference.
 HARD = Relaxation()
-#: The fitting default: every output is a differentiable function of the parameters.
-SMOOTH = Relaxation(onset_sharpness=100.0, charge="continuous", trigger="interpolated", adc="continuous")
+#: The fitting default: every output carries a gradient. ADC and time are reported like the reference's (integer
+#: counts, tick times) with straight-through gradients; ``SMOOTH.replace(adc="continuous")`` gives real-valued ADC
+#: counts whose value is itself a differentiable function of the parameters (for finite differences).
+SMOOTH = Relaxation(onset_sharpness=100.0, charge="continuous", trigger="interpolated", adc="straight-through")
 
 PRESETS = {"hard": HARD, "smooth": SMOOTH}
 

@@ -33,7 +33,7 @@ from larnd_diff.sim.config import as_relaxation
 class Samples(NamedTuple):
     """Output of :func:`electronics`, each (n_rows, max_adc_values); NaN in empty slots.
 
-    adc     digitised value (counts; real-valued with ``adc="continuous"``)
+    adc     digitised value (integer counts; real-valued with ``adc="continuous"``)
     time    trigger time in us from the start of the event (trigger tick x ``detector.adc_tick_us``)
     charge  converted charge in electrons (before digitisation)
     """
@@ -48,17 +48,26 @@ def digitize(charge_e, electronics, adc_mode: str = "round"):
     """ADC counts of a converted charge in electrons (larnd-sim ``digitize``).
 
     adc = min(round_half_even(max(Q g + V_ped - V_cm, 0) x counts / (V_ref - V_cm)), counts): 74 at zero charge,
-    81 at the 7 ke- threshold, saturating at 256 from ~179.5 ke-. ``adc_mode="continuous"`` skips the rounding
-    (the clips stay, so the gradient is zero in saturation).
+    81 at the 7 ke- threshold, saturating at 256 from ~179.5 ke-. ``adc_mode``:
+
+    "round"             as larnd-sim; the gradient is zero.
+    "continuous"        no rounding: real-valued counts (the clips stay, so the gradient is zero in saturation).
+    "straight-through"  forward value identical to "round", gradient that of "continuous"
+                        (x + stop_gradient(round_half_even(x) - x)).
     """
     e = electronics
     millivolts = ep.maximum(charge_e * e.gain_mv_per_e + e.v_pedestal_mv - e.v_cm_mv, 0.0)
-    value = millivolts * e.adc_counts / (e.v_ref_mv - e.v_cm_mv)
+    # the cap first: min(round(x), 256) = round(min(x, 256)), and the straight-through gradient is then exactly
+    # the continuous one (a cap applied to the rounded value would split the gradient at the tie 256 = 256)
+    value = ep.minimum(millivolts * e.adc_counts / (e.v_ref_mv - e.v_cm_mv), float(e.adc_counts))
     if adc_mode == "round":
-        value = ops.round_half_even(value)
-    elif adc_mode != "continuous":
-        raise ValueError(f"unknown adc relaxation {adc_mode!r}; choose 'round' or 'continuous'")
-    return ep.minimum(value, float(e.adc_counts))
+        return ops.round_half_even(value)
+    if adc_mode == "straight-through":
+        # value + (round(value) - value) == round(value) exactly: the difference is exact (Sterbenz), so is the sum
+        return value + ops.stop_gradient(ops.round_half_even(value) - value)
+    if adc_mode != "continuous":
+        raise ValueError(f"unknown adc relaxation {adc_mode!r}; choose 'round', 'continuous' or 'straight-through'")
+    return value
 
 
 # ---------------------------------------------------------------------------------------------- building blocks
@@ -134,7 +143,8 @@ def electronics(charge_per_tick, detector, relaxation="hard", *, noise: bool = F
     detector         :class:`larnd_diff.detector.Detector` (electronics constants, ``adc_tick_us``).
     relaxation       preset name or :class:`Relaxation`; this stage reads two knobs:
                      ``adc``      "round": round-half-even digitisation as in larnd-sim; "continuous": the same
-                                  formula unrounded (clipped to [0, 256]: no gradient in saturation).
+                                  formula unrounded (clipped to [0, 256]: no gradient in saturation);
+                                  "straight-through": the rounded value with the continuous value's gradient.
                      ``trigger``  "tick": time = trigger tick x 600/6003 us, no gradient; "interpolated": same
                                   forward value, but the time's gradient is that of the linearly interpolated
                                   threshold crossing n* x 600/6003 us (straight-through estimator). The trigger
