@@ -53,6 +53,9 @@ def available() -> bool:
 #: sigma from the track. The largest possible total omission per pixel (~1e-9 e) is 12 orders of magnitude
 #: below one ADC count (~700 e) and below the float64 rounding of any waveform that reaches the threshold.
 NEGLIGIBLE_ELECTRONS = 1e-12
+#: The relaxed onset is evaluated on the ticks where sigmoid(s y) differs from the hard step by more than
+#: e^-16 = 1e-7 of the z sample's own current (a 10 ke waveform moves by < 1e-3 e; one ADC count is ~700 e).
+ONSET_TOLERANCE = 16.0
 
 
 def arrival(f, k):
@@ -103,9 +106,9 @@ def bucket(t_s, t0, n_win, dt):
 
 
 def onset_window(k_max, tau, sharpness, dt):
-    """Ticks on each side of an arrival where the sigmoid onset differs from the hard stop by > e^-30 (at most
-    the block's ``k_max``, which was sized for the largest tau)."""
-    return min(k_max, int(math.ceil(30.0 * tau / (sharpness * dt))) + 1)
+    """Ticks on each side of an arrival where the sigmoid onset differs from the hard stop by more than
+    e^-ONSET_TOLERANCE of the sample's own current (at most the block's ``k_max``, sized for the largest tau)."""
+    return min(k_max, int(math.ceil(ONSET_TOLERANCE * tau / (sharpness * dt))) + 1)
 
 
 def onset_constants(f, dt, sharpness, k_fast, k_slow):

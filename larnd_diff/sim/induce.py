@@ -102,10 +102,14 @@ def discounted_cumsum_prescaled(d_scaled, log_decay, block: int = BLOCK):
     return ((c + carry[:, :, None]) * a_i).reshape((r, w))
 
 
-def smooth_window_ticks(sharpness, tau_max, dt, tol: float = 30.0) -> int:
-    """Ticks on each side of an arrival where sigmoid(s y) differs from the hard step by more than e^-tol."""
+def smooth_window_ticks(sharpness, tau_max, dt, tol: float | None = None) -> int:
+    """Ticks on each side of an arrival where sigmoid(s y) differs from the hard step by more than e^-tol
+    (default ``fused.ONSET_TOLERANCE``) for the largest time constant ``tau_max``; rows use their own tau."""
+    from larnd_diff.sim.fused import ONSET_TOLERANCE
+
     if sharpness is None:
         return 0
+    tol = ONSET_TOLERANCE if tol is None else tol
     return int(math.ceil(tau_max * tol / (float(sharpness) * dt))) + 1
 
 
@@ -242,11 +246,16 @@ def entry_waveforms(f, rows, *, n_pairs, n_rows, n_z, width, dt, sharpness, k_fa
     if sharpness is not None:
         idx_all, corr_all = [], []
         pair_base = (rp * width)[:, None]
+        from larnd_diff.sim.fused import ONSET_TOLERANCE
+
         for frac, tau, k_side in ((amp, tau_fast, k_fast), (1 - amp, tau_slow, k_slow)):
             base = weight * (frac / tau)[:, None]
+            # the row's own window (as the fused kernels): ceil(tol tau / (s dt)) + 1 ticks, at most k_side
+            k_row = ops.cast(ops.ceil(ops.stop_gradient(ONSET_TOLERANCE * tau / (sharpness * dt))), "int64") + 1
             for d in range(-k_side + 1, k_side + 1):
                 n = m_raw + d
-                ok = ep.logical_and(n >= 0, n < n_win[:, None])
+                ok = ep.logical_and(ep.logical_and(n >= 0, n < n_win[:, None]),
+                                    ep.logical_and(-k_row < d, k_row >= d)[:, None])
                 y = (t_s - (t0[:, None] + ops.cast(n, dtype) * dt)) / tau[:, None]
                 soft = ops.sigmoid(sharpness * y) * ep.exp(-ep.maximum(y, -10.0))
                 hard = ep.exp(-ep.maximum(y, 0.0)) if d <= 0 else 0.0
