@@ -135,13 +135,18 @@ def bench_backend(segs, backend, device, dtype, repeat, kernel="auto"):
     return out
 
 
-def bench_reference(segs, repeat):
+def bench_reference(segs, repeat, gpu=False):
     from larnd_diff.reference import simulate as ref
 
     out = {}
     for precision in ("float64", "larnd-sim"):
         first, med, times = timed(lambda: ref(segs, precision=precision), repeat)
         out[f"forward_{precision}"] = dict(first_s=first, median_s=med, times_s=times)
+    if gpu:
+        from larnd_diff.reference import cuda as ref_cuda
+
+        first, med, times = timed(lambda: ref_cuda.simulate(segs, precision="larnd-sim"), repeat)
+        out["forward_gpu_larnd-sim"] = dict(first_s=first, median_s=med, times_s=times)
     return out
 
 
@@ -154,6 +159,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-reference", action="store_true")
+    ap.add_argument("--gpu-reference", action="store_true", help="also time the numba-cuda reference (CUDA GPU)")
     ap.add_argument("--kernel", default="auto", choices=("auto", "fused", "eager"),
                     help="SimConfig.kernel: fused Numba / numba-cuda kernels or the EagerPy implementation")
     ap.add_argument("--out", default=None, help="JSON file for the results")
@@ -178,7 +184,7 @@ def main(argv=None):
     if args.backend != "none":
         result["sim"] = bench_backend(segs, args.backend, args.device, args.dtype, args.repeat, args.kernel)
     if not args.no_reference:
-        result["reference"] = bench_reference(segs, args.repeat)
+        result["reference"] = bench_reference(segs, args.repeat, args.gpu_reference)
     scale = 100.0 / length
     per100 = {}
     for part in ("sim", "reference"):
