@@ -46,7 +46,8 @@ from .base import NotSupported
 #: Adam's constants (the frameworks' defaults, torch's epsilon for all three).
 BETA_1, BETA_2, EPSILON = 0.9, 0.999, 1e-8
 
-__all__ = ["make_optimizer", "Optimizer", "hessian", "global_norm", "BETA_1", "BETA_2", "EPSILON"]
+__all__ = ["make_optimizer", "Optimizer", "FullMatrixAdam", "METHODS", "hessian", "global_norm", "BETA_1", "BETA_2",
+           "EPSILON"]
 
 
 def global_norm(grads: Mapping[str, Any]) -> float:
@@ -79,6 +80,18 @@ class Optimizer:
         self.names = tuple(values)
         self.lr0, self.lr_decay, self.clip_norm, self.dtype, self.device = lr, lr_decay, clip_norm, dtype, device
         self.epoch = 0
+        self.lr_scale = 1.0  # extra factor on the learning rate (the fit's plateau schedule); 1 = the plain schedule
+
+    def set_lr_scale(self, scale: float) -> None:
+        """Multiply the learning rate by ``scale / lr_scale`` now and in every later epoch."""
+        scale = float(scale)
+        if not scale > 0:
+            raise ValueError(f"lr scale must be > 0, got {scale}")
+        self._rescale(scale / self.lr_scale)
+        self.lr_scale = scale
+
+    def _rescale(self, factor: float) -> None:
+        raise NotImplementedError
 
     def params(self) -> Dict[str, Any]:
         raise NotImplementedError
@@ -149,6 +162,10 @@ class _TorchAdam(Optimizer):
                 self._sched.step()
         self.epoch = epoch
 
+    def _rescale(self, factor):
+        for group in self._opt.param_groups:  # ExponentialLR is chainable: later epochs multiply this value
+            group["lr"] *= factor
+
     def step(self, grads):
         torch = self._torch
         params = list(self._tensors.values())
@@ -164,7 +181,7 @@ class _TorchAdam(Optimizer):
         return {"values": {n: t.detach().cpu().clone() for n, t in self._tensors.items()},
                 # deep copies: state_dict() shares the live moment tensors, which later steps update in place
                 "optimizer": copy.deepcopy(self._opt.state_dict()),
-                "scheduler": copy.deepcopy(self._sched.state_dict()), "epoch": self.epoch}
+                "scheduler": copy.deepcopy(self._sched.state_dict()), "epoch": self.epoch, "lr_scale": self.lr_scale}
 
     def load_state(self, state):
         with self._torch.no_grad():
@@ -173,6 +190,7 @@ class _TorchAdam(Optimizer):
         self._opt.load_state_dict(copy.deepcopy(state["optimizer"]))
         self._sched.load_state_dict(copy.deepcopy(state["scheduler"]))
         self.epoch = state["epoch"]
+        self.lr_scale = float(state.get("lr_scale", 1.0))
 
 
 # ============================================================================================== jax
@@ -214,8 +232,12 @@ class _OptaxAdam(Optimizer):
         return float(self._hyper()["learning_rate"])
 
     def set_epoch(self, epoch):
-        self._set_lr(self.lr0 * self.lr_decay ** epoch)
+        lr = self.lr0 * self.lr_decay ** epoch
+        self._set_lr(lr if self.lr_scale == 1.0 else lr * self.lr_scale)
         self.epoch = epoch
+
+    def _rescale(self, factor):
+        self._set_lr(self.lr * factor)
 
     def step(self, grads):
         import optax
@@ -227,13 +249,15 @@ class _OptaxAdam(Optimizer):
 
     def state(self):
         to_np = lambda t: self._jax.tree_util.tree_map(np.asarray, t)  # noqa: E731
-        return {"values": to_np(self._params), "optimizer": to_np(self._state), "epoch": self.epoch}
+        return {"values": to_np(self._params), "optimizer": to_np(self._state), "epoch": self.epoch,
+                "lr_scale": self.lr_scale}
 
     def load_state(self, state):
         to_jnp = lambda t: self._jax.tree_util.tree_map(self._jnp.asarray, t)  # noqa: E731
         self._params = to_jnp(dict(state["values"]))
         self._state = to_jnp(state["optimizer"])
         self.epoch = state["epoch"]
+        self.lr_scale = float(state.get("lr_scale", 1.0))
 
 
 # ============================================================================================== tensorflow
@@ -267,8 +291,12 @@ class _KerasAdam(Optimizer):
         return float(np.asarray(self._opt.learning_rate))
 
     def set_epoch(self, epoch):
-        self._opt.learning_rate = self.lr0 * self.lr_decay ** epoch
+        lr = self.lr0 * self.lr_decay ** epoch
+        self._opt.learning_rate = lr if self.lr_scale == 1.0 else lr * self.lr_scale
         self.epoch = epoch
+
+    def _rescale(self, factor):
+        self._opt.learning_rate = self.lr * factor
 
     def step(self, grads):
         tf = self._tf
@@ -278,7 +306,8 @@ class _KerasAdam(Optimizer):
 
     def state(self):
         return {"values": {n: v.numpy() for n, v in self._vars.items()},
-                "optimizer": [np.asarray(v.numpy()) for v in self._opt.variables], "epoch": self.epoch}
+                "optimizer": [np.asarray(v.numpy()) for v in self._opt.variables], "epoch": self.epoch,
+                "lr_scale": self.lr_scale}
 
     def load_state(self, state):
         for n, v in self._vars.items():
@@ -288,6 +317,7 @@ class _KerasAdam(Optimizer):
         for var, value in zip(self._opt.variables, state["optimizer"]):
             var.assign(value)
         self.epoch = state["epoch"]
+        self.lr_scale = float(state.get("lr_scale", 1.0))
 
 
 class _null:
@@ -301,9 +331,125 @@ class _null:
 _OPTIMIZERS = {"torch": _TorchAdam, "jax": _OptaxAdam, "tensorflow": _KerasAdam}
 
 
+# ============================================================================================== full-matrix Adam
+class FullMatrixAdam(Optimizer):
+    """Adam with a full second-moment *matrix* (full-matrix AdaGrad/Adam, Duchi et al. 2011; Agarwal et al.
+    2019), for a handful of scalar parameters; the same on every framework (the state lives on the host).
+
+    Diagonal Adam rescales each parameter by its own gradient scale. When one *combination* of parameters
+    dominates every gradient (in the detector fit: the overall charge scale, to which Ab, kb, lifetime and
+    tran_diff all contribute), each weak parameter's gradient is mostly that combination's, its sign flips with
+    it, and the weak parameter hardly moves. Here the second moment is the matrix V = E[g g^T]; the step
+    ``lr V^-1/2 m`` whitens the gradient in V's eigenbasis, so every *direction* moves at ~lr, the dominant
+    combination and the weak ones alike (a rotation-invariant Adam).
+
+    Per step t (g clipped to global norm ``clip_norm`` first, factor c / n as optax and keras)::
+
+        m = b1 m + (1 - b1) g;   V = b2 V + (1 - b2) g g^T
+        m_hat = m / (1 - b1^t);  V_hat = V / (1 - b2^t) = Q diag(lam) Q^T
+        x -= lr Q diag(1 / (sqrt(lam) + eps)) Q^T m_hat
+
+    eps = ``EPSILON`` (1e-8) plus ``rel_eps`` (1e-6) x sqrt(max lam) (regularises directions with no gradient
+    yet). The learning rate decays per epoch as in the framework optimisers. ``params()`` gives framework
+    tensors (what ``Backend.value_and_grad`` takes); the state is NumPy float64, so checkpoints are exact.
+    """
+
+    backend = "host"
+
+    def __init__(self, values, lr, lr_decay, clip_norm, dtype, device, framework: str = "torch",
+                 rel_eps: float = 1e-6, beta1: float = BETA_1, beta2: float = BETA_2):
+        super().__init__(values, lr, lr_decay, clip_norm, dtype, device)
+        from larnd_diff.ops import get_backend
+
+        self._b = get_backend(framework)
+        self.backend = self._b.name
+        self.rel_eps = float(rel_eps)
+        self.beta1, self.beta2 = float(beta1), float(beta2)
+        if not (0 <= self.beta1 < 1 and 0 < self.beta2 < 1):
+            raise ValueError(f"need 0 <= beta1 < 1 and 0 < beta2 < 1, got {beta1}, {beta2}")
+        n = len(self.names)
+        self._x = np.array([float(values[k]) for k in self.names], dtype=np.float64)
+        self._factors = np.ones(n)  # per-parameter factors on the whitened step (set_factors)
+        self._m = np.zeros(n)
+        self._v = np.zeros((n, n))
+        self._t = 0
+        self._lr = float(lr)
+
+    def params(self):
+        return {k: self._b.raw_asarray(float(v), self.dtype, self.device) for k, v in zip(self.names, self._x)}
+
+    def values(self):
+        return {k: float(v) for k, v in zip(self.names, self._x)}
+
+    @property
+    def lr(self):
+        return self._lr
+
+    def set_epoch(self, epoch):
+        self._lr = self.lr0 * self.lr_scale * self.lr_decay ** epoch
+        self.epoch = epoch
+
+    def _rescale(self, factor):
+        self._lr *= factor
+
+    def factors(self) -> Dict[str, float]:
+        """Per-parameter factors on the step (1 = plain full-matrix Adam)."""
+        return {k: float(v) for k, v in zip(self.names, self._factors)}
+
+    def set_factors(self, factors: Mapping[str, float]) -> None:
+        """Multiply parameter k's component of every later step by ``factors[k]`` (after the whitening)."""
+        for k, v in factors.items():
+            if not float(v) > 0:
+                raise ValueError(f"step factor of {k} must be > 0, got {v}")
+            self._factors[self.names.index(k)] = float(v)
+
+    def direction(self) -> np.ndarray:
+        """The current preconditioned step direction V_hat^-1/2 m_hat (before the learning rate)."""
+        if self._t == 0:
+            return np.zeros_like(self._x)
+        m_hat = self._m / (1 - self.beta1 ** self._t)
+        v_hat = self._v / (1 - self.beta2 ** self._t)
+        lam, q = np.linalg.eigh(0.5 * (v_hat + v_hat.T))
+        lam = np.maximum(lam, 0.0)
+        root = np.sqrt(lam)
+        inv = 1.0 / (root + EPSILON + self.rel_eps * float(root.max()))
+        return q @ (inv * (q.T @ m_hat))
+
+    def step(self, grads):
+        g = np.array([float(np.asarray(self._b.to_numpy(_raw(v)) if not isinstance(v, (int, float)) else v)
+                            .reshape(())) for v in self._ordered(grads)], dtype=np.float64)
+        if self.clip_norm is not None:
+            norm = float(np.sqrt(np.sum(g * g)))
+            if norm > self.clip_norm:
+                g = g * (self.clip_norm / norm)
+        self._t += 1
+        self._m = self.beta1 * self._m + (1 - self.beta1) * g
+        self._v = self.beta2 * self._v + (1 - self.beta2) * np.outer(g, g)
+        self._x = self._x - self._lr * self._factors * self.direction()
+
+    def state(self):
+        return {"values": self._x.copy(), "m": self._m.copy(), "v": self._v.copy(), "t": self._t,
+                "lr": self._lr, "epoch": self.epoch, "lr_scale": self.lr_scale, "factors": self._factors.copy()}
+
+    def load_state(self, state):
+        self._x = np.array(state["values"], dtype=np.float64)
+        self._m = np.array(state["m"], dtype=np.float64)
+        self._v = np.array(state["v"], dtype=np.float64)
+        self._t, self._lr, self.epoch = int(state["t"]), float(state["lr"]), int(state["epoch"])
+        self._factors = np.array(state.get("factors", np.ones(len(self.names))), dtype=np.float64)
+        self.lr_scale = float(state.get("lr_scale", 1.0))
+
+
+#: Optimiser methods of :func:`make_optimizer`.
+METHODS = ("adam", "adam-full")
+
+
 def make_optimizer(backend: str, values: Mapping[str, float], *, lr: float = 5e-2, lr_decay: float = 0.95,
-                   clip_norm: float | None = 1.0, dtype: str = "float64", device: Any = None) -> Optimizer:
-    """The framework's Adam over the named scalar ``values`` (see the module docstring for the exact rules)."""
+                   clip_norm: float | None = 1.0, dtype: str = "float64", device: Any = None,
+                   method: str = "adam", **options) -> Optimizer:
+    """An optimiser over the named scalar ``values``: ``method="adam"`` the framework's own Adam (see the
+    module docstring for the exact rules), ``"adam-full"`` :class:`FullMatrixAdam` (host state, any framework;
+    ``options``: its beta1, beta2, rel_eps)."""
     name = getattr(backend, "name", backend)
     name = {"pytorch": "torch", "tf": "tensorflow", "np": "numpy"}.get(name, name)
     if name == "numpy":
@@ -311,6 +457,12 @@ def make_optimizer(backend: str, values: Mapping[str, float], *, lr: float = 5e-
                            ["torch", "jax", "tensorflow"])
     if name not in _OPTIMIZERS:
         raise ValueError(f"no fit optimiser for backend {name!r}; available: {sorted(_OPTIMIZERS)}")
+    if method == "adam-full":
+        return FullMatrixAdam(dict(values), lr, lr_decay, clip_norm, dtype, device, framework=name, **options)
+    if method != "adam":
+        raise ValueError(f"unknown optimiser method {method!r}; choose one of {METHODS}")
+    if options:
+        raise TypeError(f"the framework Adam takes no options {sorted(options)} (its betas are the paper's)")
     return _OPTIMIZERS[name](dict(values), lr, lr_decay, clip_norm, dtype, device)
 
 

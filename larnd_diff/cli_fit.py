@@ -50,20 +50,59 @@ def parse_assignments(text: str | None) -> dict:
     return out
 
 
-def _add_optimizer_options(p: argparse.ArgumentParser) -> None:
+#: Command-line option -> fit keyword, for the options a recipe sets (``--recipe``).
+_RECIPE_OPTIONS = {"optimizer": "optimizer", "parameterization": "parameterization", "lr": "lr",
+                   "lr_decay": "lr_decay", "clip_norm": "clip_norm", "loss": "loss", "batch_length": "batch_length_cm",
+                   "relaxation": "relaxation", "stop_tol": "stop_tol", "stop_window": "stop_window",
+                   "step_scales": "step_scales", "adapt_steps": "adapt_steps", "loss_options": "loss_options"}
+
+
+def _add_optimizer_options(p: argparse.ArgumentParser, recipe: str) -> None:
+    from .fit import RECIPES
+
+    p.add_argument("--recipe", default=recipe, choices=sorted(RECIPES),
+                   help=f"default optimiser/loss settings (default {recipe}): 'paper' = Adam on p/nominal, lr 5e-2 "
+                        f"x0.95 per epoch, clip 1, Soft-DTW on ADC, 100 cm batches, smooth relaxation (the paper's); "
+                        f"'closure' = full-matrix Adam on ln(p/nominal), Soft-DTW on (x, y, t, ADC), the whole "
+                        f"sample per step, continuous ADC, stop on convergence (meets the CPU closure acceptance). "
+                        f"Options given explicitly override the recipe")
     p.add_argument("--params", default=",".join(FIT_PARAMETERS),
                    help=f"comma-separated parameters to fit (default: {','.join(FIT_PARAMETERS)})")
     p.add_argument("--backend", default="torch", choices=("torch", "jax", "tensorflow"))
     p.add_argument("--device", default=None, help="framework device (cpu, cuda:0, ...)")
     p.add_argument("--dtype", default="float64", choices=("float64", "float32"))
-    p.add_argument("--relaxation", default="smooth", choices=("smooth", "hard"))
-    p.add_argument("--loss", default="sdtw_adc", help="a loss of larnd_diff.losses (default sdtw_adc)")
-    p.add_argument("--lr", type=float, default=5e-2, help="Adam learning rate (default 5e-2)")
-    p.add_argument("--lr-decay", type=float, default=0.95, help="learning-rate factor per epoch (default 0.95)")
-    p.add_argument("--clip-norm", type=float, default=1.0, help="global gradient-norm clip (default 1; 0 = off)")
+    p.add_argument("--relaxation", default=None, choices=("smooth", "smooth-continuous", "hard"),
+                   help="simulator relaxation: smooth (integer ADC, straight-through gradients), smooth-continuous "
+                        "(real-valued ADC), hard (default: the recipe's)")
+    p.add_argument("--loss", default=None, help="a loss of larnd_diff.losses, e.g. sdtw_adc (the paper's), sdtw "
+                                                "(x, y, t, ADC), chamfer, mmd (default: the recipe's)")
+    p.add_argument("--optimizer", default=None, choices=("adam", "adam-full"),
+                   help="adam = the framework's Adam; adam-full = full-matrix Adam (default: the recipe's)")
+    p.add_argument("--parameterization", default=None, choices=("linear", "log"),
+                   help="optimiser coordinates: p/nominal or ln(p/nominal) (default: the recipe's)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the recipe's)")
+    p.add_argument("--lr-decay", type=float, default=None, help="learning-rate factor per epoch (default: recipe)")
+    p.add_argument("--clip-norm", type=float, default=None, help="global gradient-norm clip (0 = off; default: recipe)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--max-iter", type=int, default=None)
-    p.add_argument("--batch-length", type=float, default=100.0, help="cm of track per mini-batch (default 100)")
+    p.add_argument("--batch-length", type=float, default=None, help="cm of track per mini-batch (default: recipe)")
+    p.add_argument("--stop-tol", type=float, default=None,
+                   help="stop when every parameter moved less than this (optimiser coordinates) over the last "
+                        "--stop-window iterations; 0 = never (default: the recipe's)")
+    p.add_argument("--stop-window", type=int, default=None, help="iterations of the stopping rule (default: recipe)")
+    p.add_argument("--step-scales", type=parse_assignments, default=None, metavar="NAME=S,...",
+                   help="per-parameter factors on the optimiser's step (coordinates u = ln(p/nominal) / S); the "
+                        "closure recipe uses eField=0.1: the drift time pins eField ~100x tighter than the others, "
+                        "and full steps on it make every hit time jump (default: the recipe's)")
+    p.add_argument("--adapt-steps", type=_parse_adapt, default=None, metavar="off|on|KEY=V,...",
+                   help="per-parameter step factors adapted from the trajectory (adam-full only): 'off', 'on' "
+                        "(defaults of larnd_diff.fit.ADAPT_DEFAULTS) or overrides such as shrink=0.7,window=10 "
+                        "(default: the recipe's)")
+    p.add_argument("--loss-scales", type=_parse_scales, default=None, dest="loss_options", metavar="F=S,...",
+                   help="feature scales of the sdtw/chamfer/mmd losses, e.g. adc=1.5,t=0.3 (x, y in cm, t in us, "
+                        "adc in counts; default: the recipe's)")
+    p.add_argument("--time-budget", type=float, default=None, metavar="S",
+                   help="stop a fit after S seconds of wall time (default: no limit)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--link-vdrift", action=argparse.BooleanOptionalAction, default=None,
                    help="drift velocity follows eField through the mobility model (default: on when eField is "
@@ -82,7 +121,55 @@ def _add_optimizer_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
+def _parse_adapt(text: str):
+    text = text.strip()
+    if text in ("off", "none", "0"):
+        return {}
+    if text in ("on", "1", ""):
+        return {"window": 10}
+    out = {}
+    for item in text.split(","):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise SystemExit(f"--adapt-steps: expected off, on or KEY=V,..., got {item!r}")
+        try:
+            out[key.strip()] = float(value)
+        except ValueError:
+            raise SystemExit(f"--adapt-steps: {key}: {value!r} is not a number") from None
+    from .fit import ADAPT_DEFAULTS
+
+    unknown = sorted(set(out) - set(ADAPT_DEFAULTS))
+    if unknown:
+        raise SystemExit(f"--adapt-steps: unknown key(s) {unknown}; known: {sorted(ADAPT_DEFAULTS)}")
+    return out
+
+
+def _parse_scales(text: str):
+    out = {}
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        key, eq, value = item.partition("=")
+        if not eq or key.strip() not in ("x", "y", "t", "adc"):
+            raise SystemExit(f"--loss-scales: expected F=S with F in x, y, t, adc, got {item!r}")
+        out[key.strip()] = float(value)
+    return {"scales": out} if out else {}
+
+
+def _apply_recipe(args) -> None:
+    """Fill the options not given on the command line from ``--recipe``."""
+    from .fit import RECIPES
+
+    recipe = RECIPES[args.recipe]
+    if (args.loss is not None or getattr(args, "toy", False)) and args.loss_options is None:
+        args.loss_options = {}  # the recipe's loss options belong to the recipe's loss
+    for opt, key in _RECIPE_OPTIONS.items():
+        if getattr(args, opt) is None:
+            setattr(args, opt, recipe[key])
+
+
 def _fit_options(args) -> dict:
+    _apply_recipe(args)
     toy = {}
     if args.toy:
         from .fit import toy_loss, toy_simulator
@@ -91,6 +178,10 @@ def _fit_options(args) -> dict:
     return dict(backend=args.backend, device=args.device, dtype=args.dtype, relaxation=args.relaxation,
                 **{"loss": args.loss, **toy}, lr=args.lr, lr_decay=args.lr_decay, clip_norm=args.clip_norm or None,
                 epochs=args.epochs, max_iter=args.max_iter, batch_length_cm=args.batch_length,
+                optimizer=args.optimizer, parameterization=args.parameterization,
+                stop_tol=args.stop_tol or None, stop_window=args.stop_window, step_scales=args.step_scales,
+                adapt_steps=args.adapt_steps or None, loss_options=args.loss_options or None,
+                time_budget_s=args.time_budget,
                 link_vdrift=args.link_vdrift, model_noise=args.model_noise, target_noise=args.target_noise,
                 target_simulator=args.target_simulator, hessian=not args.no_hessian,
                 checkpoint_every=args.checkpoint_every, progress=not args.quiet)
@@ -111,21 +202,28 @@ def add_fit_commands(subparsers) -> None:
     f.add_argument("--select", action="store_true", help="apply the paper's track selection first")
     f.add_argument("--no-swap", action="store_true", help="segments are already in the simulation frame")
     f.add_argument("--json", type=Path, default=None, help="write the FitResult as JSON")
-    _add_optimizer_options(f)
+    _add_optimizer_options(f, "paper")
     f.set_defaults(func=cmd_fit)
 
     c = subparsers.add_parser("closure", help="closure test: fit random targets from nominal, report errors")
     c.add_argument("--targets", type=int, default=10, help="number of random targets (default 10)")
     c.add_argument("--segments", type=Path, default=None,
                    help="segments HDF5 (default: a generated sample of 1 GeV muons, --events events, "
-                        "with the paper's selection)")
+                        "through --cuts)")
     c.add_argument("--events", type=int, default=10, help="events of the generated sample (default 10)")
     c.add_argument("--sample-seed", type=int, default=1, help="seed of the generated sample (default 1)")
+    c.add_argument("--cuts", default="drift", choices=("drift", "paper"),
+                   help="track selection: 'paper' = the paper's cuts (only segments within 15 cm of the anode "
+                        "kept); 'drift' (default) = the same cuts without the 15 cm one, so tracks keep their "
+                        "whole drift span (lifetime and diffusion grow with the drift time)")
+    c.add_argument("--fluctuations", action=argparse.BooleanOptionalAction, default=True,
+                   help="energy-loss fluctuations in the generated sample (default on: dE/dx varies along the "
+                        "tracks, which separates Ab from kb)")
     c.add_argument("--no-swap", action="store_true", help="--segments are already in the simulation frame")
     c.add_argument("--checkpoint-dir", type=Path, default=None, help="one sub-directory per target")
     c.add_argument("--json", type=Path, required=True, help="write the closure summary here")
     c.add_argument("--tolerance", type=float, default=0.01, help="for iterations_to_1pct (default 0.01)")
-    _add_optimizer_options(c)
+    _add_optimizer_options(c, "closure")
     c.set_defaults(func=cmd_closure)
 
 
@@ -136,20 +234,24 @@ def _load_segments(path: Path, no_swap: bool, select: bool):
     return _select(segs) if select else segs
 
 
-def _select(segs):
-    from .selection import select_tracks
+def _select(segs, cuts: str = "paper"):
+    from .selection import SelectionCuts, select_tracks
 
-    kept = select_tracks(segs)
+    kept = select_tracks(segs, SelectionCuts() if cuts == "paper" else SelectionCuts(max_anode_distance_cm=None))
     if len(kept) == 0:
         raise SystemExit("no track passes the selection; run without it or use more events")
     return kept
 
 
-def default_sample(events: int = 10, seed: int = 1):
-    """The closure's default sample: ``events`` generated 1 GeV muons after the paper's selection."""
+def default_sample(events: int = 10, seed: int = 1, cuts: str = "paper", fluctuations: bool = False):
+    """Generated 1 GeV muons (``events`` events, one muon each) through the selection ``cuts``: "paper" (the
+    paper's, near-anode segments only) or "drift" (the paper's without the 15 cm near-anode cut). The closure
+    command uses ``cuts="drift", fluctuations=True``: 10 events give 6 tracks, 440 segments, 218 cm, 500 hit samples."""
+    if cuts not in ("paper", "drift"):
+        raise ValueError(f"cuts must be 'paper' or 'drift', got {cuts!r}")
     from .generate import generate_muons
 
-    return _select(generate_muons(n_events=events, seed=seed))
+    return _select(generate_muons(n_events=events, seed=seed, fluctuations=fluctuations), cuts)
 
 
 def cmd_fit(args) -> int:
@@ -178,10 +280,10 @@ def cmd_closure(args) -> int:
     from .fit import closure, plot_convergence_band, plot_trajectories
 
     names = parse_names(args.params)
-    segs = _load_segments(args.segments, args.no_swap, True) if args.segments is not None \
-        else default_sample(args.events, args.sample_seed)
+    segs = _select(_load_segments(args.segments, args.no_swap, False), args.cuts) if args.segments is not None \
+        else default_sample(args.events, args.sample_seed, args.cuts, args.fluctuations)
     if args.epochs is None and args.max_iter is None:
-        args.max_iter = 300
+        args.max_iter = 400
     opts = _fit_options(args)
     out = closure(segs, n_targets=args.targets, params=names, seed=args.seed, checkpoint_dir=args.checkpoint_dir,
                   tolerance=args.tolerance, **opts)
@@ -189,7 +291,11 @@ def cmd_closure(args) -> int:
     out["settings"] = {"params": names, "n_segments": int(len(segs)),
                        "track_length_cm": float(segs["dx"].sum()),
                        **{k: v for k, v in opts.items() if k not in ("progress", "simulator", "loss")},
-                       "loss": "toy" if args.toy else args.loss}
+                       "loss": "toy" if args.toy else args.loss, "recipe": args.recipe,
+                       "sample": None if args.segments is not None else
+                       {"generator": "generate_muons", "events": args.events, "seed": args.sample_seed,
+                        "fluctuations": args.fluctuations, "energy_gev": 1.0},
+                       "cuts": args.cuts, "command": " ".join(["larnd-diff", *sys.argv[1:]])}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(out, indent=1))
     within = sum(1 for r in out["targets"] if r["max_relative_error"] < args.tolerance)

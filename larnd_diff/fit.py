@@ -83,7 +83,7 @@ from .params import FIT_PARAMETERS, SPECS
 
 __all__ = ["fit", "Calibrator", "FitResult", "closure", "random_targets", "toy_simulator", "toy_loss",
            "plot_trajectories", "plot_convergence_band", "plot_loss", "read_history", "CHECKPOINT_NAME",
-           "HISTORY_NAME"]
+           "HISTORY_NAME", "PAPER_RECIPE", "CLOSURE_RECIPE", "RECIPES", "ADAPT_DEFAULTS", "resolve_relaxation"]
 
 CHECKPOINT_NAME = "checkpoint.pkl"
 HISTORY_NAME = "history.jsonl"
@@ -118,6 +118,7 @@ class FitResult:
     checkpoint_path: Optional[str] = None
     history_path: Optional[str] = None
     stopped_early: bool = False
+    stop_reason: str = ""
 
     def relative_error(self) -> Dict[str, float]:
         """(fitted - target) / target per parameter (needs a target given as parameter values)."""
@@ -127,6 +128,17 @@ class FitResult:
 
     def max_relative_error(self) -> float:
         return max(abs(v) for v in self.relative_error().values())
+
+    def wall_time_to(self, tolerance: float = 0.01) -> Optional[float]:
+        """Wall time (s, from the start of the fit) at which every parameter was first within ``tolerance``."""
+        it = self.iterations_to(tolerance)
+        if it is None:
+            return None
+        if it == 0:
+            return 0.0
+        # record i holds the values after i iterations, reached when step i - 1 ended
+        done = [r for r in self.history if int(r["iteration"]) == it - 1]
+        return float(done[0].get("elapsed_s", float("nan"))) if done else self.wall_time_s
 
     def iterations_to(self, tolerance: float = 0.01) -> Optional[int]:
         """Number of optimiser iterations after which every parameter was first within ``tolerance`` (relative)
@@ -220,11 +232,25 @@ def read_history(path) -> List[dict]:
     return out
 
 
+def resolve_relaxation(relaxation):
+    """A relaxation preset name, "smooth-continuous" (the smooth preset with real-valued, unrounded ADC counts:
+    the fitted loss is then a continuous function of the parameters), or a Relaxation object."""
+    if isinstance(relaxation, str) and relaxation == "smooth-continuous":
+        from .sim.config import SMOOTH
+
+        return SMOOTH.replace(adc="continuous")
+    return relaxation
+
+
+def _relaxation_name(relaxation) -> str:
+    return relaxation if isinstance(relaxation, str) else repr(relaxation)
+
+
 def _default_simulator(segments, params, *, backend, dtype, device, relaxation, noise, seed):
     from .api import simulate
 
     return simulate(segments, backend=backend, device=device, params=params, noise=noise,
-                    relaxation=relaxation, dtype=dtype, seed=seed)
+                    relaxation=resolve_relaxation(relaxation), dtype=dtype, seed=seed)
 
 
 def _reference_simulator(segments, params, *, noise, seed, **_):
@@ -232,6 +258,29 @@ def _reference_simulator(segments, params, *, noise, seed, **_):
 
     return simulate(segments, backend="reference", params=params, noise=noise, seed=seed,
                     precision="float64")
+
+
+#: Defaults of the per-parameter step adaptation (``adapt_steps``, see ``Calibrator._adapt``).
+ADAPT_DEFAULTS: Dict[str, float] = {"window": 10, "low": 0.2, "high": 0.6, "shrink": 0.5, "grow": 1.5, "max": 1.0,
+                                    "min": 1e-3, "tstat": 0.0}
+
+#: The paper's recipe (arXiv 2309.04639): Adam on p / nominal, lr 5e-2 decaying x0.95 per epoch, global-norm clip 1,
+#: Soft-DTW on the ADC sequences, 100 cm mini-batches, the smooth relaxation. The defaults of :func:`fit`.
+PAPER_RECIPE: Dict[str, Any] = {"optimizer": "adam", "parameterization": "linear", "lr": 5e-2, "lr_decay": 0.95,
+                                "clip_norm": 1.0, "loss": "sdtw_adc", "batch_length_cm": 100.0,
+                                "relaxation": "smooth", "stop_tol": None, "stop_window": 20, "step_scales": None,
+                                "adapt_steps": None, "loss_options": None}
+#: The CPU closure recipe (the defaults of ``larnd-diff closure``; measurements in ``larnd_diff.cli_fit``):
+#: full-matrix Adam on ln(p / nominal) with eField's step scaled by 0.1 and per-parameter step factors adapted
+#: from the trajectory, lr 5e-2 decaying x0.99 per epoch, Soft-DTW divergence on (x, y, t, ADC) with the ADC
+#: scale 1.5 counts, the whole sample as one batch (deterministic steps), continuous ADC, and the stopping rule.
+CLOSURE_RECIPE: Dict[str, Any] = {"optimizer": "adam-full", "parameterization": "log", "lr": 5e-2,
+                                  "lr_decay": 0.99, "clip_norm": 1.0, "loss": "sdtw",
+                                  "loss_options": {"scales": {"adc": 1.5}},
+                                  "batch_length_cm": 1.0e6, "relaxation": "smooth-continuous",
+                                  "stop_tol": 2e-3, "stop_window": 20, "step_scales": {"eField": 0.1},
+                                  "adapt_steps": {"shrink": 0.7, "tstat": 2.0}}
+RECIPES: Dict[str, Dict[str, Any]] = {"paper": PAPER_RECIPE, "closure": CLOSURE_RECIPE}
 
 
 def _resolve_loss(loss) -> Callable:
@@ -349,7 +398,12 @@ class Calibrator:
                  fixed: Optional[Mapping[str, float]] = None, link_vdrift: Optional[bool] = None,
                  simulator: Optional[Callable] = None, callback: Optional[Callable] = None,
                  hessian: bool = True, hessian_batches: Optional[Sequence[int]] = None,
-                 hessian_step: float = 1e-3, covariance_scale: float = 1.0):
+                 hessian_step: float = 1e-3, covariance_scale: float = 1.0, parameterization: str = "linear",
+                 optimizer: str = "adam", stop_tol: Optional[float] = None, stop_window: int = 20,
+                 step_scales: Optional[Mapping[str, float]] = None,
+                 optimizer_options: Optional[Mapping[str, float]] = None,
+                 adapt_steps: Optional[Mapping[str, float]] = None, loss_options: Optional[Mapping[str, Any]] = None,
+                 time_budget_s: Optional[float] = None):
         from .ops import get_backend
         from .selection import make_batches
 
@@ -372,6 +426,26 @@ class Calibrator:
                 raise ValueError(f"init gives parameter(s) {extra} that are not fitted ({self.names})")
             self.init.update({k: float(v) for k, v in init.items()})
         self.nominal = {n: float(SPECS[n].nominal) for n in self.names}
+        if parameterization not in ("linear", "log"):
+            raise ValueError(f"parameterization must be 'linear' (p / nominal, the paper's) or 'log' "
+                             f"(ln(p / nominal)), got {parameterization!r}")
+        self.parameterization = parameterization
+        self.optimizer = optimizer
+        self.optimizer_options = dict(optimizer_options or {})
+        if adapt_steps and optimizer != "adam-full":
+            raise ValueError("adapt_steps needs optimizer='adam-full' (per-parameter step factors)")
+        self.adapt_steps = None if not adapt_steps else {**ADAPT_DEFAULTS, **dict(adapt_steps)}
+        step_scales = {k: float(v) for k, v in (step_scales or {}).items() if k in self.names}
+        bad = {k: v for k, v in step_scales.items() if not v > 0}
+        if bad:
+            raise ValueError(f"step_scales must be > 0, got {bad}")
+        self.step_scales = {n: step_scales.get(n, 1.0) for n in self.names}
+        if stop_tol is not None and not stop_tol > 0:
+            raise ValueError(f"stop_tol must be > 0 or None, got {stop_tol}")
+        if int(stop_window) < 1:
+            raise ValueError(f"stop_window must be >= 1, got {stop_window}")
+        self.stop_tol, self.stop_window = (None if stop_tol is None else float(stop_tol)), int(stop_window)
+        self.time_budget_s = None if time_budget_s is None else float(time_budget_s)
 
         if epochs is None and max_iter is None:
             raise ValueError("give epochs, max_iter or both (the fit stops at whichever comes first)")
@@ -384,7 +458,12 @@ class Calibrator:
         self.lr, self.lr_decay, self.clip_norm = float(lr), float(lr_decay), clip_norm
         self.seed, self.dtype, self.device, self.relaxation = int(seed), dtype, device, relaxation
         self.loss_name = loss if isinstance(loss, str) else getattr(loss, "__name__", repr(loss))
+        self.loss_options = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in (loss_options or {}).items()}
         self.loss_fn = _resolve_loss(loss)
+        if self.loss_options:
+            import functools
+
+            self.loss_fn = functools.partial(self.loss_fn, **self.loss_options)
         self.simulator = simulator or _default_simulator
         # None = link when eField is fitted: unlinked, eField enters recombination only as kb / eField
         self.model_noise = bool(model_noise)
@@ -462,7 +541,7 @@ class Calibrator:
     def batch_loss(self, b: int, normalized: Mapping[str, Any], noise_seed: int = 0):
         """Loss of batch ``b`` at normalised parameters (raw or EagerPy framework scalars); a raw scalar."""
         self._target_for(b)  # simulate (and cache) the target outside the differentiated region
-        fitted = {n: _unwrap(normalized[n]) * self.nominal[n] for n in self.names}
+        fitted = {n: self._to_physical_tensor(normalized[n], n) for n in self.names}
         sim = self.simulator(self.batches[b], self._model_params(fitted), backend=self.backend.name,
                              dtype=self.dtype, device=self.device, relaxation=self.relaxation,
                              noise=self.model_noise, seed=noise_seed)
@@ -481,16 +560,44 @@ class Calibrator:
         return {"names": self.names, "backend": self.backend.name, "lr": self.lr, "lr_decay": self.lr_decay,
                 "clip_norm": self.clip_norm, "seed": self.seed, "batch_length_cm": self.batch_length_cm,
                 "n_batches": self.n_batches, "n_segments": int(len(self.segments)), "dtype": self.dtype,
-                "loss": self.loss_name, "init": self.init, "target": self.target_params,
+                "loss": self.loss_name, "loss_options": self.loss_options, "init": self.init,
+                "target": self.target_params,
                 "fixed": self.fixed, "link_vdrift": self.link_vdrift, "model_noise": self.model_noise,
-                "target_noise": self.target_noise, "target_simulator": self.target_simulator}
+                "target_noise": self.target_noise, "target_simulator": self.target_simulator,
+                "parameterization": self.parameterization, "optimizer": self.optimizer,
+                "optimizer_options": self.optimizer_options, "adapt_steps": self.adapt_steps,
+                "stop_tol": self.stop_tol, "stop_window": self.stop_window, "step_scales": self.step_scales,
+                "relaxation": _relaxation_name(self.relaxation)}
 
     @property
     def checkpoint_path(self) -> Optional[Path]:
         return self.checkpoint_dir / CHECKPOINT_NAME if self.checkpoint_dir is not None else None
 
-    def _physical(self, normalized: Mapping[str, float]) -> Dict[str, float]:
-        return {n: normalized[n] * self.nominal[n] for n in self.names}
+    def _physical(self, internal: Mapping[str, float]) -> Dict[str, float]:
+        """Physical values from the optimiser's coordinates u: p = nominal x s u (linear) or nominal x exp(s u)
+        (log), s the parameter's step scale."""
+        sc = self.step_scales
+        if self.parameterization == "log":
+            return {n: math.exp(sc[n] * float(internal[n])) * self.nominal[n] for n in self.names}
+        return {n: sc[n] * float(internal[n]) * self.nominal[n] for n in self.names}
+
+    def _internal(self, values: Mapping[str, float]) -> Dict[str, float]:
+        """The optimiser's coordinates of physical values."""
+        sc = self.step_scales
+        if self.parameterization == "log":
+            return {n: math.log(float(values[n]) / self.nominal[n]) / sc[n] for n in self.names}
+        return {n: float(values[n]) / self.nominal[n] / sc[n] for n in self.names}
+
+    def _to_physical_tensor(self, u, name: str):
+        """Physical value of one optimiser coordinate, as a framework scalar that keeps the autodiff graph."""
+        u = _unwrap(u)
+        s = self.step_scales[name]
+        if self.parameterization == "log":
+            import eagerpy as ep
+
+            return (ep.astensor(u) * s).exp().raw * self.nominal[name] if s != 1.0 else \
+                ep.astensor(u).exp().raw * self.nominal[name]
+        return u * (s * self.nominal[name])
 
     def _save(self, opt, st: "_LoopState", hist=None) -> None:
         if self.checkpoint_path is None:
@@ -501,7 +608,9 @@ class Calibrator:
         _atomic_pickle(self.checkpoint_path, {
             "version": _CHECKPOINT_VERSION, "fingerprint": self._fingerprint(), "iteration": st.iteration,
             "n_skipped": st.n_skipped, "skipped": list(st.skipped), "history_bytes": st.history_bytes,
-            "wall_time_s": st.wall_time_s, "optimizer": opt.state(), "stopped_early": st.stopped_early})
+            "wall_time_s": st.wall_time_s, "optimizer": opt.state(), "stopped_early": st.stopped_early,
+            "recent": [list(v) for v in st.recent], "trail": [list(v) for v in st.trail],
+            "stop_reason": st.stop_reason})
 
     def _load(self) -> Optional[dict]:
         path = self.checkpoint_path
@@ -542,9 +651,9 @@ class Calibrator:
     def _start(self):
         from .backends.optim import make_optimizer
 
-        opt = make_optimizer(self.backend.name, {n: self.init[n] / self.nominal[n] for n in self.names},
+        opt = make_optimizer(self.backend.name, self._internal(self.init),
                              lr=self.lr, lr_decay=self.lr_decay, clip_norm=self.clip_norm, dtype=self.dtype,
-                             device=self.device)
+                             device=self.device, method=self.optimizer, **self.optimizer_options)
         st = _LoopState()
         if self.resume and self.checkpoint_path is None:
             raise ValueError("resume=True needs checkpoint_dir (the history alone cannot restore the optimiser)")
@@ -557,7 +666,64 @@ class Calibrator:
             opt.load_state(ck["optimizer"])
             st.iteration, st.n_skipped, st.skipped = ck["iteration"], ck["n_skipped"], list(ck["skipped"])
             st.history_bytes, st.wall_time_s = ck["history_bytes"], ck["wall_time_s"]
+            st.recent = [list(v) for v in ck.get("recent", [])]
+            st.trail = [list(v) for v in ck.get("trail", [])]
         return opt, st
+
+    def _adapt(self, opt, st: "_LoopState", lr: float, grad: Mapping[str, float]) -> None:
+        """Per-parameter step factors (``adapt_steps``; Rprop's idea on windows): every ``window`` iterations,
+        a parameter whose net movement over the window is below ``low`` x its possible movement (sum of lr x
+        factor) is oscillating about its optimum: its factor is multiplied by ``shrink``; one that moved
+        more than ``high`` x is still travelling: its factor grows by ``grow`` (up to ``max``). With ``tstat``
+        > 0, a parameter whose gradient over the window has a steady sign (|mean| > tstat x standard error) is
+        on a slope, not at its bottom: it is never shrunk and grows instead (weak parameters such as the
+        diffusion constants move slowly through noisy gradients and would otherwise freeze on a plateau).
+        Stiff parameters (eField, the charge scale) settle and stop shaking the hits, while slow ones keep
+        their step. Needs no target: only the optimiser's own trajectory."""
+        cfg = self.adapt_steps
+        if cfg is None:
+            return
+        w, k = int(cfg["window"]), len(self.names)
+        values = opt.values()
+        st.trail.append([float(values[n]) for n in self.names] + [float(grad[n]) for n in self.names] + [float(lr)])
+        del st.trail[:-(w + 1)]
+        if st.iteration % w or len(st.trail) <= w:
+            return
+        arr = np.asarray(st.trail)
+        factors = opt.factors()
+        capacity = arr[1:, -1].sum()  # the lr of the steps that moved trail[0] -> trail[-1]
+        grads = arr[1:, k:2 * k]      # the gradients of those steps
+        mean, sd = grads.mean(axis=0), grads.std(axis=0)
+        tstat = np.abs(mean) / (sd / math.sqrt(w) + 1e-300)
+        new = {}
+        for i, n in enumerate(self.names):
+            ratio = abs(arr[-1, i] - arr[0, i]) / (capacity * factors[n])
+            pulled = cfg["tstat"] > 0 and tstat[i] > cfg["tstat"]  # a steady pull: on a slope, not at the bottom
+            f = factors[n]
+            if ratio < cfg["low"] and not pulled:
+                f *= cfg["shrink"]
+            elif ratio > cfg["high"] or pulled:
+                f = min(f * cfg["grow"], cfg["max"])
+            new[n] = max(f, cfg["min"])
+        opt.set_factors(new)
+
+    def _converged(self, opt, st: "_LoopState") -> bool:
+        """The stopping rule (needs no target): every fitted parameter stayed within ``stop_tol`` over the last
+        ``stop_window`` iterations, in the optimiser's coordinates (log: relative change; linear: p / nominal)."""
+        if self.stop_tol is None:
+            return False
+        values = opt.values()
+        st.recent.append([self.step_scales[n] * float(values[n]) for n in self.names])
+        del st.recent[:-(self.stop_window + 1)]
+        if len(st.recent) <= self.stop_window:
+            return False
+        arr = np.asarray(st.recent)
+        spread = float((arr.max(axis=0) - arr.min(axis=0)).max())
+        if spread < self.stop_tol:
+            st.stop_reason = (f"converged: every parameter moved less than {self.stop_tol:g} "
+                              f"({self.parameterization} coordinates) over the last {self.stop_window} iterations")
+            return True
+        return False
 
     def _record(self, st, it, epoch, k, b, lr, loss, g, gnorm, values, skipped, reason, dt):
         rec = {"iteration": it, "epoch": epoch, "batch_in_epoch": k, "batch": b,
@@ -579,12 +745,22 @@ class Calibrator:
             while st.iteration < self.total_iterations and not st.stopped_early:
                 consistent = False
                 rec = self._step(opt, st)
+                self._adapt(opt, st, rec["lr"], rec["grad"])
+                if self.adapt_steps is not None:
+                    rec["step_factors"] = opt.factors()  # the factors of the next step
                 consistent = True
+                rec["elapsed_s"] = wall_before + time.perf_counter() - t_session  # wall time of the fit so far
                 self._write(hist, st, rec)
                 st.wall_time_s = wall_before + time.perf_counter() - t_session
                 self._update_bar(bar, rec)
+                if self._converged(opt, st):
+                    st.stopped_early = True
+                elif self.time_budget_s is not None and st.wall_time_s >= self.time_budget_s:
+                    st.stopped_early = True
+                    st.stop_reason = f"time budget of {self.time_budget_s:g} s"
                 if self.callback is not None and self.callback(rec) is True:
                     st.stopped_early = True
+                    st.stop_reason = st.stop_reason or "callback"
                 if self.checkpoint_every and st.iteration % self.checkpoint_every == 0:
                     self._save(opt, st, hist)
         except BaseException:
@@ -662,17 +838,21 @@ class Calibrator:
 
     # ------------------------------------------------------------------------------------------ result
     def _result(self, opt, st: "_LoopState") -> FitResult:
-        normalized = opt.values()
-        res = FitResult(names=list(self.names), params=self._physical(normalized), normalized=normalized,
+        internal = opt.values()
+        physical = self._physical(internal)
+        normalized = {n: physical[n] / self.nominal[n] for n in self.names}
+        res = FitResult(names=list(self.names), params=physical, normalized=normalized,
                         init=dict(self.init), target=dict(self.target_params) if self.target_params else None,
                         history=st.records, iterations=st.iteration, epochs=st.iteration / self.n_batches,
                         n_batches=self.n_batches, n_skipped=st.n_skipped, skipped_iterations=list(st.skipped),
                         wall_time_s=st.wall_time_s, backend=self.backend.name,
                         checkpoint_path=str(self.checkpoint_path) if self.checkpoint_path else None,
                         history_path=str(self.history_path) if self.history_path else None,
-                        stopped_early=st.stopped_early)
+                        stopped_early=st.stopped_early,
+                        stop_reason=st.stop_reason or ("max_iter/epochs" if st.iteration >= self.total_iterations
+                                                       else ""))
         if self.want_hessian:
-            self._add_uncertainties(res, normalized)
+            self._add_uncertainties(res, internal)
         return res
 
     def full_loss(self, normalized: Mapping[str, Any], batches: Optional[Sequence[int]] = None):
@@ -689,19 +869,24 @@ class Calibrator:
         missing = [n for n in self.names if n not in values]
         if missing:
             raise KeyError(f"loss_at needs values for {missing}")
-        normalized = {n: self.backend.raw_asarray(float(values[n]) / self.nominal[n], self.dtype, self.device)
-                      for n in self.names}
-        return float(self.backend.to_numpy(self.full_loss(normalized, batches)))
+        internal = {n: self.backend.raw_asarray(v, self.dtype, self.device)
+                    for n, v in self._internal({n: values[n] for n in self.names}).items()}
+        return float(self.backend.to_numpy(self.full_loss(internal, batches)))
 
-    def _add_uncertainties(self, res: FitResult, normalized: Mapping[str, float]) -> None:
+    def _add_uncertainties(self, res: FitResult, internal: Mapping[str, float]) -> None:
+        """Hessian in the optimiser's coordinates u at the final point -> covariances. With the log
+        parameterization, d p / d u = p, so the normalised covariance is J cov_u J with J = diag(p / nominal)."""
         from .backends.optim import hessian
 
         for b in (range(self.n_batches) if self.hessian_batches is None else self.hessian_batches):
             self._target_for(int(b))
-        h, method = hessian(self.backend.name, lambda p: self.full_loss(p, self.hessian_batches), normalized,
+        h, method = hessian(self.backend.name, lambda p: self.full_loss(p, self.hessian_batches), internal,
                             step=self.hessian_step, dtype=self.dtype, device=self.device)
         res.hessian, res.hessian_method = h, method
-        cov, posdef = covariance_from_hessian(h, self.covariance_scale)
+        cov_u, posdef = covariance_from_hessian(h, self.covariance_scale)
+        jac = np.array([self.step_scales[n] * (res.normalized[n] if self.parameterization == "log" else 1.0)
+                        for n in self.names])
+        cov = cov_u * np.outer(jac, jac)
         d = np.array([self.nominal[n] for n in self.names])
         res.hessian_posdef = posdef
         res.covariance = cov
@@ -727,6 +912,9 @@ class _LoopState:
     wall_time_s: float = 0.0
     stopped_early: bool = False
     records: List[dict] = field(default_factory=list)
+    recent: List[List[float]] = field(default_factory=list)   # last stop_window + 1 parameter vectors
+    trail: List[List[float]] = field(default_factory=list)    # last adapt window + 1 (values..., lr)
+    stop_reason: str = ""
 
 
 def covariance_from_hessian(h: np.ndarray, scale: float = 1.0):
@@ -776,7 +964,20 @@ def fit(segments, target, params: Sequence[str] = FIT_PARAMETERS, backend: str =
                     overwrite, target_simulator ("same" | "reference"), model_noise, fixed,
                     link_vdrift (vdrift = eField x mobility; default: when eField is fitted),
                     simulator (a stand-in with the signature of :func:`toy_simulator`), hessian (True),
-                    hessian_batches, hessian_step, covariance_scale.
+                    hessian_batches, hessian_step, covariance_scale,
+                    optimizer ("adam": the framework's Adam, the paper's; "adam-full": full-matrix Adam,
+                    :class:`larnd_diff.backends.optim.FullMatrixAdam`),
+                    parameterization ("linear": p / nominal, the paper's; "log": ln(p / nominal)),
+                    stop_tol, stop_window (stop when every parameter moved less than stop_tol, in the
+                    optimiser's coordinates, over the last stop_window iterations; None = off),
+                    step_scales ({name: s}: coordinates u = ln(p / nominal) / s, a smaller step for s < 1),
+                    adapt_steps (per-parameter step factors from the trajectory, see ``Calibrator._adapt``;
+                    a dict overriding :data:`ADAPT_DEFAULTS`, or None = off; needs "adam-full"),
+                    optimizer_options (beta1, beta2, rel_eps of "adam-full"),
+                    loss_options (keywords for a named loss, e.g. {"scales": {"adc": 1.5}} for "sdtw"),
+                    time_budget_s (stop after this much wall time, checkpointed and resumable).
+    :data:`PAPER_RECIPE` and :data:`CLOSURE_RECIPE` are keyword sets for this function:
+    ``fit(segs, target, **CLOSURE_RECIPE, max_iter=400)``.
     """
     cal = Calibrator(segments, target, params=params, backend=backend, loss=loss, init=init, lr=lr,
                      lr_decay=lr_decay, clip_norm=clip_norm, epochs=epochs, max_iter=max_iter,
@@ -812,7 +1013,9 @@ def closure(segments, n_targets: int = 10, params: Sequence[str] = FIT_PARAMETER
         rows.append({"target": dict(tgt), "fitted": res.params, "relative_error": res.relative_error(),
                      "max_relative_error": res.max_relative_error(), "iterations": res.iterations,
                      "iterations_to_1pct": res.iterations_to(tolerance), "wall_time_s": res.wall_time_s,
-                     "n_skipped": res.n_skipped, "hessian_method": res.hessian_method,
+                     "wall_time_to_1pct_s": res.wall_time_to(tolerance),
+                     "n_skipped": res.n_skipped, "stop_reason": res.stop_reason,
+                     "hessian_method": res.hessian_method,
                      "correlation": None if res.correlation is None else np.asarray(res.correlation).tolist()})
     return {"targets": rows, "results": results}
 
@@ -865,12 +1068,16 @@ def plot_convergence_band(results: Sequence, path, tolerance: float = 0.01) -> N
     fig, axes = _figure()
     ax = axes[0][0]
     curves = []
-    for r in results:
+    labelled = len(results) <= 10  # few fits: one colour and a legend entry each
+    for i, r in enumerate(results):
         hist, tgt = r.history, r.target
         names = r.names
-        y = np.array([_max_rel(h["params"], tgt, names) for h in hist])
+        y = np.array([_max_rel(h["params"], tgt, names) for h in hist] + [r.max_relative_error()])
         curves.append(y)
-        ax.plot(np.arange(len(y)), y, color="tab:blue", alpha=0.25, lw=0.8)
+        if labelled:
+            ax.plot(np.arange(len(y)), y, color=f"C{i + 1}", alpha=0.8, lw=0.9, label=f"target {i}")
+        else:
+            ax.plot(np.arange(len(y)), y, color="tab:blue", alpha=0.25, lw=0.8)
     if curves:  # fits of different lengths (early stops): per iteration, the band is over the fits still running
         n = max(len(c) for c in curves)
         stack = np.full((len(curves), n), np.nan)

@@ -181,15 +181,34 @@ def _embed(hits: Any, events: np.ndarray, detector, like: ep.Tensor) -> Tuple[ep
     x_s = ops.asarray(like, np.repeat(xs, k, axis=1), dtype)
     y_s = ops.asarray(like, np.repeat(ys, k, axis=1), dtype)
     cols = [ep.where(valid, v, zero) for v in (x_s, y_s, time_g, adc_g)]
-    feats = ep.stack([ops.take_along_axis(c, perm, axis=1) for c in cols], axis=-1)
     lengths = ops.cast(valid, _sd._index_dtype(like)).sum(axis=1)
+    # valid samples come first after the sort: keep only as many positions as the longest event has (when the
+    # lengths are concrete; a traced call keeps all R_max x K). Most of the K slots of a row are empty, so this
+    # cuts the Soft-DTW wavefront and the pairwise matrices of Chamfer/MMD by ~K/2 (10 -> 182 of 1320 positions
+    # on a 70 cm muon batch: the loss went from 3.8 s to ~0.1 s on 2 CPU cores).
+    size = _kept_positions(lengths, width * k, bucket=ops.backend_of(like) in _sd._COMPILED)
+    perm = perm[:, :size]
+    feats = ep.stack([ops.take_along_axis(c, perm, axis=1) for c in cols], axis=-1)
 
     # anchor sample at position 0 of empty events
-    first = ep.arange(lengths, 0, width * k)[None, :] == 0
+    first = ep.arange(lengths, 0, size)[None, :] == 0
     empty_first = ep.logical_and((lengths == 0)[:, None], first)
     anchor = ops.asarray(like, np.asarray(ANCHOR, dtype=np.float64), dtype)
     feats = ep.where(empty_first[:, :, None], anchor[None, None, :] + ep.zeros_like(feats), feats)
     return feats, lengths
+
+
+def _kept_positions(lengths: ep.Tensor, full: int, bucket: bool) -> int:
+    """How many sorted positions to keep: max(lengths) (>= 1, bucketed on compiled backends) when the lengths
+    are concrete values, else ``full`` (under jax.jit / tf.function the shape must not depend on values)."""
+    try:
+        n = int(np.max(_host(lengths))) if lengths.shape[0] else 0
+    except Exception:  # a tracer: no concrete values
+        return full
+    n = max(n, 1)
+    if bucket:
+        n = _sd._bucket(n)
+    return min(n, full)
 
 
 def _events(*hit_sets: Any, events: Optional[Sequence[int]] = None) -> np.ndarray:

@@ -89,6 +89,74 @@ def test_adam_step_matches_hand_computation(backend):
     assert opt.lr == pytest.approx(5e-2 * 0.9 ** 2, rel=1e-7)
 
 
+def _hand_full_adam(x0, grads, lr, clip, beta1=B1, beta2=B2, rel_eps=1e-6):
+    """Full-matrix Adam, written out: clip to the global norm, then lr V_hat^-1/2 m_hat."""
+    x = np.array(x0, dtype=np.float64)
+    m = np.zeros_like(x)
+    v = np.zeros((len(x), len(x)))
+    for t, g in enumerate(grads, start=1):
+        g = np.array(g, dtype=np.float64)
+        n = math.sqrt(float(np.sum(g * g)))
+        g = g * min(1.0, clip / n)
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * np.outer(g, g)
+        lam, q = np.linalg.eigh(v / (1 - beta2 ** t))
+        root = np.sqrt(np.maximum(lam, 0.0))
+        x = x - lr * q @ ((q.T @ (m / (1 - beta1 ** t))) / (root + EPS + rel_eps * root.max()))
+    return x
+
+
+def test_full_matrix_adam_matches_hand_computation(backend):
+    _needs_grad(backend)
+    from larnd_diff.backends.optim import make_optimizer
+
+    grads = [(3.0, -4.0), (0.1, 0.2), (-2.0, 5.0), (0.3, -0.05), (1.5, 1.5)]
+    opt = make_optimizer(backend, {"a": 1.0, "b": 2.0}, lr=5e-2, lr_decay=1.0, clip_norm=1.0, method="adam-full")
+    for g in grads:
+        opt.set_epoch(0)
+        opt.step({"a": g[0], "b": g[1]})
+    got = np.array([opt.values()["a"], opt.values()["b"]])
+    np.testing.assert_allclose(got, _hand_full_adam([1.0, 2.0], grads, 5e-2, 1.0), rtol=1e-12, atol=1e-14)
+    # the parameters come back as the framework's tensors
+    assert type(opt.params()["a"]).__module__.split(".")[0] in ("torch", "jax", "jaxlib", "tensorflow")
+
+
+def test_full_matrix_adam_whitens_a_dominant_direction():
+    """Gradients that are mostly one combination (a 'charge scale') with a small consistent remainder: diagonal
+    Adam barely moves along the remainder, full-matrix Adam moves along it at ~lr per step."""
+    from larnd_diff.backends.optim import FullMatrixAdam
+
+    rng = np.random.default_rng(0)
+    u1, u2 = np.array([1.0, 1.0]) / math.sqrt(2), np.array([1.0, -1.0]) / math.sqrt(2)
+    opt = FullMatrixAdam({"a": 0.0, "b": 0.0}, lr=0.01, lr_decay=1.0, clip_norm=None, dtype="float64",
+                         device=None, framework="torch")
+    x_diag, m, v = np.zeros(2), np.zeros(2), np.zeros(2)
+    for t in range(1, 201):
+        g = 100.0 * rng.choice([-1.0, 1.0]) * u1 + 1.0 * u2      # sign-flipping big part, steady small part
+        opt.step({"a": g[0], "b": g[1]})
+        m, v = B1 * m + (1 - B1) * g, B2 * v + (1 - B2) * g * g
+        x_diag -= 0.01 * (m / (1 - B1 ** t)) / (np.sqrt(v / (1 - B2 ** t)) + EPS)
+    x_full = np.array([opt.values()["a"], opt.values()["b"]])
+    assert -x_full @ u2 > 1.0          # ~200 steps x 0.01 along -u2
+    assert -x_diag @ u2 < 0.1          # diagonal Adam: the flips of u1 drown u2
+
+
+def test_lr_scale_survives_state_round_trip(backend):
+    _needs_grad(backend)
+    from larnd_diff.backends.optim import make_optimizer
+
+    for method in ("adam", "adam-full"):
+        a = make_optimizer(backend, {"a": 1.0}, lr=0.1, lr_decay=0.5, method=method)
+        a.set_epoch(0)
+        a.set_lr_scale(0.25)
+        assert a.lr == pytest.approx(0.025, rel=1e-6)
+        a.set_epoch(1)
+        assert a.lr == pytest.approx(0.0125, rel=1e-6)
+        b = make_optimizer(backend, {"a": 3.0}, lr=0.1, lr_decay=0.5, method=method)
+        b.load_state(a.state())
+        assert b.lr_scale == 0.25 and b.lr == pytest.approx(a.lr, rel=1e-6)
+
+
 def test_optimizer_state_round_trip(backend):
     _needs_grad(backend)
     from larnd_diff.backends.optim import make_optimizer
@@ -120,6 +188,56 @@ def test_unknown_parameter_lists_known(segments, backend):
         _toy_fit(segments, "torch", params=("Ab", "lifetme"), max_iter=1)
     with pytest.raises(ValueError, match="epochs, max_iter"):
         _toy_fit(segments, "torch")
+
+
+# ------------------------------------------------------------------------------------------ recipes, log coordinates
+def test_log_parameterization_and_step_scales(segments, backend):
+    """ln(p / nominal) coordinates with a step scale: the physical values, the history and the covariance
+    transform consistently, and the fit still converges."""
+    _needs_grad(backend)
+    target = {"Ab": 0.86, "lifetime": 1500.0}
+    res = _toy_fit(segments, backend, target=target, max_iter=150, hessian=True, parameterization="log",
+                   optimizer="adam-full", step_scales={"lifetime": 2.0}, lr=0.05, lr_decay=0.97)
+    assert res.max_relative_error() < 0.01, res.summary()
+    for n in ("Ab", "lifetime"):
+        assert res.normalized[n] == pytest.approx(res.params[n] / {"Ab": 0.8, "lifetime": 2200.0}[n])
+    assert res.hessian_posdef
+    np.testing.assert_allclose(np.diag(res.correlation), 1.0)
+    # the physical covariance is the normalised one scaled by the nominal values
+    d = np.array([0.8, 2200.0])
+    np.testing.assert_allclose(res.covariance_physical, res.covariance * np.outer(d, d))
+
+
+def test_stop_rule_needs_no_target(segments, backend, tmp_path):
+    """The fit stops when the parameters stop moving (the rule never looks at the target); a fit killed before
+    that and resumed stops at the same iteration with the same parameters."""
+    _needs_grad(backend)
+    opts = dict(max_iter=400, optimizer="adam-full", parameterization="log", lr=0.05, lr_decay=0.9,
+                stop_tol=1e-3, stop_window=10, checkpoint_every=3)
+    ref = _toy_fit(segments, backend, checkpoint_dir=tmp_path / "ref", **opts)
+    assert ref.stopped_early and ref.iterations < 400 and ref.stop_reason.startswith("converged")
+    assert ref.max_relative_error() < 0.01
+
+    class Killed(Exception):
+        pass
+
+    def killer(rec):
+        if rec["iteration"] == ref.iterations - 3:
+            raise Killed
+
+    with pytest.raises(Killed):
+        _toy_fit(segments, backend, checkpoint_dir=tmp_path / "k", callback=killer, **opts)
+    res = _toy_fit(segments, backend, checkpoint_dir=tmp_path / "k", resume=True, **opts)
+    assert res.iterations == ref.iterations and res.params == ref.params
+
+
+def test_recipes_are_fit_keywords(segments, backend):
+    _torch_only(backend)
+    from larnd_diff.fit import CLOSURE_RECIPE, PAPER_RECIPE
+
+    for recipe in (PAPER_RECIPE, CLOSURE_RECIPE):
+        res = _toy_fit(segments, "torch", max_iter=3, **{**recipe, "loss": toy_loss, "loss_options": None})
+        assert res.iterations == 3
 
 
 # ------------------------------------------------------------------------------------------ resume
@@ -232,6 +350,21 @@ def test_closure_real_simulator(segments, backend):
               callback=lambda rec: rec["max_rel_err"] < 0.005)
     assert res.n_skipped == 0
     assert res.iterations_to(0.01) is not None, res.summary()
+
+
+def test_closure_recipe_real_simulator_two_parameters(segments, backend):
+    """The closure recipe (full-matrix Adam in log coordinates, Soft-DTW on x, y, t, ADC, the stopping rule)
+    through the real differentiable simulator: two parameters on a short piece of track, no target peeking."""
+    _needs_grad(backend)
+    from larnd_diff.fit import CLOSURE_RECIPE
+
+    track = _short_piece(segments, n_segments=12)
+    target = {"Ab": 0.83, "eField": 0.52}
+    res = fit(track, target, params=("Ab", "eField"), backend=backend, max_iter=150, progress=False,
+              hessian=False, **CLOSURE_RECIPE)
+    assert res.n_skipped == 0
+    assert res.max_relative_error() < 0.01, res.summary()
+    assert res.iterations_to(0.01) is not None
 
 
 # ------------------------------------------------------------------------------------------ Hessian
