@@ -124,6 +124,7 @@ def test_full_matrix_adam_matches_hand_computation(backend):
 def test_full_matrix_adam_whitens_a_dominant_direction():
     """Gradients that are mostly one combination (a 'charge scale') with a small consistent remainder: diagonal
     Adam barely moves along the remainder, full-matrix Adam moves along it at ~lr per step."""
+    pytest.importorskip("torch")
     from larnd_diff.backends.optim import FullMatrixAdam
 
     rng = np.random.default_rng(0)
@@ -196,7 +197,9 @@ def test_log_parameterization_and_step_scales(segments, backend):
     transform consistently, and the fit still converges."""
     _needs_grad(backend)
     target = {"Ab": 0.86, "lifetime": 1500.0}
-    res = _toy_fit(segments, backend, target=target, max_iter=150, hessian=True, parameterization="log",
+    # 300 steps: at 150 the lifetime (weakly constrained by the toy, +-1500 us) still wanders by ~1 % and which
+    # side of 1 % it lands on depends on each framework's optimiser arithmetic (Keras keeps lr in float32)
+    res = _toy_fit(segments, backend, target=target, max_iter=300, hessian=True, parameterization="log",
                    optimizer="adam-full", step_scales={"lifetime": 2.0}, lr=0.05, lr_decay=0.97)
     assert res.max_relative_error() < 0.01, res.summary()
     for n in ("Ab", "lifetime"):
