@@ -211,6 +211,14 @@ def add_fit_commands(subparsers) -> None:
                    help="segments HDF5 (default: a generated sample of 1 GeV muons, --events events, "
                         "through --cuts)")
     c.add_argument("--events", type=int, default=10, help="events of the generated sample (default 10)")
+    c.add_argument("--tracks", type=int, default=1,
+                   help="1 GeV muons per event of the generated sample (default 1; the paper's scale is "
+                        "--events 100 --tracks 10 --cuts paper)")
+    c.add_argument("--only", type=_indices, default=None, metavar="I,J,...",
+                   help="fit only these targets of the --targets list (0-based), e.g. to split a closure over "
+                        "processes; target i keeps its seed and checkpoint sub-directory")
+    c.add_argument("--resume", action="store_true",
+                   help="continue the fits found in --checkpoint-dir (targets without a checkpoint start fresh)")
     c.add_argument("--sample-seed", type=int, default=1, help="seed of the generated sample (default 1)")
     c.add_argument("--cuts", default="drift", choices=("drift", "paper"),
                    help="track selection: 'paper' = the paper's cuts (only segments within 15 cm of the anode "
@@ -225,6 +233,14 @@ def add_fit_commands(subparsers) -> None:
     c.add_argument("--tolerance", type=float, default=0.01, help="for iterations_to_1pct (default 0.01)")
     _add_optimizer_options(c, "closure")
     c.set_defaults(func=cmd_closure)
+
+
+def _indices(text: str) -> list[int]:
+    """"0,3,5" -> [0, 3, 5]."""
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated target indices, got {text!r}") from None
 
 
 def _load_segments(path: Path, no_swap: bool, select: bool):
@@ -243,15 +259,18 @@ def _select(segs, cuts: str = "paper"):
     return kept
 
 
-def default_sample(events: int = 10, seed: int = 1, cuts: str = "paper", fluctuations: bool = False):
-    """Generated 1 GeV muons (``events`` events, one muon each) through the selection ``cuts``: "paper" (the
+def default_sample(events: int = 10, seed: int = 1, cuts: str = "paper", fluctuations: bool = False,
+                   tracks: int = 1):
+    """Generated 1 GeV muons (``events`` events of ``tracks`` muons) through the selection ``cuts``: "paper" (the
     paper's, near-anode segments only) or "drift" (the paper's without the 15 cm near-anode cut). The closure
-    command uses ``cuts="drift", fluctuations=True``: 10 events give 6 tracks, 440 segments, 218 cm, 500 hit samples."""
+    command uses ``cuts="drift", fluctuations=True``: 10 events give 6 tracks, 440 segments, 218 cm, 500 hit
+    samples; the paper's scale (100 events x 10 muons, paper cuts) gives 10,672 segments, 5,307 cm."""
     if cuts not in ("paper", "drift"):
         raise ValueError(f"cuts must be 'paper' or 'drift', got {cuts!r}")
     from .generate import generate_muons
 
-    return _select(generate_muons(n_events=events, seed=seed, fluctuations=fluctuations), cuts)
+    return _select(generate_muons(n_events=events, tracks_per_event=tracks, seed=seed, fluctuations=fluctuations),
+                   cuts)
 
 
 def cmd_fit(args) -> int:
@@ -281,19 +300,22 @@ def cmd_closure(args) -> int:
 
     names = parse_names(args.params)
     segs = _select(_load_segments(args.segments, args.no_swap, False), args.cuts) if args.segments is not None \
-        else default_sample(args.events, args.sample_seed, args.cuts, args.fluctuations)
+        else default_sample(args.events, args.sample_seed, args.cuts, args.fluctuations, args.tracks)
     if args.epochs is None and args.max_iter is None:
         args.max_iter = 400
     opts = _fit_options(args)
+    if args.resume and args.checkpoint_dir is None:
+        raise SystemExit("--resume needs --checkpoint-dir")
     out = closure(segs, n_targets=args.targets, params=names, seed=args.seed, checkpoint_dir=args.checkpoint_dir,
-                  tolerance=args.tolerance, **opts)
+                  tolerance=args.tolerance, only=args.only, resume=args.resume, **opts)
     results = out.pop("results")
     out["settings"] = {"params": names, "n_segments": int(len(segs)),
                        "track_length_cm": float(segs["dx"].sum()),
                        **{k: v for k, v in opts.items() if k not in ("progress", "simulator", "loss")},
                        "loss": "toy" if args.toy else args.loss, "recipe": args.recipe,
                        "sample": None if args.segments is not None else
-                       {"generator": "generate_muons", "events": args.events, "seed": args.sample_seed,
+                       {"generator": "generate_muons", "events": args.events, "tracks_per_event": args.tracks,
+                        "seed": args.sample_seed,
                         "fluctuations": args.fluctuations, "energy_gev": 1.0},
                        "cuts": args.cuts, "command": " ".join(["larnd-diff", *sys.argv[1:]])}
     args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -301,14 +323,14 @@ def cmd_closure(args) -> int:
     within = sum(1 for r in out["targets"] if r["max_relative_error"] < args.tolerance)
     print(f"{within}/{len(out['targets'])} targets within {args.tolerance:.1%} after at most "
           f"{max(r['iterations'] for r in out['targets'])} iterations -> {args.json}")
-    for i, r in enumerate(out["targets"]):
-        print(f"  target {i}: max |rel err| {r['max_relative_error']:.3%}, to {args.tolerance:.0%}: "
+    for r in out["targets"]:
+        print(f"  target {r['index']}: max |rel err| {r['max_relative_error']:.3%}, to {args.tolerance:.0%}: "
               f"{r['iterations_to_1pct']} it, {r['wall_time_s']:.1f} s, skipped {r['n_skipped']}")
     if args.plots is not None:
         args.plots.mkdir(parents=True, exist_ok=True)
         plot_convergence_band(results, args.plots / "convergence_band.png", args.tolerance)
-        for i, r in enumerate(results):
-            plot_trajectories(r, args.plots / f"trajectories_{i:03d}.png")
+        for row, r in zip(out["targets"], results):
+            plot_trajectories(r, args.plots / f"trajectories_{row['index']:03d}.png")
     return 0
 
 

@@ -997,20 +997,28 @@ def random_targets(n: int, params: Sequence[str] = FIT_PARAMETERS, seed: int = 0
 
 def closure(segments, n_targets: int = 10, params: Sequence[str] = FIT_PARAMETERS, seed: int = 0,
             targets: Optional[Sequence[Mapping[str, float]]] = None, checkpoint_dir=None,
-            tolerance: float = 0.01, **fit_options) -> dict:
+            tolerance: float = 0.01, only: Optional[Sequence[int]] = None, **fit_options) -> dict:
     """Closure test: fit from nominal to ``n_targets`` random targets (or the given ``targets``).
 
-    Returns ``{"targets": [{"target", "fitted", "relative_error", "iterations", "iterations_to_1pct",
+    ``only`` runs a subset of the target list by index (the others are not fitted); target ``i`` always gets the
+    same fit seed and checkpoint sub-directory, so a closure can be split over processes or machines.
+
+    Returns ``{"targets": [{"index", "target", "fitted", "relative_error", "iterations", "iterations_to_1pct",
     "wall_time_s", "n_skipped", "max_relative_error"}, ...]}`` (iterations_to_1pct uses ``tolerance``), plus the
     FitResults under the key ``"results"`` (not JSON; drop it before dumping).
     """
     targets = list(targets) if targets is not None else random_targets(n_targets, params, seed)
+    chosen = range(len(targets)) if only is None else [int(i) for i in only]
+    bad = [i for i in chosen if not 0 <= i < len(targets)]
+    if bad:
+        raise ValueError(f"only: target index(es) {bad} outside 0..{len(targets) - 1}")
     rows, results = [], []
-    for i, tgt in enumerate(targets):
+    for i in chosen:
+        tgt = targets[i]
         ck = Path(checkpoint_dir) / f"target_{i:03d}" if checkpoint_dir is not None else None
         res = fit(segments, dict(tgt), params=params, seed=seed + i, checkpoint_dir=ck, **fit_options)
         results.append(res)
-        rows.append({"target": dict(tgt), "fitted": res.params, "relative_error": res.relative_error(),
+        rows.append({"index": i, "target": dict(tgt), "fitted": res.params, "relative_error": res.relative_error(),
                      "max_relative_error": res.max_relative_error(), "iterations": res.iterations,
                      "iterations_to_1pct": res.iterations_to(tolerance), "wall_time_s": res.wall_time_s,
                      "wall_time_to_1pct_s": res.wall_time_to(tolerance),

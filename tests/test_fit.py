@@ -464,6 +464,31 @@ def test_cli_closure_json(backend, tmp_path):
     assert (tmp_path / "convergence_band.png").stat().st_size > 0
 
 
+def test_cli_closure_split_over_processes_matches_one_run(backend, tmp_path):
+    """--only runs a subset of the targets with the seeds and checkpoints of the full run (a closure split over
+    processes or GPUs gives the same numbers), and --resume continues the checkpointed fits."""
+    _torch_only(backend)
+    from larnd_diff.cli_fit import main
+
+    common = ["closure", "--toy", "--targets", "3", "--params", "Ab,lifetime", "--events", "10", "--no-hessian",
+              "-q"]
+    main(common + ["--max-iter", "12", "--json", str(tmp_path / "all.json")])
+    main(common + ["--max-iter", "6", "--only", "2,0", "--checkpoint-dir", str(tmp_path / "ck"),
+                   "--json", str(tmp_path / "part.json")])
+    main(common + ["--max-iter", "12", "--only", "2,0", "--checkpoint-dir", str(tmp_path / "ck"), "--resume",
+                   "--json", str(tmp_path / "resumed.json")])
+    full = {r["index"]: r for r in json.loads((tmp_path / "all.json").read_text())["targets"]}
+    part = json.loads((tmp_path / "part.json").read_text())["targets"]
+    resumed = json.loads((tmp_path / "resumed.json").read_text())["targets"]
+    assert [r["index"] for r in part] == [2, 0] and sorted(full) == [0, 1, 2]
+    assert all(r["iterations"] == 6 for r in part)
+    for r in resumed:
+        assert r["iterations"] == 12
+        assert r["target"] == full[r["index"]]["target"] and r["fitted"] == full[r["index"]]["fitted"]
+    with pytest.raises(ValueError, match="outside 0..2"):
+        main(common + ["--max-iter", "2", "--only", "3", "--json", str(tmp_path / "bad.json")])
+
+
 def test_cli_fit_checkpoint_and_resume(segments, backend, tmp_path):
     _torch_only(backend)
     from larnd_diff.cli_fit import main
