@@ -269,17 +269,19 @@ ADAPT_DEFAULTS: Dict[str, float] = {"window": 10, "low": 0.2, "high": 0.6, "shri
 PAPER_RECIPE: Dict[str, Any] = {"optimizer": "adam", "parameterization": "linear", "lr": 5e-2, "lr_decay": 0.95,
                                 "clip_norm": 1.0, "loss": "sdtw_adc", "batch_length_cm": 100.0,
                                 "relaxation": "smooth", "stop_tol": None, "stop_window": 20, "step_scales": None,
-                                "adapt_steps": None, "loss_options": None}
+                                "adapt_steps": None, "loss_options": None, "fd_params": ()}
 #: The CPU closure recipe (the defaults of ``larnd-diff closure``; measurements in ``larnd_diff.cli_fit``):
 #: full-matrix Adam on ln(p / nominal) with eField's step scaled by 0.1 and per-parameter step factors adapted
 #: from the trajectory, lr 5e-2 decaying x0.99 per epoch, Soft-DTW divergence on (x, y, t, ADC) with the ADC
-#: scale 1.5 counts, the whole sample as one batch (deterministic steps), continuous ADC, and the stopping rule.
+#: scale 1.5 counts, the whole sample as one batch (deterministic steps), continuous ADC, the stopping rule, and
+#: the transverse diffusion's gradient by central differences (far from the optimum its reverse-mode gradient,
+#: blind to hits appearing at the trigger threshold, has the wrong sign and drives tran_diff and lifetime away).
 CLOSURE_RECIPE: Dict[str, Any] = {"optimizer": "adam-full", "parameterization": "log", "lr": 5e-2,
                                   "lr_decay": 0.99, "clip_norm": 1.0, "loss": "sdtw",
                                   "loss_options": {"scales": {"adc": 1.5}},
                                   "batch_length_cm": 1.0e6, "relaxation": "smooth-continuous",
                                   "stop_tol": 2e-3, "stop_window": 20, "step_scales": {"eField": 0.1},
-                                  "adapt_steps": {"shrink": 0.7, "tstat": 2.0}}
+                                  "adapt_steps": {"shrink": 0.7, "tstat": 2.0}, "fd_params": ("tran_diff",)}
 RECIPES: Dict[str, Dict[str, Any]] = {"paper": PAPER_RECIPE, "closure": CLOSURE_RECIPE}
 
 
@@ -403,7 +405,7 @@ class Calibrator:
                  step_scales: Optional[Mapping[str, float]] = None,
                  optimizer_options: Optional[Mapping[str, float]] = None,
                  adapt_steps: Optional[Mapping[str, float]] = None, loss_options: Optional[Mapping[str, Any]] = None,
-                 time_budget_s: Optional[float] = None):
+                 time_budget_s: Optional[float] = None, fd_params: Sequence[str] = (), fd_step: float = 0.02):
         from .ops import get_backend
         from .selection import make_batches
 
@@ -446,6 +448,11 @@ class Calibrator:
             raise ValueError(f"stop_window must be >= 1, got {stop_window}")
         self.stop_tol, self.stop_window = (None if stop_tol is None else float(stop_tol)), int(stop_window)
         self.time_budget_s = None if time_budget_s is None else float(time_budget_s)
+        _check_names(list(fd_params or ()), "fd_params")
+        self.fd_params = [n for n in self.names if n in set(fd_params or ())]  # like step_scales: the fitted ones
+        if not float(fd_step) > 0:
+            raise ValueError(f"fd_step must be > 0 (relative change of the parameter), got {fd_step}")
+        self.fd_step = float(fd_step)
 
         if epochs is None and max_iter is None:
             raise ValueError("give epochs, max_iter or both (the fit stops at whichever comes first)")
@@ -553,7 +560,27 @@ class Calibrator:
             lambda p: self.backend.wrap(self.batch_loss(b, p, noise_seed)), opt.params())
         loss = float(self.backend.to_numpy(value))
         g = {n: float(np.asarray(self.backend.to_numpy(grads[n])).reshape(())) for n in self.names}
+        if self.fd_params:
+            g.update(self._fd_gradient(opt, b, noise_seed))
+            grads = dict(g)
         return loss, g, grads
+
+    def _fd_gradient(self, opt, b: int, noise_seed: int) -> Dict[str, float]:
+        """Central differences of the batch loss for ``fd_params``, with a step of ``fd_step`` relative change of
+        the parameter: they see what reverse mode cannot, the loss's jumps when pixels cross the trigger
+        threshold (hits appear or vanish), which bias the reverse-mode gradient of the transverse diffusion far
+        from the optimum. Two forward passes per parameter."""
+        here = opt.values()
+        out = {}
+        for n in self.fd_params:
+            h = self.fd_step / self.step_scales[n] if self.parameterization == "log" else self.fd_step
+            side = []
+            for sign in (1.0, -1.0):
+                point = {k: self.backend.raw_asarray(v + (sign * h if k == n else 0.0), self.dtype, self.device)
+                         for k, v in here.items()}
+                side.append(float(self.backend.to_numpy(self.batch_loss(b, point, noise_seed))))
+            out[n] = (side[0] - side[1]) / (2.0 * h)
+        return out
 
     # ------------------------------------------------------------------------------------------ bookkeeping
     def _fingerprint(self) -> dict:
@@ -567,7 +594,8 @@ class Calibrator:
                 "parameterization": self.parameterization, "optimizer": self.optimizer,
                 "optimizer_options": self.optimizer_options, "adapt_steps": self.adapt_steps,
                 "stop_tol": self.stop_tol, "stop_window": self.stop_window, "step_scales": self.step_scales,
-                "relaxation": _relaxation_name(self.relaxation)}
+                "relaxation": _relaxation_name(self.relaxation), "fd_params": self.fd_params,
+                "fd_step": self.fd_step}
 
     @property
     def checkpoint_path(self) -> Optional[Path]:
@@ -975,7 +1003,10 @@ def fit(segments, target, params: Sequence[str] = FIT_PARAMETERS, backend: str =
                     a dict overriding :data:`ADAPT_DEFAULTS`, or None = off; needs "adam-full"),
                     optimizer_options (beta1, beta2, rel_eps of "adam-full"),
                     loss_options (keywords for a named loss, e.g. {"scales": {"adc": 1.5}} for "sdtw"),
-                    time_budget_s (stop after this much wall time, checkpointed and resumable).
+                    time_budget_s (stop after this much wall time, checkpointed and resumable),
+                    fd_params, fd_step (parameters whose gradient is taken by central differences of the
+                    batch loss with a relative step fd_step, 0.02: reverse mode cannot see hits appearing at
+                    the trigger threshold; two forward passes each).
     :data:`PAPER_RECIPE` and :data:`CLOSURE_RECIPE` are keyword sets for this function:
     ``fit(segs, target, **CLOSURE_RECIPE, max_iter=400)``.
     """
