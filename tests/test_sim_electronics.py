@@ -294,6 +294,33 @@ def test_random_waveforms_match_scalar_model(backend):
     assert_matches_scalar(backend, w, active=611)     # padded input: ticks >= 611 do not exist
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_host_search_equals_vectorized(backend, dtype):
+    """The host (Numba) trigger search and the vectorised EagerPy one: identical samples, with NaN ticks,
+    negative ticks, saturation of the 10 slots, padded ticks, noise and both trigger relaxations."""
+    rng = np.random.default_rng(3)
+    n_rows, n_ticks = 40, 700
+    w = np.zeros((n_rows, n_ticks))
+    for r in range(n_rows):
+        for _ in range(rng.integers(0, 30)):
+            start = rng.integers(0, n_ticks - 20)
+            w[r, start:start + 20] += rng.exponential(1.0) * 3_000.0 * np.exp(-np.arange(20) / 4.0)
+    w[rng.random(w.shape) < 0.003] *= -3.0
+    w[rng.random(w.shape) < 0.0005] = np.nan
+    b = ops.get_backend(backend)
+    for relaxation in (HARD, SMOOTH):
+        for noise, active in ((False, None), (False, 611), (True, None)):
+            out = {}
+            for search in ("host", "vectorized"):
+                kw = dict(noise=True, rng=b.rng(9)) if noise else {}
+                out[search] = [ops.to_numpy(o) for o in electronics(tensor(backend, w, dtype), DET, relaxation,
+                                                                    active_ticks=active, trigger_search=search,
+                                                                    **kw)]
+            for host, vectorized in zip(out["host"], out["vectorized"]):
+                np.testing.assert_array_equal(host, vectorized)
+            assert np.sum(~np.isnan(out["host"][0])) > n_rows
+
+
 def test_active_ticks_per_row(backend):
     w = pulse_train(200, [(150, 20_000.0)])[None].repeat(3, axis=0)
     active = tensor(backend, np.array([100, 151, 200]), "int64")

@@ -15,16 +15,20 @@ Per pixel the reference front end (larnd-sim ``fee.py``) does, in conversion cyc
 A NaN tick poisons the running integral: before a trigger it silences the pixel for the rest of the waveform,
 inside a conversion window it yields a stored NaN sample (the reference does exactly this).
 
-Here the cycles run vectorised over pixels: the running integral is a difference of one cumulative sum over the
-whole waveform, and each of a fixed number of iterations finds every pixel's next trigger with one masked
-comparison over its ticks. There is no data-dependent Python control flow, so the same code runs eagerly and
-under ``jax.jit`` / ``tf.function``.
+The running integral is a difference of one cumulative sum over the whole waveform. The integer decisions
+(trigger ticks, windows, stored or failed) are made, for concrete values, by one Numba loop per pixel on the
+host (:mod:`larnd_diff.sim.trigger_host`), and the stored samples' charges are then gathered from the tensors at
+those ticks (two gathers: the differentiable part). Traced inside ``jax.jit`` / ``tf.function``, the cycles run
+vectorised over pixels instead: each of a fixed number of iterations finds every pixel's next trigger with one
+masked comparison over its ticks, with no data-dependent Python control flow. Both make the same comparisons in
+the same precision: identical outputs.
 """
 from __future__ import annotations
 
 from typing import NamedTuple
 
 import eagerpy as ep
+import numpy as np
 
 from larnd_diff import ops
 from larnd_diff.sim.config import as_relaxation
@@ -135,7 +139,7 @@ def _default_cycles(max_samples: int, noise: bool) -> int:
 
 # ---------------------------------------------------------------------------------------------- front end
 def electronics(charge_per_tick, detector, relaxation="hard", *, noise: bool = False, rng=None,
-                active_ticks=None, max_cycles: int | None = None) -> Samples:
+                active_ticks=None, max_cycles: int | None = None, trigger_search: str = "auto") -> Samples:
     """Self-triggered readout of pixel waveforms: (adc, time, charge), each (n_rows, 10), NaN in empty slots.
 
     charge_per_tick  EagerPy tensor (n_rows, n_ticks) of induced charge in electrons per 0.1 us tick, tick n at
@@ -160,6 +164,12 @@ def electronics(charge_per_tick, detector, relaxation="hard", *, noise: bool = F
     max_cycles       number of conversion cycles simulated (a fixed loop bound, so the function traces once
                      under jit). Default: 10 without noise (every cycle that triggers then succeeds, unless
                      the input charge is negative), 20 with noise (failed conversions do not fill a slot).
+    trigger_search   where the integer decisions (trigger ticks, windows, which cycles store) are made:
+                     "host" = one Numba loop per pixel on detached values (:mod:`larnd_diff.sim.trigger_host`),
+                     then the stored samples are gathered from the tensors at those ticks; "vectorized" = the
+                     masked EagerPy passes over all ticks per cycle (traceable); "auto" = host when the values are
+                     concrete (eager tensors, autodiff tracers with a concrete primal), else vectorized. Both
+                     make the same comparisons in the same precision: identical outputs.
     """
     relaxation = as_relaxation(relaxation)
     fee = detector.electronics
@@ -170,7 +180,20 @@ def electronics(charge_per_tick, detector, relaxation="hard", *, noise: bool = F
     n_cycles = _default_cycles(n_slots, noise) if max_cycles is None else int(max_cycles)
     dtype = ops.dtype_name(charge_per_tick)
 
-    q, nans, clean = running_integral(charge_per_tick)
+    if trigger_search not in ("auto", "host", "vectorized"):
+        raise ValueError(f"unknown trigger_search {trigger_search!r}; choose 'auto', 'host' or 'vectorized'")
+    charge_host = None if trigger_search == "vectorized" else _host_value(charge_per_tick)
+    if charge_host is not None:
+        # host search: the NaN count is taken on the host; without NaN the clean charge is the input itself
+        nan_host = np.isnan(charge_host)
+        clean = ep.where(ep.logical_not(ep.isnan(charge_per_tick)), charge_per_tick, 0.0) if nan_host.any() \
+            else charge_per_tick
+        q = ops.cumsum(clean, axis=1)
+    elif trigger_search == "host":
+        raise ValueError("electronics(trigger_search='host') needs concrete tensor values (not inside a jit "
+                         "trace); use 'auto' or 'vectorized'")
+    else:
+        q, nans, clean = running_integral(charge_per_tick)
     tick = ops.cast(ep.arange(charge_per_tick, n_ticks), "int64")[None, :]
     ticks_left = ops.cast(n_ticks - tick, "int16" if n_ticks < 2**15 else "int32")   # narrow: less memory traffic
     slot = ops.cast(ep.arange(charge_per_tick, n_slots), "int64")[None, :]
@@ -190,6 +213,15 @@ def electronics(charge_per_tick, detector, relaxation="hard", *, noise: bool = F
         reset_noise = fee.reset_noise_e * _normal(rng, (n_rows, n_cycles), dtype, charge_per_tick)
         failed_reset_noise = fee.uncorrelated_noise_e * _normal(rng, (n_rows, n_cycles), dtype, charge_per_tick)
         conversion_noise = fee.uncorrelated_noise_e * _normal(rng, (n_rows, n_cycles), dtype, charge_per_tick)
+
+    if charge_host is not None:
+        noise_draws = (reset_noise, failed_reset_noise, conversion_noise) if noise else None
+        host = _host_cycles(nan_host, q, q_disc, clean, last_tick, noise_draws, threshold, window,
+                            fee.dead_ticks, n_slots, n_cycles)
+        if host is not None:
+            return _samples_at(host, q, clean, detector, relaxation, threshold, dtype)
+        # values abstract after all (cannot happen for concrete inputs): the vectorised search
+        nans = ops.cumsum(ops.cast(ep.isnan(charge_per_tick), "int32"), axis=1)
 
     start = ops.cast(zeros_row, "int64")
     count = ops.cast(zeros_row, "int64")
@@ -240,6 +272,66 @@ def electronics(charge_per_tick, detector, relaxation="hard", *, noise: bool = F
     has_sample = slot < count[:, None]
     time = _trigger_time(out_tick, out_crossing, has_sample, detector, relaxation, dtype)
     adc = digitize(ep.where(filled, out_charge, 0.0), fee, relaxation.adc)
+    adc = ep.where(filled, adc, float("nan"))
+    return Samples(adc=adc, time=time, charge=out_charge)
+
+
+def _host_value(x):
+    """Detached NumPy value of an EagerPy tensor in its own dtype, looking through autodiff tracers that carry a
+    concrete primal (jax.grad); None when the value is abstract (inside jax.jit or tf.function)."""
+    raw = x.raw if isinstance(x, ep.Tensor) else x
+    for _ in range(8):
+        try:
+            return np.asarray(ops.to_numpy(ops.stop_gradient(ep.astensor(raw))))
+        except Exception:
+            raw = getattr(raw, "primal", None)
+            if raw is None:
+                return None
+    return None
+
+
+def _host_cycles(nan_host, q, q_disc, clean, last_tick, noise_draws, threshold, window, dead_ticks,
+                 n_slots, n_cycles):
+    """The host search (:func:`larnd_diff.sim.trigger_host.self_trigger_cycles`) on detached values (nan_host:
+    the input's NaN mask, NumPy); None when a value is abstract."""
+    from larnd_diff.sim import trigger_host
+
+    values = [_host_value(t) for t in (q, q_disc, clean, last_tick)]
+    draws = None if noise_draws is None else [_host_value(t) for t in noise_draws]
+    if any(v is None for v in values) or (draws is not None and any(v is None for v in draws)):
+        return None
+    q_h, q_disc_h, clean_h, last_h = values
+    nan_count = np.cumsum(nan_host, axis=1, dtype=np.int64)
+    return trigger_host.self_trigger_cycles(q_h, q_disc_h, clean_h, nan_count, last_h, threshold, window,
+                                            dead_ticks, n_slots, n_cycles, noise=draws)
+
+
+def _samples_at(host, q, clean, detector, relaxation, threshold, dtype) -> Samples:
+    """The samples of the host search: converted charge (and interpolated crossing) of each stored cycle,
+    differentiable, gathered from the running integral ``q`` and the charge per tick ``clean`` at its ticks."""
+    n_slots = host["trig"].shape[1]
+    const = lambda a, dt=dtype: ops.asarray(q, a, dt)  # noqa: E731
+    has_sample = const(np.arange(n_slots)[None, :] < host["count"][:, None], "bool")
+    start = host["start"]
+    trig = const(host["trig"], "int64")
+    at_q = ops.take_along_axis(q, const(np.concatenate([np.maximum(start - 1, 0), host["trig"], host["end"]],
+                                                        axis=1), "int64"), axis=1)
+    before = ep.where(const(start > 0, "bool"), at_q[:, :n_slots], 0.0)
+    q_trigger, q_end = at_q[:, n_slots:2 * n_slots], at_q[:, 2 * n_slots:]
+    step = ops.take_along_axis(clean, trig, axis=1)
+    baseline = const(host["baseline"])
+    charge = baseline + (q_end - before) + step
+    if "conversion" in host:
+        charge = charge + const(host["conversion"])
+    charge = ep.where(const(host["window_nan"], "bool"), float("nan"), charge)
+    out_charge = ep.where(has_sample, charge, float("nan"))
+    out_crossing = None
+    if relaxation.trigger == "interpolated":
+        crossing = interpolated_crossing(trig, q_trigger, step, before, baseline, threshold)
+        out_crossing = ep.where(has_sample, crossing, float("nan"))
+    filled = ep.logical_not(ep.isnan(out_charge))
+    time = _trigger_time(trig, out_crossing, has_sample, detector, relaxation, dtype)
+    adc = digitize(ep.where(filled, out_charge, 0.0), detector.electronics, relaxation.adc)
     adc = ep.where(filled, adc, float("nan"))
     return Samples(adc=adc, time=time, charge=out_charge)
 

@@ -15,6 +15,12 @@ pair's window, (n_pairs, width). Arithmetic in float64 whatever the input dtype.
 
 The EagerPy implementation stays the portable one (GPU, any backend) and the oracle these kernels are tested
 against (tests/test_sim_fused.py): same values to rounding, same gradients.
+
+The row inputs themselves can be formed here too (:func:`expand_rows`, the arithmetic of
+``induce.expand_rows`` with a hand-written vector-Jacobian product): :func:`charge_forward` /
+:func:`charge_backward` take the per-pair inputs (``induce.PAIR_FIELDS``) of every pair of an event batch, expand
+the rows, evaluate the waveforms and add them onto the output rows' tick axis in one host call, so that the
+framework's graph holds per-pair values only (a few thousand numbers instead of ~15 per row of ~10^5 rows).
 """
 from __future__ import annotations
 
@@ -22,6 +28,9 @@ import math
 import types
 
 import numpy as np
+
+from larnd_diff.sim.induce import (MIN_TIME_CONSTANT_US, PAIR_FIELDS, TEMPLATE_A, TEMPLATE_B, TEMPLATE_C,
+                                   TEMPLATE_DELAY)
 
 try:
     import numba
@@ -239,11 +248,143 @@ def onset_deposits(f, w, t_s, m_raw, t0, n_win, dt, sharpness, oc, wave, pair):
             x_sy = next_exp(x_sy, step_x, sharpness * y)
 
 
+# ---------------------------------------------------------------------------------------------- row expansion
+# The per-row inputs from the per-pair ones (induce.expand_rows, same arithmetic in the same order: the same
+# values), and its vector-Jacobian product. Column indices of ``pairf`` (induce.PAIR_FIELDS):
+(P_X0, P_SX, P_Y0, P_SY, P_XP, P_YP, P_AX, P_AY, P_UX, P_UY, P_UZ, P_WT, P_WL, P_TWO_A, P_RZ0, P_RZ0_UZ_WL,
+ P_E1X, P_E1Y, P_E1Z, P_SQRT_A, P_NORM, P_Q2, P_U1, P_ULEN, P_HZ, P_ZAN, P_VD) = range(len(PAIR_FIELDS))
+#: Row fields copied from the pair: (row column, pair column).
+PASSED_ON = ((Q2, P_Q2), (U1, P_U1), (ULEN, P_ULEN), (HZ, P_HZ), (ZAN, P_ZAN), (VD, P_VD))
+
+
+def polynomial(c, x, y):
+    """c0 + c1 x + c2 y + c3 x y + c4 x^2 + c5 y^2 (induce.template_polynomial)."""
+    return c[0] + c[1] * x + c[2] * y + c[3] * x * y + c[4] * x * x + c[5] * y * y
+
+
+def polynomial_slopes(c, x, y):
+    """(d/dx, d/dy) of :func:`polynomial`."""
+    return c[1] + c[3] * y + 2.0 * c[4] * x, c[2] + c[3] * x + 2.0 * c[5] * y
+
+
+def clip_slope(value, bound, upper):
+    """Derivative of min(value, bound) (``upper``) or max(value, bound) in value: 1 inside, 1/2 at the tie (as
+    the frameworks' minimum / maximum), 0 outside."""
+    if value == bound:
+        return 0.5
+    return 1.0 if (value < bound) == upper else 0.0
+
+
+def sign(x):
+    return 1.0 if x > 0 else (-1.0 if x < 0 else 0.0)
+
+
+def expand_row(p, i, j, valid, out):
+    """Row inputs (ROW_FIELDS) of the in-pad sample (i, j) of the pair with inputs ``p`` into ``out``."""
+    x_i = p[P_X0] + i * p[P_SX]
+    y_j = p[P_Y0] + j * p[P_SY]
+    dx, dy = abs(p[P_XP] - x_i), abs(p[P_YP] - y_j)
+    out[AMP] = min(polynomial(TEMPLATE_A, dx, dy), 1.0)
+    out[TF] = max(polynomial(TEMPLATE_B, dx, dy), MIN_TIME_CONSTANT_US)
+    out[TS] = max(polynomial(TEMPLATE_C, dx, dy), MIN_TIME_CONSTANT_US)
+    out[DELAY] = polynomial(TEMPLATE_DELAY, dx, dy)
+    ux, uy, uz, w_t, w_l = p[P_UX], p[P_UY], p[P_UZ], p[P_WT], p[P_WL]
+    rx, ry = x_i - p[P_AX], y_j - p[P_AY]
+    s0 = (rx * ux * w_t + ry * uy * w_t + p[P_RZ0_UZ_WL]) / p[P_TWO_A]
+    e0x, e0y, e0z = rx - s0 * ux, ry - s0 * uy, p[P_RZ0] - s0 * uz
+    out[Q0] = (e0x * e0x + e0y * e0y) * w_t / 2 + e0z * e0z * w_l / 2
+    out[Q1] = (e0x * p[P_E1X] + e0y * p[P_E1Y]) * w_t + e0z * p[P_E1Z] * w_l
+    out[U0] = p[P_SQRT_A] * s0
+    out[COEF] = p[P_NORM] * valid
+    for rc, pc in PASSED_ON:
+        out[rc] = p[pc]
+
+
+def expand_row_gradient(p, i, j, valid, g, acc):
+    """Add d loss / d p of one row to ``acc`` (len(PAIR_FIELDS)), given g = d loss / d row inputs."""
+    for rc, pc in PASSED_ON:
+        acc[pc] += g[rc]
+    acc[P_NORM] += g[COEF] * valid
+    # forward values
+    x_i = p[P_X0] + i * p[P_SX]
+    y_j = p[P_Y0] + j * p[P_SY]
+    ddx, ddy = p[P_XP] - x_i, p[P_YP] - y_j
+    dx, dy = abs(ddx), abs(ddy)
+    ux, uy, uz, w_t, w_l = p[P_UX], p[P_UY], p[P_UZ], p[P_WT], p[P_WL]
+    e1x, e1y, e1z = p[P_E1X], p[P_E1Y], p[P_E1Z]
+    rx, ry = x_i - p[P_AX], y_j - p[P_AY]
+    num = rx * ux * w_t + ry * uy * w_t + p[P_RZ0_UZ_WL]
+    s0 = num / p[P_TWO_A]
+    e0x, e0y, e0z = rx - s0 * ux, ry - s0 * uy, p[P_RZ0] - s0 * uz
+    # u0 = sqrt(a) s0
+    acc[P_SQRT_A] += g[U0] * s0
+    g_s0 = g[U0] * p[P_SQRT_A]
+    # q1 = (e0x e1x + e0y e1y) w_t + e0z e1z w_l
+    gq1 = g[Q1]
+    g_e0x, g_e0y, g_e0z = gq1 * e1x * w_t, gq1 * e1y * w_t, gq1 * e1z * w_l
+    acc[P_E1X] += gq1 * e0x * w_t
+    acc[P_E1Y] += gq1 * e0y * w_t
+    acc[P_E1Z] += gq1 * e0z * w_l
+    acc[P_WT] += gq1 * (e0x * e1x + e0y * e1y)
+    acc[P_WL] += gq1 * e0z * e1z
+    # q0 = (e0x^2 + e0y^2) w_t / 2 + e0z^2 w_l / 2
+    gq0 = g[Q0]
+    g_e0x += gq0 * e0x * w_t
+    g_e0y += gq0 * e0y * w_t
+    g_e0z += gq0 * e0z * w_l
+    acc[P_WT] += gq0 * (e0x * e0x + e0y * e0y) / 2
+    acc[P_WL] += gq0 * e0z * e0z / 2
+    # e0 = r - s0 u
+    acc[P_RZ0] += g_e0z
+    g_s0 -= g_e0x * ux + g_e0y * uy + g_e0z * uz
+    acc[P_UX] -= g_e0x * s0
+    acc[P_UY] -= g_e0y * s0
+    acc[P_UZ] -= g_e0z * s0
+    g_rx, g_ry = g_e0x, g_e0y
+    # s0 = (rx ux w_t + ry uy w_t + rz0 uz w_l) / 2a
+    g_num = g_s0 / p[P_TWO_A]
+    acc[P_TWO_A] -= g_num * s0
+    g_rx += g_num * ux * w_t
+    g_ry += g_num * uy * w_t
+    acc[P_UX] += g_num * rx * w_t
+    acc[P_UY] += g_num * ry * w_t
+    acc[P_WT] += g_num * (rx * ux + ry * uy)
+    acc[P_RZ0_UZ_WL] += g_num
+    acc[P_AX] -= g_rx
+    acc[P_AY] -= g_ry
+    # current template at (|x_p - x_i|, |y_p - y_j|)
+    g_dx, g_dy = 0.0, 0.0
+    for c in range(4):
+        coefs = TEMPLATE_A if c == 0 else (TEMPLATE_B if c == 1 else (TEMPLATE_C if c == 2 else TEMPLATE_DELAY))
+        value = polynomial(coefs, dx, dy)
+        if c == 0:
+            g_value = g[AMP] * clip_slope(value, 1.0, True)
+        elif c == 1:
+            g_value = g[TF] * clip_slope(value, MIN_TIME_CONSTANT_US, False)
+        elif c == 2:
+            g_value = g[TS] * clip_slope(value, MIN_TIME_CONSTANT_US, False)
+        else:
+            g_value = g[DELAY]
+        sx, sy = polynomial_slopes(coefs, dx, dy)
+        g_dx += g_value * sx
+        g_dy += g_value * sy
+    g_ddx, g_ddy = g_dx * sign(ddx), g_dy * sign(ddy)
+    acc[P_XP] += g_ddx
+    acc[P_YP] += g_ddy
+    g_xi = g_rx - g_ddx
+    g_yj = g_ry - g_ddy
+    acc[P_X0] += g_xi
+    acc[P_SX] += g_xi * i
+    acc[P_Y0] += g_yj
+    acc[P_SY] += g_yj * j
+
+
 #: Placeholder onset constants of the hard preset (never read).
 _NO_ONSET = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
 
 SCALARS = (arrival, gauss_floor, row_negligible, entry, bucket, onset_window, onset_constants, onset, next_exp,
-           entry_gradient, onset_deposits)
+           entry_gradient, onset_deposits, polynomial, polynomial_slopes, clip_slope, sign, expand_row,
+           expand_row_gradient)
 
 
 def compile_scalars(decorate, extra=None) -> dict:
@@ -329,21 +470,61 @@ def _backward(rowf, pair, n_z, n_win, t0, row_start, width, dt, sharpness, k_fas
             rho_f, rho_s = math.exp(-dt / f[TF]), math.exp(-dt / f[TS])
             oc = onset_constants(f, dt, sharpness, k_fast, k_slow) if sharpness > 0 else _NO_ONSET
             hf = hs = kf = ks = 0.0
-            for n in range(min(width, n_win[r])):
-                kf = rho_f * (kf + hf)
-                ks = rho_s * (ks + hs)
-                hf = gw[n] + rho_f * hf
-                hs = gw[n] + rho_s * hs
-                h_f[n], h_s[n], k_f[n], k_s[n] = hf, hs, kf, ks
+            filled = 0                      # the recurrences are run lazily, up to the latest bucket read
             acc = grad[r]
             for k in range(n_z[r]):
                 w, t_s, gauss, erfs, u, live = entry(f, k, floor)
                 m_raw, m = bucket(t_s, t0[r], n_win[r], dt)
                 if m_raw < 0 or not live:
                     continue
+                for n in range(filled, m + 1):
+                    kf = rho_f * (kf + hf)
+                    ks = rho_s * (ks + hs)
+                    hf = gw[n] + rho_f * hf
+                    hs = gw[n] + rho_s * hs
+                    h_f[n], h_s[n], k_f[n], k_s[n] = hf, hs, kf, ks
+                filled = max(filled, m + 1)
                 entry_gradient(f, k, w, t_s, gauss, erfs, u, m_raw, m, t0[r], n_win[r], dt, sharpness, oc,
                                h_f[m], k_f[m], h_s[m], k_s[m], gw, acc)
     return grad
+
+
+def _expand_rows(pairf, pair, ri, rj, valid):
+    """Row inputs (R, len(ROW_FIELDS)) of every row from the per-pair inputs."""
+    out = np.empty((pair.size, len(ROW_FIELDS)))
+    for r in range(pair.size):
+        expand_row(pairf[pair[r]], float(ri[r]), float(rj[r]), valid[r], out[r])
+    return out
+
+
+def _expand_rows_backward(pairf, row_start, ri, rj, valid, g_rowf):
+    """d loss / d pairf from d loss / d row inputs (rows of a pair contiguous)."""
+    grad = np.zeros(pairf.shape)
+    for p in range(row_start.size - 1):
+        for r in range(row_start[p], row_start[p + 1]):
+            expand_row_gradient(pairf[p], float(ri[r]), float(rj[r]), valid[r], g_rowf[r], grad[p])
+    return grad
+
+
+def _place(out, wave, out_row, placement, n_win):
+    """out[out_row[p], placement[p] + n] += wave[p, n] for n < n_win[p], pairs in order (serial: pairs share
+    rows, and the order of the sums is that of a scatter-add over the pairs in order)."""
+    n_ticks = out.shape[1]
+    for p in range(wave.shape[0]):
+        r, a = out_row[p], placement[p]
+        for n in range(min(n_win[p], n_ticks - a)):
+            out[r, a + n] += wave[p, n]
+
+
+def _pick(g, out_row, placement, n_win, width):
+    """The cotangent of each pair's window from that of the rows' waveforms (the transpose of :func:`_place`)."""
+    g_wave = np.zeros((out_row.size, width))
+    n_ticks = g.shape[1]
+    for p in range(out_row.size):
+        r, a = out_row[p], placement[p]
+        for n in range(min(n_win[p], n_ticks - a, width)):
+            g_wave[p, n] = g[r, a + n]
+    return g_wave
 
 
 if numba is not None:
@@ -351,6 +532,11 @@ if numba is not None:
     _CPU = compile_scalars(_inline, extra={"add": _inline(add)})
     _forward = njit(parallel=True, cache=True)(rebind(_forward, _CPU))
     _backward = njit(parallel=True, cache=True)(rebind(_backward, _CPU))
+    # a few flops per row or tick: serial (waking the worker threads would cost more)
+    _place = njit(cache=True)(_place)
+    _pick = njit(cache=True)(_pick)
+    _expand_rows = njit(cache=True)(rebind(_expand_rows, _CPU))
+    _expand_rows_backward = njit(cache=True)(rebind(_expand_rows_backward, _CPU))
 
 
 class RowLayout:
@@ -385,4 +571,78 @@ def backward(rowf: np.ndarray, layout: RowLayout, dt: float, sharpness, k_fast: 
                      int(k_fast), int(k_slow), np.ascontiguousarray(g_wave, np.float64))
 
 
-__all__ = ["ROW_FIELDS", "RowLayout", "available", "forward", "backward"]
+def expand_rows(pairf: np.ndarray, layout: RowLayout, i, j, valid) -> np.ndarray:
+    """Row inputs (R, len(ROW_FIELDS)), float64, of the rows (pair, i, j, valid) from the per-pair inputs
+    ``pairf`` (n_pairs, len(PAIR_FIELDS)) (``induce.expand_rows`` on the host)."""
+    return _expand_rows(np.ascontiguousarray(pairf, np.float64), layout.pair, np.asarray(i, np.int64),
+                        np.asarray(j, np.int64), np.asarray(valid, np.float64))
+
+
+def expand_rows_backward(pairf: np.ndarray, layout: RowLayout, i, j, valid, g_rowf: np.ndarray) -> np.ndarray:
+    """d loss / d pairf for the cotangent ``g_rowf`` of :func:`expand_rows`, float64."""
+    return _expand_rows_backward(np.ascontiguousarray(pairf, np.float64), layout.row_start, np.asarray(i, np.int64),
+                                 np.asarray(j, np.int64), np.asarray(valid, np.float64),
+                                 np.ascontiguousarray(g_rowf, np.float64))
+
+
+def pair_forward(pairf, layout: RowLayout, i, j, valid, dt, sharpness, k_fast, k_slow) -> np.ndarray:
+    """:func:`forward` from the per-pair inputs: the rows expanded on the host (nothing per row is stored)."""
+    return forward(expand_rows(pairf, layout, i, j, valid), layout, dt, sharpness, k_fast, k_slow)
+
+
+def pair_backward(pairf, layout: RowLayout, i, j, valid, dt, sharpness, k_fast, k_slow, g_wave) -> np.ndarray:
+    """d loss / d pairf for the cotangent ``g_wave`` of :func:`pair_forward` (rows expanded again)."""
+    rowf = expand_rows(pairf, layout, i, j, valid)
+    return expand_rows_backward(pairf, layout, i, j, valid,
+                                backward(rowf, layout, dt, sharpness, k_fast, k_slow, g_wave))
+
+
+# ---------------------------------------------------------------------------------------------- whole event
+#: Host integers per pair of :func:`charge_forward`, columns of ``table``: first in-pad sample (ix0, iy0) and the
+#: nx x ny samples from there (the pair's rows), z samples, window ticks, output row and its tick of window tick 0.
+PAIR_TABLE = ("ix0", "iy0", "nx", "ny", "n_z", "n_win", "out_row", "placement")
+T_IX0, T_IY0, T_NX, T_NY, T_NZ, T_NWIN, T_ROW, T_PLACE = range(len(PAIR_TABLE))
+
+
+def group_rows(table, t0, width):
+    """RowLayout and (i, j, valid) of the rows of the pairs in ``table`` (rows of a pair contiguous, no padding)."""
+    counts = table[:, T_NX] * table[:, T_NY]
+    r_pair = np.repeat(np.arange(len(table)), counts)
+    local = np.arange(r_pair.size) - (np.cumsum(counts) - counts)[r_pair]
+    ny = table[r_pair, T_NY]
+    i = table[r_pair, T_IX0] + local // ny
+    j = table[r_pair, T_IY0] + local % ny
+    layout = RowLayout(r_pair, table[r_pair, T_NZ], table[r_pair, T_NWIN], np.asarray(t0)[r_pair], len(table),
+                       width)
+    return layout, i, j, np.ones(r_pair.size)
+
+
+def charge_forward(pairf, table, t0, groups, n_rows, n_ticks, dt, sharpness, k_fast, k_slow) -> np.ndarray:
+    """Induced charge per tick (electrons) of every output row, (n_rows, n_ticks), float64, from the per-pair
+    inputs ``pairf`` (n_pairs, len(PAIR_FIELDS)), the host integers ``table`` (n_pairs, len(PAIR_TABLE)) and
+    evaluation starts ``t0`` (n_pairs,) us. groups: [(first, stop, width)] consecutive pair ranges evaluated
+    together (windows of at most ``width`` ticks; sized to the memory budget); their waveforms are added to the
+    rows in pair order."""
+    table = np.asarray(table, np.int64)
+    out = np.zeros((int(n_rows), int(n_ticks)))
+    for lo, hi, width in groups:
+        layout, i, j, valid = group_rows(table[lo:hi], t0[lo:hi], width)
+        wave = pair_forward(pairf[lo:hi], layout, i, j, valid, dt, sharpness, k_fast, k_slow)
+        _place(out, wave, table[lo:hi, T_ROW], table[lo:hi, T_PLACE], table[lo:hi, T_NWIN])
+    return out
+
+
+def charge_backward(pairf, table, t0, groups, dt, sharpness, k_fast, k_slow, g) -> np.ndarray:
+    """d loss / d pairf for the cotangent ``g`` (n_rows, n_ticks) of :func:`charge_forward`, float64."""
+    table = np.asarray(table, np.int64)
+    g = np.ascontiguousarray(g, np.float64)
+    grad = np.zeros(pairf.shape)
+    for lo, hi, width in groups:
+        layout, i, j, valid = group_rows(table[lo:hi], t0[lo:hi], width)
+        g_wave = _pick(g, table[lo:hi, T_ROW], table[lo:hi, T_PLACE], table[lo:hi, T_NWIN], int(width))
+        grad[lo:hi] = pair_backward(pairf[lo:hi], layout, i, j, valid, dt, sharpness, k_fast, k_slow, g_wave)
+    return grad
+
+
+__all__ = ["ROW_FIELDS", "PAIR_TABLE", "RowLayout", "available", "forward", "backward", "expand_rows",
+           "expand_rows_backward", "pair_forward", "pair_backward", "charge_forward", "charge_backward"]

@@ -156,14 +156,21 @@ def pair_geometry(g, pitch, n_pts):
                 step_y=g["sgn_y"] * h_y, z0=z_lo - 4 * s_L, h_z=h_z, volume=ep.abs(h_x * h_y * h_z))
 
 
-def row_inputs(g, rows, *, grid, dtype):
-    """Per-row inputs of the entry loop, a dict of (n_rows,) tensors named as :data:`fused.ROW_FIELDS`.
+#: Per-pair inputs of the row expansion (:func:`expand_rows`), in column order of the stacked ``pairf``:
+#: sampling grid origin and steps (cm) and the pixel centre; segment start A (x, y) and unit direction;
+#: Mahalanobis weights 1/sigma^2 (cm^-2), 2a, the z offset of the first sample from A (cm) and its share of the
+#: metric projection; the residual direction per z step e1; sqrt(a); the charge normalisation; then the
+#: row-independent fields of :data:`fused.ROW_FIELDS` (q2, u1, u_len, h_z, z_an, vdrift).
+PAIR_FIELDS = ("x0", "step_x", "y0", "step_y", "x_p", "y_p", "ax", "ay", "ux", "uy", "uz", "w_t", "w_l", "two_a",
+               "rz0", "rz0_uz_wl", "e1x", "e1y", "e1z", "sqrt_a", "norm", "q2", "u1", "u_len", "h_z", "z_an",
+               "vdrift")
 
-    g: per-pair tensors (see :func:`pair_geometry`, plus n_electrons, z_anode, vdrift); rows: dict with int
-    tensors pair, i, j (the in-pad samples) and float ``valid`` (0 on padded rows). Everything that depends on
-    the row only (not on the z sample or the tick) is computed here; the z samples of row r are k = 0..n_z-1
-    with weight coef exp(-(q0 + q1 k + q2 k^2)) (erf(u_len - u) + erf(u)), u = u0 + u1 k, and arrival time
-    (|k h_z - z_an| - 0.5) / vdrift + delay.
+
+def pair_inputs(g, *, grid):
+    """Everything of the row inputs that depends on the pair only: a dict of (n_pairs,) tensors named as
+    :data:`PAIR_FIELDS` (the rows follow with :func:`expand_rows`).
+
+    g: per-pair tensors (see :func:`pair_geometry`, plus n_electrons, z_anode, vdrift).
     """
     pitch, n_pts, dt = grid
     geo = pair_geometry(g, pitch, n_pts)
@@ -178,32 +185,58 @@ def row_inputs(g, rows, *, grid, dtype):
     # Q / (L sx sy sz sqrt(8 pi^3)) x sqrt(pi) / (2 sqrt a) x dV x dt: electrons per tick per unit current
     norm = (line_charge_norm(g["n_electrons"], length, s_T, s_L) * (math.sqrt(math.pi) / 2) / sqrt_a
             * geo["volume"] * dt)
+    # sample relative to the segment start A: R(k) = (rx, ry, rz0 + k h_z); closest point on the line in the
+    # diffusion metric s*(k) = s0 + s1 k; residual e(k) = e0 + k e1 (e1 per pair, e0 per row)
+    rz0, hz = geo["z0"] - az, geo["h_z"]
+    two_a = 2 * a_coef
+    s1 = hz * uz * w_l / two_a
+    e1x, e1y, e1z = -s1 * ux, -s1 * uy, hz - s1 * uz
+    return dict(x0=geo["x0"], step_x=geo["step_x"], y0=geo["y0"], step_y=geo["step_y"], x_p=g["x_p"], y_p=g["y_p"],
+                ax=ax, ay=ay, ux=ux, uy=uy, uz=uz, w_t=w_t, w_l=w_l, two_a=two_a, rz0=rz0, rz0_uz_wl=rz0 * uz * w_l,
+                e1x=e1x, e1y=e1y, e1z=e1z, sqrt_a=sqrt_a, norm=norm,
+                q2=(e1x * e1x + e1y * e1y) * w_t / 2 + e1z * e1z * w_l / 2, u1=sqrt_a * s1,
+                u_len=sqrt_a * length, h_z=hz, z_an=g["z_anode"] - geo["z0"], vdrift=ep.zeros_like(hz) + g["vdrift"])
 
-    rp = rows["pair"]
-    at = lambda v: ops.gather(v, rp, 0)  # noqa: E731  per-pair value for each row
-    x_i = at(geo["x0"]) + ops.cast(rows["i"], dtype) * at(geo["step_x"])
-    y_j = at(geo["y0"]) + ops.cast(rows["j"], dtype) * at(geo["step_y"])
-    amp, tau_fast, tau_slow, delay = current_template(ep.abs(at(g["x_p"]) - x_i), ep.abs(at(g["y_p"]) - y_j))
+
+def expand_rows(pairf, rows, *, dtype):
+    """Per-row inputs (a dict of (n_rows,) tensors named as :data:`fused.ROW_FIELDS`) from the stacked per-pair
+    inputs ``pairf`` (n_pairs, len(PAIR_FIELDS)) of :func:`pair_inputs` and the rows' in-pad sample (i, j).
+
+    rows: dict with int tensors pair, i, j and float ``valid`` (0 on padded rows). The z samples of row r are
+    k = 0..n_z-1 with weight coef exp(-(q0 + q1 k + q2 k^2)) (erf(u_len - u) + erf(u)), u = u0 + u1 k, and
+    arrival time (|k h_z - z_an| - 0.5) / vdrift + delay. (:func:`larnd_diff.sim.fused.expand_rows` is the
+    same arithmetic on the host, with its hand-written gradient.)
+    """
+    per_row = ops.gather(pairf, rows["pair"], 0)                     # one gather of every per-pair value
+    col = {name: per_row[:, c] for c, name in enumerate(PAIR_FIELDS)}
+    x_i = col["x0"] + ops.cast(rows["i"], dtype) * col["step_x"]
+    y_j = col["y0"] + ops.cast(rows["j"], dtype) * col["step_y"]
+    amp, tau_fast, tau_slow, delay = current_template(ep.abs(col["x_p"] - x_i), ep.abs(col["y_p"] - y_j))
     # in-pad samples have B >= 0.087 us, C >= 1.84 us; the floor only guards padded rows
     tau_fast, tau_slow = ep.maximum(tau_fast, MIN_TIME_CONSTANT_US), ep.maximum(tau_slow, MIN_TIME_CONSTANT_US)
-    # sample relative to the segment start A: R(k) = (rx, ry, rz0 + k h_z); closest point on the line in the
-    # diffusion metric s*(k) = s0 + s1 k; residual e(k) = e0 + k e1; Gaussian exponent -(q0 + q1 k + q2 k^2)
-    ux_r, uy_r, uz_r, wt_r, wl_r, a_r = at(ux), at(uy), at(uz), at(w_t), at(w_l), at(a_coef)
-    rx, ry = x_i - at(ax), y_j - at(ay)
-    rz0, hz = at(geo["z0"]) - at(az), at(geo["h_z"])
-    s0 = (rx * ux_r * wt_r + ry * uy_r * wt_r + rz0 * uz_r * wl_r) / (2 * a_r)
-    s1 = hz * uz_r * wl_r / (2 * a_r)
-    e0x, e0y, e0z = rx - s0 * ux_r, ry - s0 * uy_r, rz0 - s0 * uz_r
-    e1x, e1y, e1z = -s1 * ux_r, -s1 * uy_r, hz - s1 * uz_r
-    sa_r = at(sqrt_a)
-    vd = g["vdrift"]
-    return dict(q0=(e0x * e0x + e0y * e0y) * wt_r / 2 + e0z * e0z * wl_r / 2,
-                q1=(e0x * e1x + e0y * e1y) * wt_r + e0z * e1z * wl_r,
-                q2=(e1x * e1x + e1y * e1y) * wt_r / 2 + e1z * e1z * wl_r / 2,
-                u0=sa_r * s0, u1=sa_r * s1,                          # erf arguments sqrt(a) s*(k)
-                u_len=sa_r * at(length), coef=at(norm) * rows["valid"], h_z=hz,
-                z_an=at(g["z_anode"]) - at(geo["z0"]), vdrift=ep.zeros_like(hz) + vd, delay=delay,
-                tau_fast=tau_fast, tau_slow=tau_slow, amp=amp)
+    ux, uy, uz, w_t, w_l = col["ux"], col["uy"], col["uz"], col["w_t"], col["w_l"]
+    rx, ry = x_i - col["ax"], y_j - col["ay"]
+    s0 = (rx * ux * w_t + ry * uy * w_t + col["rz0_uz_wl"]) / col["two_a"]
+    e0x, e0y, e0z = rx - s0 * ux, ry - s0 * uy, col["rz0"] - s0 * uz
+    e1x, e1y, e1z = col["e1x"], col["e1y"], col["e1z"]
+    return dict(q0=(e0x * e0x + e0y * e0y) * w_t / 2 + e0z * e0z * w_l / 2,
+                q1=(e0x * e1x + e0y * e1y) * w_t + e0z * e1z * w_l,
+                q2=col["q2"], u0=col["sqrt_a"] * s0, u1=col["u1"],          # erf arguments sqrt(a) s*(k)
+                u_len=col["u_len"], coef=col["norm"] * rows["valid"], h_z=col["h_z"], z_an=col["z_an"],
+                vdrift=col["vdrift"], delay=delay, tau_fast=tau_fast, tau_slow=tau_slow, amp=amp)
+
+
+def stack_pair_inputs(g, *, grid):
+    """:func:`pair_inputs` stacked in :data:`PAIR_FIELDS` order, (n_pairs, len(PAIR_FIELDS))."""
+    p = pair_inputs(g, grid=grid)
+    return ep.stack([p[name] for name in PAIR_FIELDS], axis=1)
+
+
+def row_inputs(g, rows, *, grid, dtype):
+    """Per-row inputs of the entry loop, a dict of (n_rows,) tensors named as :data:`fused.ROW_FIELDS`:
+    :func:`expand_rows` of :func:`pair_inputs`. Everything that depends on the row only (not on the z sample or
+    the tick) is computed here."""
+    return expand_rows(stack_pair_inputs(g, grid=grid), rows, dtype=dtype)
 
 
 def entry_waveforms(f, rows, *, n_pairs, n_rows, n_z, width, dt, sharpness, k_fast, k_slow, dtype):
@@ -295,6 +328,57 @@ def fused_waveforms(backend_name, rowf, rows, *, n_pairs, width, dt, sharpness, 
     return ep.astensor(op(rowf.raw, *consts))
 
 
+def fused_pair_waveforms(backend_name, pairf, rows, *, n_pairs, width, dt, sharpness, k_fast, k_slow):
+    """:func:`fused_waveforms` (CPU kernels) from the stacked per-pair inputs ``pairf`` of
+    :func:`stack_pair_inputs`: the rows are expanded on the host (``fused.expand_rows``, the arithmetic of
+    :func:`expand_rows`) and the gradient comes back per pair, so no per-row tensor exists in the framework.
+
+    rows: int tensors pair, i, j, n_z, n_win and float valid, t0 per row (no gradient).
+    """
+    from larnd_diff.backends import custom_vjp as glue
+    from larnd_diff.sim import fused
+
+    args = (float(dt), sharpness, int(k_fast), int(k_slow))
+    consts = [rows[k].raw for k in ("pair", "i", "j", "valid", "n_z", "n_win", "t0")]
+
+    def forward(x, pair, i, j, valid, n_z, n_win, t0):
+        return fused.pair_forward(x, fused.RowLayout(pair, n_z, n_win, t0, n_pairs, width), i, j, valid, *args)
+
+    def backward(x, pair, i, j, valid, n_z, n_win, t0, g):
+        return fused.pair_backward(x, fused.RowLayout(pair, n_z, n_win, t0, n_pairs, width), i, j, valid, *args, g)
+
+    op = glue.host_vjp(backend_name, forward, backward, (n_pairs, width))
+    return ep.astensor(op(pairf.raw, *consts))
+
+
+def fused_charge(backend_name, pairf, table, t0, groups, *, n_rows, n_ticks, dt, sharpness, k_fast, k_slow):
+    """Induced charge per tick (electrons) of every output row, (n_rows, n_ticks), from the stacked per-pair
+    inputs ``pairf`` of :func:`stack_pair_inputs`, in one host call (``fused.charge_forward``, its gradient
+    ``fused.charge_backward``): rows expanded, waveforms evaluated and placed on the rows' tick axis on the host.
+
+    table (n_pairs, len(fused.PAIR_TABLE)) int64 and t0 (n_pairs,) float64 us: NumPy host data of the pairs;
+    groups: [(first, stop, width)] consecutive pairs evaluated together. For eagerly executed backends (the
+    host data are closed over, not operands: under jax.jit use :func:`fused_pair_waveforms` per block).
+    """
+    from larnd_diff.backends import custom_vjp as glue
+    from larnd_diff.sim import fused
+
+    args = (float(dt), sharpness, int(k_fast), int(k_slow))
+    table = np.ascontiguousarray(table, np.int64)
+    t0 = np.ascontiguousarray(t0, np.float64)
+    groups = [(int(a), int(b), int(w)) for a, b, w in groups]
+
+    def forward(x):
+        return fused.charge_forward(x, table, t0, groups, n_rows, n_ticks, *args)
+
+    def backward(x, g):
+        return fused.charge_backward(x, table, t0, groups, *args, g)
+
+    op = glue.host_vjp(backend_name, forward, backward, (int(n_rows), int(n_ticks)))
+    return ep.astensor(op(pairf.raw))
+
+
 __all__ = ["current_template", "template_polynomial", "line_charge_norm", "line_integral",
-           "discounted_reverse_cumsum", "smooth_window_ticks", "pair_geometry", "row_inputs", "entry_waveforms",
-           "fused_waveforms"]
+           "discounted_reverse_cumsum", "smooth_window_ticks", "pair_geometry", "PAIR_FIELDS", "pair_inputs",
+           "stack_pair_inputs", "expand_rows", "row_inputs", "entry_waveforms", "fused_waveforms",
+           "fused_pair_waveforms", "fused_charge"]

@@ -4,7 +4,9 @@ The integer structure (pixels, pairs, windows, sample counts) is planned on the 
 values each call (:mod:`larnd_diff.sim.pixels`); the differentiable arithmetic runs on the chosen backend in
 blocks of (segment, pixel) pairs sized to ``SimConfig.memory_budget_bytes``, each block checkpointed on the
 differentiable backends and jitted on jax. Block shapes are padded to a small ladder of sizes so that compiled
-backends see few distinct shapes.
+backends see few distinct shapes. With the fused CPU kernels on an eagerly executing backend (numpy, torch,
+tensorflow), the framework computes the per-pair inputs of all pairs at once and one host call does the rest
+(:func:`larnd_diff.sim.induce.fused_charge`): no per-row tensor, no padding, no scatter in the framework.
 """
 from __future__ import annotations
 
@@ -175,6 +177,26 @@ def _blocks(plan: pixels.PairPlan, compute: np.ndarray, budget: int, n_corr: int
     return out
 
 
+def _host_groups(plan, blocks, budget: int):
+    """The blocks (in order) merged into as few consecutive groups of one host call as fit ``budget``: each group
+    evaluates its pairs' windows at its widest block's width (float64 waveforms, cotangents and row inputs).
+    Returns [(first, stop, width)] ranges of the concatenated pairs."""
+    groups = []
+    start = 0
+    for pair_idx, width, _ in blocks:
+        stop = start + len(pair_idx)
+        if groups:
+            first = groups[-1][0]
+            n_rows = int(np.sum(plan.nx[pair_idx] * plan.ny[pair_idx])) + groups[-1][3]
+            if 8 * (3 * (stop - first) * width + 40 * n_rows) <= budget:
+                groups[-1] = (first, stop, width, n_rows)
+                start = stop
+                continue
+        groups.append((start, stop, width, int(np.sum(plan.nx[pair_idx] * plan.ny[pair_idx]))))
+        start = stop
+    return [(a, b, w) for a, b, w, _ in groups]
+
+
 def _block_inputs(plan, pair_idx, multiple):
     """Host index arrays of one block, padded: per-pair gather index and rows (pair, i, j, n_z, n_win, t0).
 
@@ -198,14 +220,19 @@ def _block_inputs(plan, pair_idx, multiple):
 
 def _block_fn(backend, grad_capable: bool, fused):
     """The per-block evaluation, jitted on jax (cached) and checkpointed on differentiable backends: with the
-    EagerPy entry loop the whole block, with the fused kernels only the row inputs (the kernels' backward
-    needs nothing but them), so the memory kept for the gradient is ~15 numbers per row, not ~60."""
+    EagerPy entry loop the whole block, with the fused CUDA kernels only the row inputs (the kernels' backward
+    needs nothing but them), so the memory kept for the gradient is ~15 numbers per row, not ~60. The fused CPU
+    kernels take the per-pair inputs and expand the rows themselves: the framework's graph is per pair only."""
     key = (backend.name, grad_capable, fused)
     fn = _JIT_CACHE.get(key)
     if fn is None:
         def run(g, rows, *, n_pairs, n_rows, n_z, width, grid, sharpness, k_fast, k_slow, dtype):
             common = dict(n_pairs=n_pairs, width=width, dt=grid[2], sharpness=sharpness, k_fast=k_fast,
                           k_slow=k_slow)
+            if fused == "cpu":
+                # per-pair inputs in the framework, rows expanded inside the host kernels (value and gradient)
+                return induce.fused_pair_waveforms(backend.name, induce.stack_pair_inputs(g, grid=grid), rows,
+                                                   **common)
             if fused:
                 from larnd_diff.sim.fused import ROW_FIELDS
 
@@ -323,7 +350,7 @@ def simulate(segments, backend: str = "numpy", device=None, params=None, relaxat
                  sigma_T=dr.sigma_T, sigma_L=dr.sigma_L, n_electrons=dr.n_electrons)
     z_anode = detector.anode_z[np.maximum(host["plane"], 0)]
 
-    # ---- induced charge, block by block
+    # ---- induced charge: fused CPU kernels in one host call, else block by block
     itemsize = 8 if dtype == "float64" else 4
     n_corr = 2 * (k_fast + k_slow)
     compute = ~plan.nan_pair if sharp is None else np.ones(plan.n_pairs, bool)
@@ -331,49 +358,30 @@ def simulate(segments, backend: str = "numpy", device=None, params=None, relaxat
     blocks = _blocks(plan, compute, config.memory_budget_bytes, n_corr, itemsize, fused is not None)
     fn = _block_fn(b, grad_capable, fused)
     grid = (float(detector.pixel_pitch), int(detector.sampled_points), float(detector.t_sampling))
-    waves, flat_idx, keep_masks = [], [], []
     n_ticks = 1
     ends = plan.placement + plan.n_win
     if plan.n_pairs:
         n_ticks = int(min(detector.n_ticks_event, ends.max() + TAIL_TICKS))
-    for pair_idx, width, n_z in blocks:
-        gather, rows, n_p, n_r, _ = _block_inputs(plan, pair_idx, config.pad_multiple)
-        seg_of = plan.seg[gather]
-        gi = asarr(seg_of, "int64")
-        s_ = plan.seg[gather]
-        swap_x = host["x_end"][s_] < host["x_start"][s_]
-        a_first_s = host["z_start"][s_] < host["z_end"][s_] + tilt * (host["z_start"][s_] == host["z_end"][s_])
-        # S (smaller x) is A exactly when A is the x-start and x is not swapped, or A is the x-end and it is
-        x_first_is_a = np.where(a_first_s, ~swap_x, swap_x)
-        bx_ = np.where(a_first_s, host["x_end"][s_], host["x_start"][s_])
-        ax_ = np.where(a_first_s, host["x_start"][s_], host["x_end"][s_])
-        sgn_x = np.where(bx_ - ax_ >= 0, 1.0, -1.0)
-        by_ = np.where(a_first_s, host["y_end"][s_], host["y_start"][s_])
-        ay_ = np.where(a_first_s, host["y_start"][s_], host["y_end"][s_])
-        sgn_y = np.where(by_ - ay_ >= 0, 1.0, -1.0)
-        g = {k: ops.gather(v, gi, 0) for k, v in seg_t.items()}
-        g.update(x_p=asarr(plan.x_p[gather]), y_p=asarr(plan.y_p[gather]), x_first_is_a=asarr(x_first_is_a, "bool"),
-                 branch=asarr(plan.branch[gather], "int64"), n_z=asarr(plan.n_z[gather].astype(np.float64)),
-                 sgn_x=asarr(sgn_x), sgn_y=asarr(sgn_y), z_anode=asarr(z_anode[seg_of]),
-                 vdrift=vdrift)
-        rows_t = {k: asarr(v, "int64") for k, v in rows.items() if k not in ("valid", "t0")}
-        rows_t["valid"] = asarr(rows["valid"])
-        rows_t["t0"] = asarr(rows["t0"], "float64" if fused else dtype)
-        wave = fn(g, rows_t, n_pairs=n_p, n_rows=n_r, n_z=n_z, width=width, grid=grid,
-                  sharpness=None if sharp is None else float(sharp), k_fast=k_fast, k_slow=k_slow, dtype=dtype)
-        real = len(pair_idx)
-        tick = np.arange(width)
-        valid = tick[None, :] < plan.n_win[pair_idx][:, None]
-        idx = plan.out_row[pair_idx][:, None] * n_ticks + plan.placement[pair_idx][:, None] + tick[None, :]
-        waves.append(wave[:real].reshape((-1,)))
-        flat_idx.append(np.where(valid, idx, 0).reshape(-1))
-        keep_masks.append(valid.reshape(-1).astype(np.float64))
     n_rows = len(plan.rows)
-    charge = ep.zeros(like, (n_rows * n_ticks,))
-    if waves:
-        vals = ep.concatenate(waves) * asarr(np.concatenate(keep_masks))
-        charge = ops.scatter_add(charge, asarr(np.concatenate(flat_idx), "int64"), vals)
-    charge = charge.reshape((n_rows, n_ticks))
+    sharpness = None if sharp is None else float(sharp)
+    pair_tensors = lambda gather: _pair_tensors(plan, gather, host, seg_t, z_anode, tilt, vdrift, asarr)  # noqa: E731
+    if fused == "cpu" and b.name != "jax":
+        # every pair in one host call: per-pair inputs in the framework, the rest (rows, waveforms, placement on
+        # the rows' ticks) in the kernels
+        if not blocks:
+            charge = ep.zeros(like, (n_rows, n_ticks))
+        else:
+            pairs = np.concatenate([p for p, _, _ in blocks])
+            groups = _host_groups(plan, blocks, config.memory_budget_bytes)
+            table = np.stack([plan.ix0[pairs], plan.iy0[pairs], plan.nx[pairs], plan.ny[pairs], plan.n_z[pairs],
+                              plan.n_win[pairs], plan.out_row[pairs], plan.placement[pairs]], axis=1)
+            pairf = induce.stack_pair_inputs(pair_tensors(pairs), grid=grid)
+            charge = induce.fused_charge(b.name, pairf, table, plan.eval_start[pairs], groups, n_rows=n_rows,
+                                         n_ticks=n_ticks, dt=grid[2], sharpness=sharpness, k_fast=k_fast,
+                                         k_slow=k_slow)
+    else:
+        charge = _blocks_charge(fn, plan, blocks, pair_tensors, asarr, like, n_rows, n_ticks, config, grid,
+                                sharpness, k_fast, k_slow, dtype, fused)
     if sharp is None and plan.nan_pair.any():
         charge = _nan_overlay(charge, plan, n_ticks, asarr)
 
@@ -395,6 +403,56 @@ def simulate(segments, backend: str = "numpy", device=None, params=None, relaxat
     if return_waveforms:
         return hits, charge, plan
     return hits
+
+
+def _pair_tensors(plan, gather, host, seg_t, z_anode, tilt, vdrift, asarr):
+    """Per-pair tensors of the pairs ``gather`` (host indices): the segment's differentiable values and the host
+    constants of the pair (pixel centre, x ordering, z_interval branch, z samples, signs, anode, drift speed)."""
+    seg_of = plan.seg[gather]
+    gi = asarr(seg_of, "int64")
+    s_ = seg_of
+    swap_x = host["x_end"][s_] < host["x_start"][s_]
+    a_first_s = host["z_start"][s_] < host["z_end"][s_] + tilt * (host["z_start"][s_] == host["z_end"][s_])
+    # S (smaller x) is A exactly when A is the x-start and x is not swapped, or A is the x-end and it is
+    x_first_is_a = np.where(a_first_s, ~swap_x, swap_x)
+    bx_ = np.where(a_first_s, host["x_end"][s_], host["x_start"][s_])
+    ax_ = np.where(a_first_s, host["x_start"][s_], host["x_end"][s_])
+    sgn_x = np.where(bx_ - ax_ >= 0, 1.0, -1.0)
+    by_ = np.where(a_first_s, host["y_end"][s_], host["y_start"][s_])
+    ay_ = np.where(a_first_s, host["y_start"][s_], host["y_end"][s_])
+    sgn_y = np.where(by_ - ay_ >= 0, 1.0, -1.0)
+    g = {k: ops.gather(v, gi, 0) for k, v in seg_t.items()}
+    g.update(x_p=asarr(plan.x_p[gather]), y_p=asarr(plan.y_p[gather]), x_first_is_a=asarr(x_first_is_a, "bool"),
+             branch=asarr(plan.branch[gather], "int64"), n_z=asarr(plan.n_z[gather].astype(np.float64)),
+             sgn_x=asarr(sgn_x), sgn_y=asarr(sgn_y), z_anode=asarr(z_anode[seg_of]), vdrift=vdrift)
+    return g
+
+
+def _blocks_charge(fn, plan, blocks, pair_tensors, asarr, like, n_rows, n_ticks, config, grid, sharpness, k_fast,
+                   k_slow, dtype, fused):
+    """Induced charge (n_rows, n_ticks) block by block (``fn`` = :func:`_block_fn`: jitted on jax, padded
+    shapes), scatter-added onto the rows' tick axis."""
+    waves, flat_idx, keep_masks = [], [], []
+    for pair_idx, width, n_z in blocks:
+        gather, rows, n_p, n_r, _ = _block_inputs(plan, pair_idx, config.pad_multiple)
+        g = pair_tensors(gather)
+        rows_t = {k: asarr(v, "int64") for k, v in rows.items() if k not in ("valid", "t0")}
+        rows_t["valid"] = asarr(rows["valid"])
+        rows_t["t0"] = asarr(rows["t0"], "float64" if fused else dtype)
+        wave = fn(g, rows_t, n_pairs=n_p, n_rows=n_r, n_z=n_z, width=width, grid=grid, sharpness=sharpness,
+                  k_fast=k_fast, k_slow=k_slow, dtype=dtype)
+        real = len(pair_idx)
+        tick = np.arange(width)
+        valid = tick[None, :] < plan.n_win[pair_idx][:, None]
+        idx = plan.out_row[pair_idx][:, None] * n_ticks + plan.placement[pair_idx][:, None] + tick[None, :]
+        waves.append(wave[:real].reshape((-1,)))
+        flat_idx.append(np.where(valid, idx, 0).reshape(-1))
+        keep_masks.append(valid.reshape(-1).astype(np.float64))
+    charge = ep.zeros(like, (n_rows * n_ticks,))
+    if waves:
+        vals = ep.concatenate(waves) * asarr(np.concatenate(keep_masks))
+        charge = ops.scatter_add(charge, asarr(np.concatenate(flat_idx), "int64"), vals)
+    return charge.reshape((n_rows, n_ticks))
 
 
 def _nan_overlay(charge, plan, n_ticks, asarr):
