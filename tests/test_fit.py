@@ -501,6 +501,10 @@ def test_cli_closure_split_over_processes_matches_one_run(backend, tmp_path):
     for r in resumed:
         assert r["iterations"] == 12
         assert r["target"] == full[r["index"]]["target"] and r["fitted"] == full[r["index"]]["fitted"]
+    from larnd_diff.fit import plot_convergence_band
+
+    plot_convergence_band([tmp_path / "ck" / "target_000", tmp_path / "ck" / "target_002"], tmp_path / "band.png")
+    assert (tmp_path / "band.png").stat().st_size > 0
     with pytest.raises(ValueError, match="outside 0..2"):
         main(common + ["--max-iter", "2", "--only", "3", "--json", str(tmp_path / "bad.json")])
 
