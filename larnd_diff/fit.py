@@ -275,8 +275,8 @@ PAPER_RECIPE: Dict[str, Any] = {"optimizer": "adam", "parameterization": "linear
 #: from the trajectory, lr 5e-2 decaying x0.99 per epoch, Soft-DTW divergence on (x, y, t, ADC) with the ADC
 #: scale 1.5 counts, the whole sample as one batch (deterministic steps), continuous ADC, and the stopping rule.
 #: ``fd_params=("tran_diff",)`` rescues the targets on which tran_diff runs away (far from the optimum its
-#: reverse-mode gradient, blind to hits appearing at the trigger threshold, can have the wrong sign) but, with
-#: fd_step 0.02, its jumpy differences cost precision near the optimum: off by default (README table).
+#: reverse-mode gradient, blind to hits appearing at the trigger threshold, can have the wrong sign) but near the
+#: optimum its differences shift tran_diff's minimum and lifetime compensates: off by default (README table).
 CLOSURE_RECIPE: Dict[str, Any] = {"optimizer": "adam-full", "parameterization": "log", "lr": 5e-2,
                                   "lr_decay": 0.99, "clip_norm": 1.0, "loss": "sdtw",
                                   "loss_options": {"scales": {"adc": 1.5}},
