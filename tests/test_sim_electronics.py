@@ -280,16 +280,22 @@ def test_nan_semantics(backend):
     assert ticks_of(time)[2, :2].tolist() == [100, 200] and not np.isnan(charge[2, :2]).any()
 
 
-def test_random_waveforms_match_scalar_model(backend):
-    rng = np.random.default_rng(7)
-    n_rows, n_ticks = 60, 800
+def random_waveforms(seed, n_rows, n_ticks, max_pulses, pulse_e, p_negative, p_nan):
+    """Rows of random exponential pulses (20 ticks, tau 4 ticks, mean height pulse_e electrons per tick), with
+    a fraction p_negative of ticks flipped to -3x (failed conversions) and p_nan of them NaN."""
+    rng = np.random.default_rng(seed)
     w = np.zeros((n_rows, n_ticks))
     for r in range(n_rows):
-        for _ in range(rng.integers(0, 25)):
+        for _ in range(rng.integers(0, max_pulses)):
             start = rng.integers(0, n_ticks - 20)
-            w[r, start:start + 20] += rng.exponential(1.0) * 2_000.0 * np.exp(-np.arange(20) / 4.0)
-    w[rng.random(w.shape) < 0.002] *= -3.0            # occasional negative ticks (failed conversions)
-    w[rng.random(w.shape) < 0.0002] = np.nan          # and a few NaN ticks
+            w[r, start:start + 20] += rng.exponential(1.0) * pulse_e * np.exp(-np.arange(20) / 4.0)
+    w[rng.random(w.shape) < p_negative] *= -3.0
+    w[rng.random(w.shape) < p_nan] = np.nan
+    return w
+
+
+def test_random_waveforms_match_scalar_model(backend):
+    w = random_waveforms(7, 60, 800, 25, 2_000.0, p_negative=0.002, p_nan=0.0002)
     assert_matches_scalar(backend, w)
     assert_matches_scalar(backend, w, active=611)     # padded input: ticks >= 611 do not exist
 
@@ -298,15 +304,7 @@ def test_random_waveforms_match_scalar_model(backend):
 def test_host_search_equals_vectorized(backend, dtype):
     """The host (Numba) trigger search and the vectorised EagerPy one: identical samples, with NaN ticks,
     negative ticks, saturation of the 10 slots, padded ticks, noise and both trigger relaxations."""
-    rng = np.random.default_rng(3)
-    n_rows, n_ticks = 40, 700
-    w = np.zeros((n_rows, n_ticks))
-    for r in range(n_rows):
-        for _ in range(rng.integers(0, 30)):
-            start = rng.integers(0, n_ticks - 20)
-            w[r, start:start + 20] += rng.exponential(1.0) * 3_000.0 * np.exp(-np.arange(20) / 4.0)
-    w[rng.random(w.shape) < 0.003] *= -3.0
-    w[rng.random(w.shape) < 0.0005] = np.nan
+    w = random_waveforms(3, 40, 700, 30, 3_000.0, p_negative=0.003, p_nan=0.0005)
     b = ops.get_backend(backend)
     for relaxation in (HARD, SMOOTH):
         for noise, active in ((False, None), (False, 611), (True, None)):
@@ -318,7 +316,7 @@ def test_host_search_equals_vectorized(backend, dtype):
                                                                     **kw)]
             for host, vectorized in zip(out["host"], out["vectorized"]):
                 np.testing.assert_array_equal(host, vectorized)
-            assert np.sum(~np.isnan(out["host"][0])) > n_rows
+            assert np.sum(~np.isnan(out["host"][0])) > len(w)
 
 
 def test_active_ticks_per_row(backend):
