@@ -108,6 +108,9 @@ def _add_optimizer_options(p: argparse.ArgumentParser, recipe: str) -> None:
                         "the trigger threshold (default: the recipe's)")
     p.add_argument("--fd-step", type=float, default=0.02,
                    help="relative parameter step of --fd-params (default 0.02)")
+    p.add_argument("--fd-switch", type=int, default=None, metavar="N",
+                   help="return a --fd-params parameter to reverse mode for good once its central difference "
+                        "and reverse-mode gradient agreed in sign N iterations in a row (default: never)")
     p.add_argument("--time-budget", type=float, default=None, metavar="S",
                    help="stop a fit after S seconds of wall time (default: no limit)")
     p.add_argument("--seed", type=int, default=0)
@@ -189,6 +192,7 @@ def _fit_options(args) -> dict:
                 stop_tol=args.stop_tol or None, stop_window=args.stop_window, step_scales=args.step_scales,
                 adapt_steps=args.adapt_steps or None, loss_options=args.loss_options or None,
                 time_budget_s=args.time_budget, fd_params=args.fd_params or (), fd_step=args.fd_step,
+                fd_switch=args.fd_switch,
                 link_vdrift=args.link_vdrift, model_noise=args.model_noise, target_noise=args.target_noise,
                 target_simulator=args.target_simulator, hessian=not args.no_hessian,
                 checkpoint_every=args.checkpoint_every, progress=not args.quiet)

@@ -406,7 +406,8 @@ class Calibrator:
                  step_scales: Optional[Mapping[str, float]] = None,
                  optimizer_options: Optional[Mapping[str, float]] = None,
                  adapt_steps: Optional[Mapping[str, float]] = None, loss_options: Optional[Mapping[str, Any]] = None,
-                 time_budget_s: Optional[float] = None, fd_params: Sequence[str] = (), fd_step: float = 0.02):
+                 time_budget_s: Optional[float] = None, fd_params: Sequence[str] = (), fd_step: float = 0.02,
+                 fd_switch: Optional[int] = None):
         from .ops import get_backend
         from .selection import make_batches
 
@@ -454,6 +455,9 @@ class Calibrator:
         if not float(fd_step) > 0:
             raise ValueError(f"fd_step must be > 0 (relative change of the parameter), got {fd_step}")
         self.fd_step = float(fd_step)
+        if fd_switch is not None and int(fd_switch) < 1:
+            raise ValueError(f"fd_switch must be >= 1 or None, got {fd_switch}")
+        self.fd_switch = None if fd_switch is None else int(fd_switch)
 
         if epochs is None and max_iter is None:
             raise ValueError("give epochs, max_iter or both (the fit stops at whichever comes first)")
@@ -555,25 +559,36 @@ class Calibrator:
                              noise=self.model_noise, seed=noise_seed)
         return _unwrap(self.loss_fn(sim, self._target_for(b)))
 
-    def _loss_and_grad(self, opt, b: int, noise_seed: int):
+    def _loss_and_grad(self, opt, b: int, noise_seed: int, st: Optional["_LoopState"] = None):
         self._target_for(b)
         value, grads = self.backend.value_and_grad(
             lambda p: self.backend.wrap(self.batch_loss(b, p, noise_seed)), opt.params())
         loss = float(self.backend.to_numpy(value))
         g = {n: float(np.asarray(self.backend.to_numpy(grads[n])).reshape(())) for n in self.names}
-        if self.fd_params:
-            g.update(self._fd_gradient(opt, b, noise_seed))
+        active = [n for n in self.fd_params if st is None or self._fd_active(st, n)]
+        if active:
+            fd = self._fd_gradient(opt, b, noise_seed, active)
+            if st is not None and self.fd_switch is not None:
+                for n in active:  # a count of consecutive iterations where both gradients point the same way
+                    st.fd_agree[n] = st.fd_agree.get(n, 0) + 1 if fd[n] * g[n] > 0 else 0
+            g.update(fd)
             grads = dict(g)
         return loss, g, grads
 
-    def _fd_gradient(self, opt, b: int, noise_seed: int) -> Dict[str, float]:
+    def _fd_active(self, st: "_LoopState", name: str) -> bool:
+        """Whether ``name`` still takes central differences: always without ``fd_switch``; with it, until the
+        central difference and reverse mode agreed in sign ``fd_switch`` iterations in a row (near the optimum,
+        where the hit sets match, reverse mode is exact and the differences only add the loss's jumps)."""
+        return self.fd_switch is None or st.fd_agree.get(name, 0) < self.fd_switch
+
+    def _fd_gradient(self, opt, b: int, noise_seed: int, names: Sequence[str]) -> Dict[str, float]:
         """Central differences of the batch loss for ``fd_params``, with a step of ``fd_step`` relative change of
         the parameter: they see what reverse mode cannot, the loss's jumps when pixels cross the trigger
         threshold (hits appear or vanish), which bias the reverse-mode gradient of the transverse diffusion far
         from the optimum. Two forward passes per parameter."""
         here = opt.values()
         out = {}
-        for n in self.fd_params:
+        for n in names:
             h = self.fd_step / self.step_scales[n] if self.parameterization == "log" else self.fd_step
             side = []
             for sign in (1.0, -1.0):
@@ -596,7 +611,7 @@ class Calibrator:
                 "optimizer_options": self.optimizer_options, "adapt_steps": self.adapt_steps,
                 "stop_tol": self.stop_tol, "stop_window": self.stop_window, "step_scales": self.step_scales,
                 "relaxation": _relaxation_name(self.relaxation), "fd_params": self.fd_params,
-                "fd_step": self.fd_step}
+                "fd_step": self.fd_step, "fd_switch": self.fd_switch}
 
     @property
     def checkpoint_path(self) -> Optional[Path]:
@@ -639,7 +654,7 @@ class Calibrator:
             "n_skipped": st.n_skipped, "skipped": list(st.skipped), "history_bytes": st.history_bytes,
             "wall_time_s": st.wall_time_s, "optimizer": opt.state(), "stopped_early": st.stopped_early,
             "recent": [list(v) for v in st.recent], "trail": [list(v) for v in st.trail],
-            "stop_reason": st.stop_reason})
+            "stop_reason": st.stop_reason, "fd_agree": dict(st.fd_agree)})
 
     def _load(self) -> Optional[dict]:
         path = self.checkpoint_path
@@ -697,6 +712,7 @@ class Calibrator:
             st.history_bytes, st.wall_time_s = ck["history_bytes"], ck["wall_time_s"]
             st.recent = [list(v) for v in ck.get("recent", [])]
             st.trail = [list(v) for v in ck.get("trail", [])]
+            st.fd_agree = dict(ck.get("fd_agree", {}))
         return opt, st
 
     def _adapt(self, opt, st: "_LoopState", lr: float, grad: Mapping[str, float]) -> None:
@@ -821,7 +837,7 @@ class Calibrator:
         t0 = time.perf_counter()
         reason = None
         try:
-            loss, g, grads = self._loss_and_grad(opt, b, _derived_seed(self.seed, "model", epoch, b))
+            loss, g, grads = self._loss_and_grad(opt, b, _derived_seed(self.seed, "model", epoch, b), st)
         except FloatingPointError as exc:  # numpy-level overflow in a backend counts as a non-finite step
             loss, g, grads, reason = float("nan"), {n: float("nan") for n in self.names}, None, f"error: {exc}"
         gnorm = float(math.sqrt(sum(v * v for v in g.values())))
@@ -944,6 +960,7 @@ class _LoopState:
     recent: List[List[float]] = field(default_factory=list)   # last stop_window + 1 parameter vectors
     trail: List[List[float]] = field(default_factory=list)    # last adapt window + 1 (values..., lr)
     stop_reason: str = ""
+    fd_agree: Dict[str, int] = field(default_factory=dict)   # fd_params: consecutive sign agreements (fd_switch)
 
 
 def covariance_from_hessian(h: np.ndarray, scale: float = 1.0):
@@ -1007,7 +1024,8 @@ def fit(segments, target, params: Sequence[str] = FIT_PARAMETERS, backend: str =
                     time_budget_s (stop after this much wall time, checkpointed and resumable),
                     fd_params, fd_step (parameters whose gradient is taken by central differences of the
                     batch loss with a relative step fd_step, 0.02: reverse mode cannot see hits appearing at
-                    the trigger threshold; two forward passes each).
+                    the trigger threshold; two forward passes each), fd_switch (back to reverse mode for good
+                    once both agreed in sign fd_switch iterations in a row; None = never).
     :data:`PAPER_RECIPE` and :data:`CLOSURE_RECIPE` are keyword sets for this function:
     ``fit(segs, target, **CLOSURE_RECIPE, max_iter=400)``.
     """

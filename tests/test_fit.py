@@ -250,6 +250,34 @@ def test_fd_params_gradient_is_central_difference_of_the_loss(segments, backend)
         _toy_fit(segments, "torch", max_iter=1, fd_params=("lifetme",))
 
 
+def test_fd_switch_returns_to_reverse_mode_and_resumes(segments, backend, tmp_path):
+    """With fd_switch=N a parameter leaves central differences after N consecutive sign agreements (on the smooth
+    toy: from iteration N on, no extra forward passes), and the agreement count survives kill-and-resume."""
+    _torch_only(backend)
+    calls = {"n": 0}
+
+    def counting(*args, **kw):
+        calls["n"] += 1
+        return toy_simulator(*args, **kw)
+
+    res = _toy_fit(segments, "torch", max_iter=8, simulator=counting, fd_params=("lifetime",), fd_switch=3,
+                   batch_length_cm=1e6)
+    # 1 target simulation + 8 model passes + 2 extra passes in each of the first 3 iterations
+    assert res.n_batches == 1 and calls["n"] == 1 + 8 + 2 * 3
+
+    opts = dict(max_iter=8, fd_params=("lifetime",), fd_switch=3, checkpoint_every=1)
+    ref = _toy_fit(segments, "torch", checkpoint_dir=tmp_path / "ref", **opts)
+
+    def killer(rec):
+        if rec["iteration"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _toy_fit(segments, "torch", checkpoint_dir=tmp_path / "k", callback=killer, **opts)
+    res = _toy_fit(segments, "torch", checkpoint_dir=tmp_path / "k", resume=True, **opts)
+    assert res.params == ref.params
+
+
 def test_recipes_are_fit_keywords(segments, backend):
     _torch_only(backend)
     from larnd_diff.fit import CLOSURE_RECIPE, PAPER_RECIPE
