@@ -80,18 +80,6 @@ class Optimizer:
         self.names = tuple(values)
         self.lr0, self.lr_decay, self.clip_norm, self.dtype, self.device = lr, lr_decay, clip_norm, dtype, device
         self.epoch = 0
-        self.lr_scale = 1.0  # extra factor on the learning rate (the fit's plateau schedule); 1 = the plain schedule
-
-    def set_lr_scale(self, scale: float) -> None:
-        """Multiply the learning rate by ``scale / lr_scale`` now and in every later epoch."""
-        scale = float(scale)
-        if not scale > 0:
-            raise ValueError(f"lr scale must be > 0, got {scale}")
-        self._rescale(scale / self.lr_scale)
-        self.lr_scale = scale
-
-    def _rescale(self, factor: float) -> None:
-        raise NotImplementedError
 
     def params(self) -> Dict[str, Any]:
         raise NotImplementedError
@@ -162,10 +150,6 @@ class _TorchAdam(Optimizer):
                 self._sched.step()
         self.epoch = epoch
 
-    def _rescale(self, factor):
-        for group in self._opt.param_groups:  # ExponentialLR is chainable: later epochs multiply this value
-            group["lr"] *= factor
-
     def step(self, grads):
         torch = self._torch
         params = list(self._tensors.values())
@@ -181,7 +165,7 @@ class _TorchAdam(Optimizer):
         return {"values": {n: t.detach().cpu().clone() for n, t in self._tensors.items()},
                 # deep copies: state_dict() shares the live moment tensors, which later steps update in place
                 "optimizer": copy.deepcopy(self._opt.state_dict()),
-                "scheduler": copy.deepcopy(self._sched.state_dict()), "epoch": self.epoch, "lr_scale": self.lr_scale}
+                "scheduler": copy.deepcopy(self._sched.state_dict()), "epoch": self.epoch}
 
     def load_state(self, state):
         with self._torch.no_grad():
@@ -190,7 +174,6 @@ class _TorchAdam(Optimizer):
         self._opt.load_state_dict(copy.deepcopy(state["optimizer"]))
         self._sched.load_state_dict(copy.deepcopy(state["scheduler"]))
         self.epoch = state["epoch"]
-        self.lr_scale = float(state.get("lr_scale", 1.0))
 
 
 # ============================================================================================== jax
@@ -232,12 +215,8 @@ class _OptaxAdam(Optimizer):
         return float(self._hyper()["learning_rate"])
 
     def set_epoch(self, epoch):
-        lr = self.lr0 * self.lr_decay ** epoch
-        self._set_lr(lr if self.lr_scale == 1.0 else lr * self.lr_scale)
+        self._set_lr(self.lr0 * self.lr_decay ** epoch)
         self.epoch = epoch
-
-    def _rescale(self, factor):
-        self._set_lr(self.lr * factor)
 
     def step(self, grads):
         import optax
@@ -249,15 +228,13 @@ class _OptaxAdam(Optimizer):
 
     def state(self):
         to_np = lambda t: self._jax.tree_util.tree_map(np.asarray, t)  # noqa: E731
-        return {"values": to_np(self._params), "optimizer": to_np(self._state), "epoch": self.epoch,
-                "lr_scale": self.lr_scale}
+        return {"values": to_np(self._params), "optimizer": to_np(self._state), "epoch": self.epoch}
 
     def load_state(self, state):
         to_jnp = lambda t: self._jax.tree_util.tree_map(self._jnp.asarray, t)  # noqa: E731
         self._params = to_jnp(dict(state["values"]))
         self._state = to_jnp(state["optimizer"])
         self.epoch = state["epoch"]
-        self.lr_scale = float(state.get("lr_scale", 1.0))
 
 
 # ============================================================================================== tensorflow
@@ -291,12 +268,8 @@ class _KerasAdam(Optimizer):
         return float(np.asarray(self._opt.learning_rate))
 
     def set_epoch(self, epoch):
-        lr = self.lr0 * self.lr_decay ** epoch
-        self._opt.learning_rate = lr if self.lr_scale == 1.0 else lr * self.lr_scale
+        self._opt.learning_rate = self.lr0 * self.lr_decay ** epoch
         self.epoch = epoch
-
-    def _rescale(self, factor):
-        self._opt.learning_rate = self.lr * factor
 
     def step(self, grads):
         tf = self._tf
@@ -306,8 +279,7 @@ class _KerasAdam(Optimizer):
 
     def state(self):
         return {"values": {n: v.numpy() for n, v in self._vars.items()},
-                "optimizer": [np.asarray(v.numpy()) for v in self._opt.variables], "epoch": self.epoch,
-                "lr_scale": self.lr_scale}
+                "optimizer": [np.asarray(v.numpy()) for v in self._opt.variables], "epoch": self.epoch}
 
     def load_state(self, state):
         for n, v in self._vars.items():
@@ -317,7 +289,6 @@ class _KerasAdam(Optimizer):
         for var, value in zip(self._opt.variables, state["optimizer"]):
             var.assign(value)
         self.epoch = state["epoch"]
-        self.lr_scale = float(state.get("lr_scale", 1.0))
 
 
 class _null:
@@ -386,11 +357,8 @@ class FullMatrixAdam(Optimizer):
         return self._lr
 
     def set_epoch(self, epoch):
-        self._lr = self.lr0 * self.lr_scale * self.lr_decay ** epoch
+        self._lr = self.lr0 * self.lr_decay ** epoch
         self.epoch = epoch
-
-    def _rescale(self, factor):
-        self._lr *= factor
 
     def factors(self) -> Dict[str, float]:
         """Per-parameter factors on the step (1 = plain full-matrix Adam)."""
@@ -429,7 +397,7 @@ class FullMatrixAdam(Optimizer):
 
     def state(self):
         return {"values": self._x.copy(), "m": self._m.copy(), "v": self._v.copy(), "t": self._t,
-                "lr": self._lr, "epoch": self.epoch, "lr_scale": self.lr_scale, "factors": self._factors.copy()}
+                "lr": self._lr, "epoch": self.epoch, "factors": self._factors.copy()}
 
     def load_state(self, state):
         self._x = np.array(state["values"], dtype=np.float64)
@@ -437,7 +405,6 @@ class FullMatrixAdam(Optimizer):
         self._v = np.array(state["v"], dtype=np.float64)
         self._t, self._lr, self.epoch = int(state["t"]), float(state["lr"]), int(state["epoch"])
         self._factors = np.array(state.get("factors", np.ones(len(self.names))), dtype=np.float64)
-        self.lr_scale = float(state.get("lr_scale", 1.0))
 
 
 #: Optimiser methods of :func:`make_optimizer`.

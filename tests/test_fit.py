@@ -142,22 +142,6 @@ def test_full_matrix_adam_whitens_a_dominant_direction():
     assert -x_diag @ u2 < 0.1          # diagonal Adam: the flips of u1 drown u2
 
 
-def test_lr_scale_survives_state_round_trip(backend):
-    _needs_grad(backend)
-    from larnd_diff.backends.optim import make_optimizer
-
-    for method in ("adam", "adam-full"):
-        a = make_optimizer(backend, {"a": 1.0}, lr=0.1, lr_decay=0.5, method=method)
-        a.set_epoch(0)
-        a.set_lr_scale(0.25)
-        assert a.lr == pytest.approx(0.025, rel=1e-6)
-        a.set_epoch(1)
-        assert a.lr == pytest.approx(0.0125, rel=1e-6)
-        b = make_optimizer(backend, {"a": 3.0}, lr=0.1, lr_decay=0.5, method=method)
-        b.load_state(a.state())
-        assert b.lr_scale == 0.25 and b.lr == pytest.approx(a.lr, rel=1e-6)
-
-
 def test_optimizer_state_round_trip(backend):
     _needs_grad(backend)
     from larnd_diff.backends.optim import make_optimizer
