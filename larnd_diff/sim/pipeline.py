@@ -185,14 +185,14 @@ def _host_groups(plan, blocks, budget: int):
     start = 0
     for pair_idx, width, _ in blocks:
         stop = start + len(pair_idx)
+        rows = int(np.sum(plan.nx[pair_idx] * plan.ny[pair_idx]))
         if groups:
-            first = groups[-1][0]
-            n_rows = int(np.sum(plan.nx[pair_idx] * plan.ny[pair_idx])) + groups[-1][3]
+            first, n_rows = groups[-1][0], groups[-1][3] + rows
             if 8 * (3 * (stop - first) * width + 40 * n_rows) <= budget:
                 groups[-1] = (first, stop, width, n_rows)
                 start = stop
                 continue
-        groups.append((start, stop, width, int(np.sum(plan.nx[pair_idx] * plan.ny[pair_idx]))))
+        groups.append((start, stop, width, rows))
         start = stop
     return [(a, b, w) for a, b, w, _ in groups]
 
@@ -408,9 +408,8 @@ def simulate(segments, backend: str = "numpy", device=None, params=None, relaxat
 def _pair_tensors(plan, gather, host, seg_t, z_anode, tilt, vdrift, asarr):
     """Per-pair tensors of the pairs ``gather`` (host indices): the segment's differentiable values and the host
     constants of the pair (pixel centre, x ordering, z_interval branch, z samples, signs, anode, drift speed)."""
-    seg_of = plan.seg[gather]
+    s_ = seg_of = plan.seg[gather]
     gi = asarr(seg_of, "int64")
-    s_ = seg_of
     swap_x = host["x_end"][s_] < host["x_start"][s_]
     a_first_s = host["z_start"][s_] < host["z_end"][s_] + tilt * (host["z_start"][s_] == host["z_end"][s_])
     # S (smaller x) is A exactly when A is the x-start and x is not swapped, or A is the x-end and it is
