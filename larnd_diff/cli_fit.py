@@ -55,7 +55,7 @@ _RECIPE_OPTIONS = {"optimizer": "optimizer", "parameterization": "parameterizati
                    "lr_decay": "lr_decay", "clip_norm": "clip_norm", "loss": "loss", "batch_length": "batch_length_cm",
                    "relaxation": "relaxation", "stop_tol": "stop_tol", "stop_window": "stop_window",
                    "step_scales": "step_scales", "adapt_steps": "adapt_steps", "loss_options": "loss_options",
-                   "fd_params": "fd_params"}
+                   "fd_params": "fd_params", "fd_until": "fd_until"}
 
 
 def _add_optimizer_options(p: argparse.ArgumentParser, recipe: str) -> None:
@@ -111,6 +111,10 @@ def _add_optimizer_options(p: argparse.ArgumentParser, recipe: str) -> None:
     p.add_argument("--fd-switch", type=int, default=None, metavar="N",
                    help="return a --fd-params parameter to reverse mode for good once its central difference "
                         "and reverse-mode gradient agreed in sign N iterations in a row (default: never)")
+    p.add_argument("--fd-until", type=int, default=None, metavar="N",
+                   help="take the --fd-params gradients by central differences only in the first N iterations "
+                        "(the far field, where reverse mode is biased), reverse mode after; 0 = in every iteration "
+                        "(default: the recipe's)")
     p.add_argument("--time-budget", type=float, default=None, metavar="S",
                    help="stop a fit after S seconds of wall time (default: no limit)")
     p.add_argument("--seed", type=int, default=0)
@@ -192,7 +196,7 @@ def _fit_options(args) -> dict:
                 stop_tol=args.stop_tol or None, stop_window=args.stop_window, step_scales=args.step_scales,
                 adapt_steps=args.adapt_steps or None, loss_options=args.loss_options or None,
                 time_budget_s=args.time_budget, fd_params=args.fd_params or (), fd_step=args.fd_step,
-                fd_switch=args.fd_switch,
+                fd_switch=args.fd_switch, fd_until=args.fd_until or None,
                 link_vdrift=args.link_vdrift, model_noise=args.model_noise, target_noise=args.target_noise,
                 target_simulator=args.target_simulator, hessian=not args.no_hessian,
                 checkpoint_every=args.checkpoint_every, progress=not args.quiet)

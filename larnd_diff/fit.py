@@ -269,7 +269,8 @@ ADAPT_DEFAULTS: Dict[str, float] = {"window": 10, "low": 0.2, "high": 0.6, "shri
 PAPER_RECIPE: Dict[str, Any] = {"optimizer": "adam", "parameterization": "linear", "lr": 5e-2, "lr_decay": 0.95,
                                 "clip_norm": 1.0, "loss": "sdtw_adc", "batch_length_cm": 100.0,
                                 "relaxation": "smooth", "stop_tol": None, "stop_window": 20, "step_scales": None,
-                                "adapt_steps": None, "loss_options": None, "fd_params": ()}
+                                "adapt_steps": None, "loss_options": None, "fd_params": (),
+                                "fd_until": None}
 #: The CPU closure recipe (the defaults of ``larnd-diff closure``; measurements in ``larnd_diff.cli_fit``):
 #: full-matrix Adam on ln(p / nominal) with eField's step scaled by 0.1 and per-parameter step factors adapted
 #: from the trajectory, lr 5e-2 decaying x0.99 per epoch, Soft-DTW divergence on (x, y, t, ADC) with the ADC
@@ -282,7 +283,8 @@ CLOSURE_RECIPE: Dict[str, Any] = {"optimizer": "adam-full", "parameterization": 
                                   "loss_options": {"scales": {"adc": 1.5}},
                                   "batch_length_cm": 1.0e6, "relaxation": "smooth-continuous",
                                   "stop_tol": 2e-3, "stop_window": 20, "step_scales": {"eField": 0.1},
-                                  "adapt_steps": {"shrink": 0.7, "tstat": 2.0}, "fd_params": ()}
+                                  "adapt_steps": {"shrink": 0.7, "tstat": 2.0}, "fd_params": (),
+                                  "fd_until": None}
 RECIPES: Dict[str, Dict[str, Any]] = {"paper": PAPER_RECIPE, "closure": CLOSURE_RECIPE}
 
 
@@ -407,7 +409,7 @@ class Calibrator:
                  optimizer_options: Optional[Mapping[str, float]] = None,
                  adapt_steps: Optional[Mapping[str, float]] = None, loss_options: Optional[Mapping[str, Any]] = None,
                  time_budget_s: Optional[float] = None, fd_params: Sequence[str] = (), fd_step: float = 0.02,
-                 fd_switch: Optional[int] = None):
+                 fd_switch: Optional[int] = None, fd_until: Optional[int] = None):
         from .ops import get_backend
         from .selection import make_batches
 
@@ -458,6 +460,9 @@ class Calibrator:
         if fd_switch is not None and int(fd_switch) < 1:
             raise ValueError(f"fd_switch must be >= 1 or None, got {fd_switch}")
         self.fd_switch = None if fd_switch is None else int(fd_switch)
+        if fd_until is not None and int(fd_until) < 1:
+            raise ValueError(f"fd_until must be >= 1 or None, got {fd_until}")
+        self.fd_until = None if fd_until is None else int(fd_until)
 
         if epochs is None and max_iter is None:
             raise ValueError("give epochs, max_iter or both (the fit stops at whichever comes first)")
@@ -576,9 +581,13 @@ class Calibrator:
         return loss, g, grads
 
     def _fd_active(self, st: "_LoopState", name: str) -> bool:
-        """Whether ``name`` still takes central differences: always without ``fd_switch``; with it, until the
-        central difference and reverse mode agreed in sign ``fd_switch`` iterations in a row (near the optimum,
-        where the hit sets match, reverse mode is exact and the differences only add the loss's jumps)."""
+        """Whether ``name`` still takes central differences at this iteration. They are for the far field, where
+        hits appearing or vanishing at the threshold bias reverse mode; near the optimum, where the hit sets
+        match, reverse mode is exact and the differences only add the loss's jumps (and, across the kinked minimum
+        of the absolute-difference cost, shift it). So they stop for good at iteration ``fd_until``, or once
+        central difference and reverse mode agreed in sign ``fd_switch`` iterations in a row."""
+        if self.fd_until is not None and st.iteration >= self.fd_until:
+            return False
         return self.fd_switch is None or st.fd_agree.get(name, 0) < self.fd_switch
 
     def _fd_gradient(self, opt, b: int, noise_seed: int, names: Sequence[str]) -> Dict[str, float]:
@@ -611,7 +620,8 @@ class Calibrator:
                 "optimizer_options": self.optimizer_options, "adapt_steps": self.adapt_steps,
                 "stop_tol": self.stop_tol, "stop_window": self.stop_window, "step_scales": self.step_scales,
                 "relaxation": _relaxation_name(self.relaxation), "fd_params": self.fd_params,
-                "fd_step": self.fd_step, "fd_switch": self.fd_switch}
+                "fd_step": self.fd_step, "fd_switch": self.fd_switch,
+                "fd_until": self.fd_until}
 
     @property
     def checkpoint_path(self) -> Optional[Path]:
@@ -1024,8 +1034,9 @@ def fit(segments, target, params: Sequence[str] = FIT_PARAMETERS, backend: str =
                     time_budget_s (stop after this much wall time, checkpointed and resumable),
                     fd_params, fd_step (parameters whose gradient is taken by central differences of the
                     batch loss with a relative step fd_step, 0.02: reverse mode cannot see hits appearing at
-                    the trigger threshold; two forward passes each), fd_switch (back to reverse mode for good
-                    once both agreed in sign fd_switch iterations in a row; None = never).
+                    the trigger threshold; two forward passes each), fd_until (back to reverse mode for good
+                    from this iteration on; None = never), fd_switch (back to reverse mode for good once both
+                    agreed in sign fd_switch iterations in a row; None = never).
     :data:`PAPER_RECIPE` and :data:`CLOSURE_RECIPE` are keyword sets for this function:
     ``fit(segs, target, **CLOSURE_RECIPE, max_iter=400)``.
     """

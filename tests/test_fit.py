@@ -262,6 +262,26 @@ def test_fd_switch_returns_to_reverse_mode_and_resumes(segments, backend, tmp_pa
     assert res.params == ref.params
 
 
+def test_fd_until_limits_central_differences_to_the_first_iterations(segments, backend):
+    """fd_until=N: central differences in iterations 0..N-1 only (two extra forward passes each), reverse mode
+    after; the gradients of the first N iterations are the central differences, the later ones reverse mode."""
+    _torch_only(backend)
+    calls = {"n": 0}
+
+    def counting(*args, **kw):
+        calls["n"] += 1
+        return toy_simulator(*args, **kw)
+
+    opts = dict(max_iter=6, batch_length_cm=1e6, fd_params=("lifetime",), fd_step=1e-4)
+    res = _toy_fit(segments, "torch", simulator=counting, fd_until=2, **opts)
+    assert calls["n"] == 1 + 6 + 2 * 2
+    plain = _toy_fit(segments, "torch", simulator=toy_simulator, fd_until=2, **{**opts, "fd_params": ()})
+    fd, rev = res.history[1]["grad"]["lifetime"], plain.history[1]["grad"]["lifetime"]
+    assert fd == pytest.approx(rev, rel=1e-6) and fd != rev
+    with pytest.raises(ValueError, match="fd_until"):
+        _toy_fit(segments, "torch", max_iter=1, fd_params=("lifetime",), fd_until=0)
+
+
 def test_recipes_are_fit_keywords(segments, backend):
     _torch_only(backend)
     from larnd_diff.fit import CLOSURE_RECIPE, PAPER_RECIPE
