@@ -275,16 +275,17 @@ PAPER_RECIPE: Dict[str, Any] = {"optimizer": "adam", "parameterization": "linear
 #: full-matrix Adam on ln(p / nominal) with eField's step scaled by 0.1 and per-parameter step factors adapted
 #: from the trajectory, lr 5e-2 decaying x0.99 per epoch, Soft-DTW divergence on (x, y, t, ADC) with the ADC
 #: scale 1.5 counts, the whole sample as one batch (deterministic steps), continuous ADC, and the stopping rule.
-#: ``fd_params=("tran_diff",)`` rescues the targets on which tran_diff runs away (far from the optimum its
-#: reverse-mode gradient, blind to hits appearing at the trigger threshold, can have the wrong sign) but near the
-#: optimum its differences shift tran_diff's minimum and lifetime compensates: off by default (README table).
+#: Far from the optimum, hits appearing or vanishing at the trigger threshold are invisible to reverse mode and
+#: can give tran_diff's gradient the wrong sign (tran_diff and lifetime then run away); near the optimum reverse
+#: mode is right and central differences would only add the loss's jumps. So tran_diff's gradient is a central
+#: difference of the loss for the first 100 iterations (``fd_params``, ``fd_until``), reverse mode after.
 CLOSURE_RECIPE: Dict[str, Any] = {"optimizer": "adam-full", "parameterization": "log", "lr": 5e-2,
                                   "lr_decay": 0.99, "clip_norm": 1.0, "loss": "sdtw",
                                   "loss_options": {"scales": {"adc": 1.5}},
                                   "batch_length_cm": 1.0e6, "relaxation": "smooth-continuous",
                                   "stop_tol": 2e-3, "stop_window": 20, "step_scales": {"eField": 0.1},
-                                  "adapt_steps": {"shrink": 0.7, "tstat": 2.0}, "fd_params": (),
-                                  "fd_until": None}
+                                  "adapt_steps": {"shrink": 0.7, "tstat": 2.0},
+                                  "fd_params": ("tran_diff",), "fd_until": 100}
 RECIPES: Dict[str, Dict[str, Any]] = {"paper": PAPER_RECIPE, "closure": CLOSURE_RECIPE}
 
 
