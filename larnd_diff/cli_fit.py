@@ -65,7 +65,8 @@ def _add_optimizer_options(p: argparse.ArgumentParser, recipe: str) -> None:
                    help=f"default optimiser/loss settings (default {recipe}): 'paper' = Adam on p/nominal, lr 5e-2 "
                         f"x0.95 per epoch, clip 1, Soft-DTW on ADC, 100 cm batches, smooth relaxation (the paper's); "
                         f"'closure' = full-matrix Adam on ln(p/nominal), Soft-DTW on (x, y, t, ADC), the whole "
-                        f"sample per step, continuous ADC, stop on convergence (meets the CPU closure acceptance). "
+                        f"sample per step, continuous ADC, tran_diff's gradient by central differences in the "
+                        f"first 100 iterations, stop on convergence. "
                         f"Options given explicitly override the recipe")
     p.add_argument("--params", default=",".join(FIT_PARAMETERS),
                    help=f"comma-separated parameters to fit (default: {','.join(FIT_PARAMETERS)})")

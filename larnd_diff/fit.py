@@ -271,7 +271,7 @@ PAPER_RECIPE: Dict[str, Any] = {"optimizer": "adam", "parameterization": "linear
                                 "relaxation": "smooth", "stop_tol": None, "stop_window": 20, "step_scales": None,
                                 "adapt_steps": None, "loss_options": None, "fd_params": (),
                                 "fd_until": None}
-#: The CPU closure recipe (the defaults of ``larnd-diff closure``; measurements in ``larnd_diff.cli_fit``):
+#: The closure recipe (the defaults of ``larnd-diff closure``; measured closures in the README):
 #: full-matrix Adam on ln(p / nominal) with eField's step scaled by 0.1 and per-parameter step factors adapted
 #: from the trajectory, lr 5e-2 decaying x0.99 per epoch, Soft-DTW divergence on (x, y, t, ADC) with the ADC
 #: scale 1.5 counts, the whole sample as one batch (deterministic steps), continuous ADC, and the stopping rule.

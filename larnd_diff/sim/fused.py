@@ -48,6 +48,9 @@ ROW_FIELDS = ("q0", "q1", "q2", "u0", "u1", "u_len", "coef", "h_z", "z_an", "vdr
               "tau_slow", "amp")
 Q0, Q1, Q2, U0, U1, ULEN, COEF, HZ, ZAN, VD, DELAY, TF, TS, AMP = range(len(ROW_FIELDS))
 TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
+#: LLVM fast-math flags of the CPU forward/backward kernels: contraction to FMA, reciprocal multiplication, no
+#: signed zeros.
+FAST_MATH = frozenset({"contract", "arcp", "nsz"})
 
 
 def available() -> bool:
@@ -530,8 +533,12 @@ def _pick(g, out_row, placement, n_win, width):
 if numba is not None:
     _inline = njit(inline="always", cache=True)
     _CPU = compile_scalars(_inline, extra={"add": _inline(add)})
-    _forward = njit(parallel=True, cache=True)(rebind(_forward, _CPU))
-    _backward = njit(parallel=True, cache=True)(rebind(_backward, _CPU))
+    # The hot loops may fuse multiply-adds and multiply by reciprocals (a few ulp per operation, float64): 8-16 %
+    # less time for forward + gradient on 2 cores. No flag that assumes away NaN or inf: both must propagate.
+    _fast = njit(inline="always", cache=True, fastmath=set(FAST_MATH))
+    _HOT = compile_scalars(_fast, extra={"add": _fast(add)})
+    _forward = njit(parallel=True, cache=True, fastmath=set(FAST_MATH))(rebind(_forward, _HOT))
+    _backward = njit(parallel=True, cache=True, fastmath=set(FAST_MATH))(rebind(_backward, _HOT))
     # a few flops per row or tick: serial (waking the worker threads would cost more)
     _place = njit(cache=True)(_place)
     _pick = njit(cache=True)(_pick)
