@@ -59,7 +59,7 @@ _RECIPE_OPTIONS = {"optimizer": "optimizer", "parameterization": "parameterizati
 
 
 def _add_optimizer_options(p: argparse.ArgumentParser, recipe: str) -> None:
-    from .fit import RECIPES
+    from .fit import FD_STEP, RECIPES
 
     p.add_argument("--recipe", default=recipe, choices=sorted(RECIPES),
                    help=f"default optimiser/loss settings (default {recipe}): 'paper' = Adam on p/nominal, lr 5e-2 "
@@ -107,8 +107,8 @@ def _add_optimizer_options(p: argparse.ArgumentParser, recipe: str) -> None:
                    help="parameters whose gradient is taken by central differences of the loss (two forward "
                         "passes each) instead of reverse mode, which cannot see hits appearing or vanishing at "
                         "the trigger threshold (default: the recipe's)")
-    p.add_argument("--fd-step", type=float, default=0.02,
-                   help="relative parameter step of --fd-params (default 0.02)")
+    p.add_argument("--fd-step", type=float, default=FD_STEP,
+                   help=f"relative parameter step of --fd-params (default {FD_STEP})")
     p.add_argument("--fd-switch", type=int, default=None, metavar="N",
                    help="return a --fd-params parameter to reverse mode for good once its central difference "
                         "and reverse-mode gradient agreed in sign N iterations in a row (default: never)")

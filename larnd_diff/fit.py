@@ -86,6 +86,8 @@ __all__ = ["fit", "Calibrator", "FitResult", "closure", "random_targets", "toy_s
            "HISTORY_NAME", "PAPER_RECIPE", "CLOSURE_RECIPE", "RECIPES", "ADAPT_DEFAULTS", "resolve_relaxation"]
 
 CHECKPOINT_NAME = "checkpoint.pkl"
+#: Default relative parameter step of the central differences of ``fd_params``.
+FD_STEP = 0.02
 HISTORY_NAME = "history.jsonl"
 _CHECKPOINT_VERSION = 1
 
@@ -409,7 +411,7 @@ class Calibrator:
                  step_scales: Optional[Mapping[str, float]] = None,
                  optimizer_options: Optional[Mapping[str, float]] = None,
                  adapt_steps: Optional[Mapping[str, float]] = None, loss_options: Optional[Mapping[str, Any]] = None,
-                 time_budget_s: Optional[float] = None, fd_params: Sequence[str] = (), fd_step: float = 0.02,
+                 time_budget_s: Optional[float] = None, fd_params: Sequence[str] = (), fd_step: float = FD_STEP,
                  fd_switch: Optional[int] = None, fd_until: Optional[int] = None):
         from .ops import get_backend
         from .selection import make_batches
@@ -671,8 +673,7 @@ class Calibrator:
         path = self.checkpoint_path
         if path is None or not path.exists():
             return None
-        with open(path, "rb") as fh:
-            ck = pickle.load(fh)
+        ck = _read_checkpoint(self.checkpoint_dir)
         if ck.get("version") != _CHECKPOINT_VERSION:
             raise ValueError(f"{path}: checkpoint version {ck.get('version')} is not {_CHECKPOINT_VERSION}")
         mine, theirs = self._fingerprint(), ck["fingerprint"]
