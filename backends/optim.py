@@ -93,6 +93,10 @@ class Optimizer:
     def step(self, grads: Mapping[str, Any]) -> None:
         raise NotImplementedError
 
+    def clamp(self, lower: Mapping[str, float], upper: Mapping[str, float]) -> None:
+        """Project the named parameters onto [lower, upper] (projected Adam: the moments are kept)."""
+        raise NotImplementedError
+
     @property
     def lr(self) -> float:
         raise NotImplementedError
@@ -161,6 +165,11 @@ class _TorchAdam(Optimizer):
         for p in params:
             p.grad = None
 
+    def clamp(self, lower, upper):
+        with self._torch.no_grad():
+            for n in lower:
+                self._tensors[n].clamp_(float(lower[n]), float(upper[n]))
+
     def state(self):
         return {"values": {n: t.detach().cpu().clone() for n, t in self._tensors.items()},
                 # deep copies: state_dict() shares the live moment tensors, which later steps update in place
@@ -226,6 +235,10 @@ class _OptaxAdam(Optimizer):
         updates, self._state = self._tx.update(g, self._state, self._params)
         self._params = optax.apply_updates(self._params, updates)
 
+    def clamp(self, lower, upper):
+        for n in lower:
+            self._params[n] = self._jnp.clip(self._params[n], float(lower[n]), float(upper[n]))
+
     def state(self):
         to_np = lambda t: self._jax.tree_util.tree_map(np.asarray, t)  # noqa: E731
         return {"values": to_np(self._params), "optimizer": to_np(self._state), "epoch": self.epoch}
@@ -276,6 +289,11 @@ class _KerasAdam(Optimizer):
         pairs = [(tf.reshape(tf.cast(_raw(g), v.dtype), v.shape), v)
                  for v, g in zip(self._vars.values(), self._ordered(grads))]
         self._opt.apply_gradients(pairs)
+
+    def clamp(self, lower, upper):
+        for n in lower:
+            v = self._vars[n]
+            v.assign(self._tf.clip_by_value(v, float(lower[n]), float(upper[n])))
 
     def state(self):
         return {"values": {n: v.numpy() for n, v in self._vars.items()},
@@ -394,6 +412,11 @@ class FullMatrixAdam(Optimizer):
         self._m = self.beta1 * self._m + (1 - self.beta1) * g
         self._v = self.beta2 * self._v + (1 - self.beta2) * np.outer(g, g)
         self._x = self._x - self._lr * self._factors * self.direction()
+
+    def clamp(self, lower, upper):
+        for n in lower:
+            i = self.names.index(n)
+            self._x[i] = min(max(self._x[i], float(lower[n])), float(upper[n]))
 
     def state(self):
         return {"values": self._x.copy(), "m": self._m.copy(), "v": self._v.copy(), "t": self._t,

@@ -55,7 +55,7 @@ _RECIPE_OPTIONS = {"optimizer": "optimizer", "parameterization": "parameterizati
                    "lr_decay": "lr_decay", "clip_norm": "clip_norm", "loss": "loss", "batch_length": "batch_length_cm",
                    "relaxation": "relaxation", "stop_tol": "stop_tol", "stop_window": "stop_window",
                    "step_scales": "step_scales", "adapt_steps": "adapt_steps", "loss_options": "loss_options",
-                   "fd_params": "fd_params", "fd_until": "fd_until"}
+                   "fd_params": "fd_params", "fd_until": "fd_until", "bounds": "bounds"}
 
 
 def _add_optimizer_options(p: argparse.ArgumentParser, recipe: str) -> None:
@@ -66,7 +66,7 @@ def _add_optimizer_options(p: argparse.ArgumentParser, recipe: str) -> None:
                         f"x0.95 per epoch, clip 1, Soft-DTW on ADC, 100 cm batches, smooth relaxation (the paper's); "
                         f"'closure' = full-matrix Adam on ln(p/nominal), Soft-DTW on (x, y, t, ADC), the whole "
                         f"sample per step, continuous ADC, tran_diff's gradient by central differences in the "
-                        f"first 100 iterations, stop on convergence. "
+                        f"first 100 iterations, parameters kept in their Table I ranges, stop on convergence. "
                         f"Options given explicitly override the recipe")
     p.add_argument("--params", default=",".join(FIT_PARAMETERS),
                    help=f"comma-separated parameters to fit (default: {','.join(FIT_PARAMETERS)})")
@@ -116,6 +116,11 @@ def _add_optimizer_options(p: argparse.ArgumentParser, recipe: str) -> None:
                    help="take the --fd-params gradients by central differences only in the first N iterations "
                         "(the far field, where reverse mode is biased), reverse mode after; 0 = in every iteration "
                         "(default: the recipe's)")
+    p.add_argument("--bounds", type=_parse_bounds, default=None, metavar="ranges|none|NAME=LO:HI,...",
+                   help="box constraints: 'ranges' = each parameter's physical range (the paper's Table I, "
+                        "larnd_diff.params), 'none', or NAME=LO:HI pairs in physical units (an empty side is "
+                        "open: lifetime=100:); the parameters are projected onto the box after every step "
+                        "(default: the recipe's; the closure recipe uses 'ranges')")
     p.add_argument("--time-budget", type=float, default=None, metavar="S",
                    help="stop a fit after S seconds of wall time (default: no limit)")
     p.add_argument("--seed", type=int, default=0)
@@ -171,6 +176,26 @@ def _parse_scales(text: str):
     return {"scales": out} if out else {}
 
 
+def _parse_bounds(text: str):
+    """"ranges" -> "ranges"; "none" -> {} (no bounds); "lifetime=500:5000,long_diff=:9e-6" -> {name: (lo, hi)}."""
+    text = text.strip()
+    if text in ("ranges", "none"):
+        return text if text == "ranges" else {}
+    out = {}
+    for item in text.split(","):
+        name, eq, rng = item.strip().partition("=")
+        lo, colon, hi = rng.partition(":")
+        if not eq or not colon:
+            raise argparse.ArgumentTypeError(f"expected ranges, none or NAME=LO:HI, got {item.strip()!r}")
+        if name.strip() not in SPECS:
+            raise argparse.ArgumentTypeError(f"unknown parameter {name.strip()!r}; known: {', '.join(sorted(SPECS))}")
+        try:
+            out[name.strip()] = tuple(float(v) if v.strip() else None for v in (lo, hi))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name.strip()}: {rng!r} is not LO:HI with numbers") from None
+    return out
+
+
 def _apply_recipe(args) -> None:
     """Fill the options not given on the command line from ``--recipe``."""
     from .fit import RECIPES
@@ -197,7 +222,7 @@ def _fit_options(args) -> dict:
                 stop_tol=args.stop_tol or None, stop_window=args.stop_window, step_scales=args.step_scales,
                 adapt_steps=args.adapt_steps or None, loss_options=args.loss_options or None,
                 time_budget_s=args.time_budget, fd_params=args.fd_params or (), fd_step=args.fd_step,
-                fd_switch=args.fd_switch, fd_until=args.fd_until or None,
+                fd_switch=args.fd_switch, fd_until=args.fd_until or None, bounds=args.bounds or None,
                 link_vdrift=args.link_vdrift, model_noise=args.model_noise, target_noise=args.target_noise,
                 target_simulator=args.target_simulator, hessian=not args.no_hessian,
                 checkpoint_every=args.checkpoint_every, progress=not args.quiet)

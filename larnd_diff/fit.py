@@ -74,7 +74,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -83,7 +83,8 @@ from .params import FIT_PARAMETERS, SPECS
 
 __all__ = ["fit", "Calibrator", "FitResult", "closure", "random_targets", "toy_simulator", "toy_loss",
            "plot_trajectories", "plot_convergence_band", "plot_loss", "read_history", "CHECKPOINT_NAME",
-           "HISTORY_NAME", "PAPER_RECIPE", "CLOSURE_RECIPE", "RECIPES", "ADAPT_DEFAULTS", "resolve_relaxation"]
+           "HISTORY_NAME", "PAPER_RECIPE", "CLOSURE_RECIPE", "RECIPES", "ADAPT_DEFAULTS", "resolve_relaxation",
+           "resolve_bounds"]
 
 CHECKPOINT_NAME = "checkpoint.pkl"
 #: Default relative parameter step of the central differences of ``fd_params``.
@@ -121,6 +122,7 @@ class FitResult:
     history_path: Optional[str] = None
     stopped_early: bool = False
     stop_reason: str = ""
+    at_bounds: Dict[str, str] = field(default_factory=dict)  # {name: "lower" | "upper"} held by a bound at the end
 
     def relative_error(self) -> Dict[str, float]:
         """(fitted - target) / target per parameter (needs a target given as parameter values)."""
@@ -162,6 +164,8 @@ class FitResult:
             tgt = f"  target {self.target[n]:.6g} ({(self.params[n] / self.target[n] - 1) * 100:+.3f} %)" \
                 if self.target else ""
             lines.append(f"  {n:>10s} = {self.params[n]:.6g}{err} {SPECS[n].unit}{tgt}")
+        for n, side in self.at_bounds.items():
+            lines.append(f"  warning: {n} ended on its {side} bound: the bound, not the data, holds it there")
         if self.hessian_method:
             lines.append(f"  Hessian by {self.hessian_method}; positive definite: {self.hessian_posdef}")
         return "\n".join(lines)
@@ -244,6 +248,35 @@ def resolve_relaxation(relaxation):
     return relaxation
 
 
+def resolve_bounds(bounds, names: Sequence[str]) -> Dict[str, Tuple[float, float]]:
+    """Box constraints on fitted parameters, physical units: None -> none; "ranges" -> every fitted parameter's
+    physical range (:data:`larnd_diff.params.PARAMETERS`, the paper's Table I); a mapping ``{name: (lo, hi)}``
+    (None for an open side) for some of them. Parameters not fitted are ignored, like ``step_scales``."""
+    if bounds is None:
+        return {}
+    if isinstance(bounds, str):
+        if bounds != "ranges":
+            raise ValueError(f"bounds must be None, 'ranges' or {{name: (lo, hi)}}, got {bounds!r}")
+        return {n: (float(SPECS[n].low), float(SPECS[n].high)) for n in names}
+    if not isinstance(bounds, Mapping):
+        raise TypeError(f"bounds must be None, 'ranges' or a mapping {{name: (lo, hi)}}, got {type(bounds).__name__}")
+    _check_names(list(bounds), "bounds")
+    out = {}
+    for n, pair in bounds.items():
+        if n not in names:
+            continue
+        try:
+            lo, hi = pair
+        except (TypeError, ValueError):
+            raise ValueError(f"bounds[{n!r}] must be a pair (lo, hi), got {pair!r}") from None
+        lo = -math.inf if lo is None else float(lo)
+        hi = math.inf if hi is None else float(hi)
+        if not lo < hi:
+            raise ValueError(f"bounds[{n!r}]: need lo < hi, got ({lo:g}, {hi:g})")
+        out[n] = (lo, hi)
+    return out
+
+
 def _relaxation_name(relaxation) -> str:
     return relaxation if isinstance(relaxation, str) else repr(relaxation)
 
@@ -272,7 +305,7 @@ PAPER_RECIPE: Dict[str, Any] = {"optimizer": "adam", "parameterization": "linear
                                 "clip_norm": 1.0, "loss": "sdtw_adc", "batch_length_cm": 100.0,
                                 "relaxation": "smooth", "stop_tol": None, "stop_window": 20, "step_scales": None,
                                 "adapt_steps": None, "loss_options": None, "fd_params": (),
-                                "fd_until": None}
+                                "fd_until": None, "bounds": None}
 #: The closure recipe (the defaults of ``larnd-diff closure``; measured closures in the README):
 #: full-matrix Adam on ln(p / nominal) with eField's step scaled by 0.1 and per-parameter step factors adapted
 #: from the trajectory, lr 5e-2 decaying x0.99 per epoch, Soft-DTW divergence on (x, y, t, ADC) with the ADC
@@ -287,7 +320,7 @@ CLOSURE_RECIPE: Dict[str, Any] = {"optimizer": "adam-full", "parameterization": 
                                   "batch_length_cm": 1.0e6, "relaxation": "smooth-continuous",
                                   "stop_tol": 2e-3, "stop_window": 20, "step_scales": {"eField": 0.1},
                                   "adapt_steps": {"shrink": 0.7, "tstat": 2.0},
-                                  "fd_params": ("tran_diff",), "fd_until": 100}
+                                  "fd_params": ("tran_diff",), "fd_until": 100, "bounds": "ranges"}
 RECIPES: Dict[str, Dict[str, Any]] = {"paper": PAPER_RECIPE, "closure": CLOSURE_RECIPE}
 
 
@@ -412,7 +445,7 @@ class Calibrator:
                  optimizer_options: Optional[Mapping[str, float]] = None,
                  adapt_steps: Optional[Mapping[str, float]] = None, loss_options: Optional[Mapping[str, Any]] = None,
                  time_budget_s: Optional[float] = None, fd_params: Sequence[str] = (), fd_step: float = FD_STEP,
-                 fd_switch: Optional[int] = None, fd_until: Optional[int] = None):
+                 fd_switch: Optional[int] = None, fd_until: Optional[int] = None, bounds=None):
         from .ops import get_backend
         from .selection import make_batches
 
@@ -435,6 +468,12 @@ class Calibrator:
                 raise ValueError(f"init gives parameter(s) {extra} that are not fitted ({self.names})")
             self.init.update({k: float(v) for k, v in init.items()})
         self.nominal = {n: float(SPECS[n].nominal) for n in self.names}
+        self.bounds = resolve_bounds(bounds, self.names)
+        outside = {n: v for n, v in self.init.items() if n in self.bounds
+                   and not self.bounds[n][0] <= v <= self.bounds[n][1]}
+        if outside:
+            raise ValueError("init outside the bounds: " + ", ".join(
+                f"{n} = {v:g} not in [{self.bounds[n][0]:g}, {self.bounds[n][1]:g}]" for n, v in outside.items()))
         if parameterization not in ("linear", "log"):
             raise ValueError(f"parameterization must be 'linear' (p / nominal, the paper's) or 'log' "
                              f"(ln(p / nominal)), got {parameterization!r}")
@@ -449,6 +488,8 @@ class Calibrator:
         if bad:
             raise ValueError(f"step_scales must be > 0, got {bad}")
         self.step_scales = {n: step_scales.get(n, 1.0) for n in self.names}
+        if parameterization == "log" and any(lo <= 0 for lo, _ in self.bounds.values()):
+            raise ValueError(f"log parameterization needs positive lower bounds, got {self.bounds}")
         if stop_tol is not None and not stop_tol > 0:
             raise ValueError(f"stop_tol must be > 0 or None, got {stop_tol}")
         if int(stop_window) < 1:
@@ -624,7 +665,7 @@ class Calibrator:
                 "stop_tol": self.stop_tol, "stop_window": self.stop_window, "step_scales": self.step_scales,
                 "relaxation": _relaxation_name(self.relaxation), "fd_params": self.fd_params,
                 "fd_step": self.fd_step, "fd_switch": self.fd_switch,
-                "fd_until": self.fd_until}
+                "fd_until": self.fd_until, "bounds": {n: list(b) for n, b in self.bounds.items()}}
 
     @property
     def checkpoint_path(self) -> Optional[Path]:
@@ -644,6 +685,16 @@ class Calibrator:
         if self.parameterization == "log":
             return {n: math.log(float(values[n]) / self.nominal[n]) / sc[n] for n in self.names}
         return {n: float(values[n]) / self.nominal[n] / sc[n] for n in self.names}
+
+    def _internal_bounds(self):
+        """The bounds in the optimiser's coordinates: ({name: lower}, {name: upper}); open sides are +-inf."""
+        sc, log = self.step_scales, self.parameterization == "log"
+        def u(n, v):
+            if math.isinf(v):
+                return v
+            return math.log(v / self.nominal[n]) / sc[n] if log else v / self.nominal[n] / sc[n]
+        return ({n: u(n, lo) for n, (lo, _) in self.bounds.items()},
+                {n: u(n, hi) for n, (_, hi) in self.bounds.items()})
 
     def _to_physical_tensor(self, u, name: str):
         """Physical value of one optimiser coordinate, as a framework scalar that keeps the autodiff graph."""
@@ -860,6 +911,8 @@ class Calibrator:
         lr = opt.lr
         if reason is None:
             opt.step(grads)
+            if self.bounds:
+                opt.clamp(*self._internal_bounds())
         else:
             st.n_skipped += 1
             st.skipped.append(it)
@@ -907,10 +960,19 @@ class Calibrator:
                         history_path=str(self.history_path) if self.history_path else None,
                         stopped_early=st.stopped_early,
                         stop_reason=st.stop_reason or ("max_iter/epochs" if st.iteration >= self.total_iterations
-                                                       else ""))
+                                                       else ""),
+                        at_bounds=self._at_bounds(physical))
         if self.want_hessian:
             self._add_uncertainties(res, internal)
         return res
+
+    def _at_bounds(self, physical: Mapping[str, float]) -> Dict[str, str]:
+        out = {}
+        for n, (lo, hi) in self.bounds.items():
+            for side, edge in (("lower", lo), ("upper", hi)):
+                if math.isfinite(edge) and abs(physical[n] - edge) <= 1e-9 * abs(edge):
+                    out[n] = side
+        return out
 
     def full_loss(self, normalized: Mapping[str, Any], batches: Optional[Sequence[int]] = None):
         """Mean batch loss over ``batches`` (default all) at normalised parameters (framework scalars)."""
@@ -1038,7 +1100,10 @@ def fit(segments, target, params: Sequence[str] = FIT_PARAMETERS, backend: str =
                     batch loss with a relative step fd_step, 0.02: reverse mode cannot see hits appearing at
                     the trigger threshold; two forward passes each), fd_until (back to reverse mode for good
                     from this iteration on; None = never), fd_switch (back to reverse mode for good once both
-                    agreed in sign fd_switch iterations in a row; None = never).
+                    agreed in sign fd_switch iterations in a row; None = never),
+                    bounds (None; "ranges" = each parameter's physical range, the paper's Table I; or
+                    {name: (lo, hi)}: after every step the parameters are projected onto the box; a fit that
+                    ends on a bound says so in ``FitResult.at_bounds`` and its summary).
     :data:`PAPER_RECIPE` and :data:`CLOSURE_RECIPE` are keyword sets for this function:
     ``fit(segs, target, **CLOSURE_RECIPE, max_iter=400)``.
     """
@@ -1085,7 +1150,7 @@ def closure(segments, n_targets: int = 10, params: Sequence[str] = FIT_PARAMETER
                      "max_relative_error": res.max_relative_error(), "iterations": res.iterations,
                      "iterations_to_1pct": res.iterations_to(tolerance), "wall_time_s": res.wall_time_s,
                      "wall_time_to_1pct_s": res.wall_time_to(tolerance),
-                     "n_skipped": res.n_skipped, "stop_reason": res.stop_reason,
+                     "n_skipped": res.n_skipped, "stop_reason": res.stop_reason, "at_bounds": res.at_bounds,
                      "hessian_method": res.hessian_method,
                      "correlation": None if res.correlation is None else np.asarray(res.correlation).tolist()})
     return {"targets": rows, "results": results}

@@ -6,6 +6,7 @@ differentiable simulator when it is available.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import warnings
@@ -280,6 +281,38 @@ def test_fd_until_limits_central_differences_to_the_first_iterations(segments, b
     assert fd == pytest.approx(rev, rel=1e-6) and fd != rev
     with pytest.raises(ValueError, match="fd_until"):
         _toy_fit(segments, "torch", max_iter=1, fd_params=("lifetime",), fd_until=0)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adam-full"])
+def test_bounds_project_every_step_onto_the_box(segments, backend, optimizer):
+    """A target outside the box: the fit walks to the bound and stays on it (every recorded value inside),
+    reports it in at_bounds and the summary; the unbounded parameter is still fitted."""
+    _needs_grad(backend)
+    res = _toy_fit(segments, backend, max_iter=120, lr=0.1, optimizer=optimizer, parameterization="log",
+                   batch_length_cm=1e6, bounds={"lifetime": (1000.0, 2600.0)})
+    values = [r["params"]["lifetime"] for r in res.history] + [res.params["lifetime"]]
+    assert max(values) <= 2600.0 * (1 + 1e-12) and min(values) >= 1000.0 * (1 - 1e-12)
+    assert res.params["lifetime"] == pytest.approx(2600.0, rel=1e-9)
+    assert res.at_bounds == {"lifetime": "upper"} and "lifetime ended on its upper bound" in res.summary()
+    assert "Ab" not in res.at_bounds
+
+
+def test_bounds_are_checked(segments, backend):
+    _torch_only(backend)
+    from larnd_diff.fit import resolve_bounds
+    from larnd_diff.params import SPECS
+
+    assert resolve_bounds("ranges", ["Ab", "lifetime"]) == {"Ab": (SPECS["Ab"].low, SPECS["Ab"].high),
+                                                           "lifetime": (SPECS["lifetime"].low, SPECS["lifetime"].high)}
+    assert resolve_bounds({"lifetime": (None, 4000), "kb": (0.01, 0.1)}, ["lifetime"]) == {"lifetime": (-np.inf, 4e3)}
+    with pytest.raises(ValueError, match="lo < hi"):
+        resolve_bounds({"lifetime": (3000, 2000)}, ["lifetime"])
+    with pytest.raises(KeyError, match="unknown"):
+        resolve_bounds({"lifetme": (1, 2)}, ["lifetime"])
+    with pytest.raises(ValueError, match="init outside the bounds: lifetime = 2200"):
+        _toy_fit(segments, "torch", max_iter=1, bounds={"lifetime": (2500, 3000)})
+    with pytest.raises(ValueError, match="positive lower bounds"):
+        _toy_fit(segments, "torch", max_iter=1, parameterization="log", bounds={"lifetime": (None, 3000)})
 
 
 def test_recipes_are_fit_keywords(segments, backend):
@@ -567,6 +600,14 @@ def test_cli_rejects_unknown_names():
     with pytest.raises(SystemExit, match="known"):
         parse_assignments("Ab=0.8,bar=1")
     assert parse_assignments("Ab=0.85, lifetime=3e3") == {"Ab": 0.85, "lifetime": 3000.0}
+    from larnd_diff.cli_fit import _parse_bounds
+
+    assert _parse_bounds("ranges") == "ranges" and _parse_bounds("none") == {}
+    assert _parse_bounds("lifetime=500:5000, long_diff=:9e-6") == {"lifetime": (500.0, 5000.0),
+                                                                   "long_diff": (None, 9e-6)}
+    for bad in ("lifetme=1:2", "lifetime=500", "lifetime=a:b"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _parse_bounds(bad)
 
 
 def test_plots_are_written(segments, backend, tmp_path):
