@@ -371,7 +371,8 @@ def cmd_closure(args) -> int:
           f"{max(r['iterations'] for r in out['targets'])} iterations -> {args.json}")
     for r in out["targets"]:
         print(f"  target {r['index']}: max |rel err| {r['max_relative_error']:.3%}, to {args.tolerance:.1%}: "
-              f"{r['iterations_to_1pct']} it, {r['wall_time_s']:.1f} s, skipped {r['n_skipped']}")
+              f"{r['iterations_to_1pct']} it, {r['wall_time_s']:.1f} s, skipped {r['n_skipped']}"
+              + "".join(f"; {n} ended on its {side} bound" for n, side in r["at_bounds"].items()))
     if args.plots is not None:
         args.plots.mkdir(parents=True, exist_ok=True)
         plot_convergence_band(results, args.plots / "convergence_band.png", args.tolerance)

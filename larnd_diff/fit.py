@@ -122,6 +122,7 @@ class FitResult:
     history_path: Optional[str] = None
     stopped_early: bool = False
     stop_reason: str = ""
+    bounds: Dict[str, Tuple[float, float]] = field(default_factory=dict)  # the box of the fit (physical units)
     at_bounds: Dict[str, str] = field(default_factory=dict)  # {name: "lower" | "upper"} held by a bound at the end
 
     def relative_error(self) -> Dict[str, float]:
@@ -314,6 +315,9 @@ PAPER_RECIPE: Dict[str, Any] = {"optimizer": "adam", "parameterization": "linear
 #: can give tran_diff's gradient the wrong sign (tran_diff and lifetime then run away); near the optimum reverse
 #: mode is right and central differences would only add the loss's jumps. So tran_diff's gradient is a central
 #: difference of the loss for the first 100 iterations (``fd_params``, ``fd_until``), reverse mode after.
+#: The parameters are kept in their Table I ranges (``bounds``): on this short sample lifetime and long_diff can
+#: compensate each other along a valley that leaves the ranges; held by the box, the paths fall back into the
+#: basin more often, and a fit that still fails ends on a bound, which ``FitResult.at_bounds`` reports.
 CLOSURE_RECIPE: Dict[str, Any] = {"optimizer": "adam-full", "parameterization": "log", "lr": 5e-2,
                                   "lr_decay": 0.99, "clip_norm": 1.0, "loss": "sdtw",
                                   "loss_options": {"scales": {"adc": 1.5}},
@@ -961,7 +965,7 @@ class Calibrator:
                         stopped_early=st.stopped_early,
                         stop_reason=st.stop_reason or ("max_iter/epochs" if st.iteration >= self.total_iterations
                                                        else ""),
-                        at_bounds=self._at_bounds(physical))
+                        bounds=dict(self.bounds), at_bounds=self._at_bounds(physical))
         if self.want_hessian:
             self._add_uncertainties(res, internal)
         return res
@@ -1176,9 +1180,11 @@ def _history_of(obj) -> List[dict]:
 
 
 def plot_trajectories(result, path, target: Optional[Mapping[str, float]] = None) -> None:
-    """One panel per parameter: value vs iteration (normalised by nominal), the target as a dashed line."""
+    """One panel per parameter: value vs iteration (normalised by nominal), the target as a dashed line, the
+    bounds of the fit (if any) as dotted lines."""
     hist = _history_of(result)
     target = target or (result.target if isinstance(result, FitResult) else None)
+    bounds = result.bounds if isinstance(result, FitResult) else {}
     names = list(hist[0]["params"]) if hist else []
     ncols = min(3, max(1, len(names)))
     nrows = max(1, math.ceil(len(names) / ncols))
@@ -1189,6 +1195,9 @@ def plot_trajectories(result, path, target: Optional[Mapping[str, float]] = None
         ax.plot(it, [r["params"][n] / SPECS[n].nominal for r in hist], lw=1)
         if target and n in target:
             ax.axhline(target[n] / SPECS[n].nominal, color="k", ls="--", lw=1, label="target")
+        for edge in bounds.get(n, ()):
+            if math.isfinite(edge):
+                ax.axhline(edge / SPECS[n].nominal, color="0.5", ls=":", lw=1)
         ax.set_title(f"{n} [{SPECS[n].unit or '1'}]", fontsize=9)
         ax.set_xlabel("iteration")
         ax.set_ylabel("value / nominal")

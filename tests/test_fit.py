@@ -540,6 +540,7 @@ def test_cli_closure_json(backend, tmp_path):
     row = data["targets"][0]
     assert set(row) >= {"target", "fitted", "relative_error", "iterations", "iterations_to_1pct", "wall_time_s"}
     assert set(row["target"]) == {"Ab", "lifetime"} and row["iterations"] == 40
+    assert data["settings"]["bounds"] == "ranges" and isinstance(row["at_bounds"], dict)  # the closure recipe's
     for n, v in row["relative_error"].items():
         assert v == pytest.approx((row["fitted"][n] - row["target"][n]) / row["target"][n])
     assert (tmp_path / "convergence_band.png").stat().st_size > 0
