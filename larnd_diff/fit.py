@@ -1215,16 +1215,21 @@ def _read_checkpoint(directory: Path) -> dict:
 def plot_convergence_band(results: Sequence, path, tolerance: float = 0.01) -> None:
     """Max relative distance to the target over parameters vs iteration for several fits (Fig. 16 style):
     each fit as a thin line, the median and the min-max band over fits, the tolerance as a dashed line.
-    ``results``: FitResults, or checkpoint directories of closure fits (``<checkpoint-dir>/target_*``)."""
+    ``results``: FitResults, or directories of closure fits (``<checkpoint-dir>/target_*``: the history alone
+    is enough, the checkpoint is read only for histories without the recorded distance)."""
     fig, axes = _figure()
     ax = axes[0][0]
     curves = []
     labelled = len(results) <= 10  # few fits: one colour and a legend entry each
     for i, r in enumerate(results):
         if isinstance(r, (str, Path)):  # a fit's checkpoint directory (e.g. one target of a split closure)
-            hist, fingerprint = read_history(Path(r) / HISTORY_NAME), _read_checkpoint(Path(r))["fingerprint"]
-            tgt, names = fingerprint["target"], fingerprint["names"]
-            y = np.array([_max_rel(h["params"], tgt, names) for h in hist])
+            hist = read_history(Path(r) / HISTORY_NAME)
+            if hist and all("max_rel_err" in h for h in hist):  # a closure's history carries the distance
+                y = np.array([h["max_rel_err"] for h in hist])
+            else:
+                fingerprint = _read_checkpoint(Path(r))["fingerprint"]
+                tgt, names = fingerprint["target"], fingerprint["names"]
+                y = np.array([_max_rel(h["params"], tgt, names) for h in hist])
         else:
             hist, tgt, names = r.history, r.target, r.names
             y = np.array([_max_rel(h["params"], tgt, names) for h in hist] + [r.max_relative_error()])

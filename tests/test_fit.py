@@ -620,6 +620,12 @@ def test_plots_are_written(segments, backend, tmp_path):
     plot_loss(res[0], tmp_path / "l.png")
     plot_convergence_band(res, tmp_path / "b.png")
     assert all((tmp_path / f).stat().st_size > 1000 for f in ("t.png", "l.png", "b.png"))
+    # a closure directory copied without its checkpoint: the history's recorded distances are enough
+    ck = tmp_path / "ck"
+    _toy_fit(segments, "torch", max_iter=5, checkpoint_dir=ck)
+    (ck / CHECKPOINT_NAME).unlink()
+    plot_convergence_band([ck], tmp_path / "h.png")
+    assert (tmp_path / "h.png").stat().st_size > 1000
 
 
 def test_data_target_hits_are_split_by_batch(segments, backend):
