@@ -63,9 +63,10 @@ class SimConfig:
     memory_budget_bytes  upper bound for the working memory of one chunk of (segment, pixel) pairs; the induced
                    current is evaluated in chunks that fit (and, with gradients, checkpointed per chunk).
     pad_multiple   padded sizes are rounded up to a power-of-two-ish grid so that jitted backends see few shapes.
-    kernel         the hot loop of the induced current (z samples x ticks per in-pad row): "fused" = Numba
-                   kernels with a hand-written gradient (CPU tensors only; ~20x faster on CPU), "eager" = the
-                   EagerPy implementation (any device), "auto" = fused for CPU tensors when numba is there.
+    kernel         the induced current (rows expanded from the (segment, pixel) pairs, z samples x ticks per
+                   in-pad row, placed on the pixels' ticks): "fused" = Numba kernels with a hand-written gradient
+                   (CPU tensors; torch tensors on a GPU through numba-cuda; ~20x faster on CPU), "eager" = the
+                   EagerPy implementation (any device), "auto" = fused where a kernel fits the tensors.
     """
 
     relaxation: Relaxation = HARD

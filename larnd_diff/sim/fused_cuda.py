@@ -7,6 +7,11 @@ forward pass walks ticks downwards, merging the samples into the decaying runnin
 them to the pair's waveform; the backward pass walks ticks upwards with the adjoint sums H, K and hands each
 sample its gradient when its bucket is reached. Work per row: n_z samples + the window's ticks.
 
+The whole event as on the CPU (:func:`larnd_diff.sim.fused.charge_forward`): the rows are expanded from the
+per-pair inputs on the GPU (one thread per row; the gradient summed per pair by one thread per pair), and the
+pairs' windows are placed onto the rows' tick axis by atomic adds. So the framework sees one op per simulation,
+whose input is the per-pair table: nothing per row is stored for the gradient.
+
 Used for torch tensors on a CUDA device (zero-copy through ``__cuda_array_interface__``); numba.cuda is
 imported lazily, so importing this module needs no GPU.
 """
@@ -15,9 +20,13 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 
+import numpy as np
+
 from larnd_diff.sim import fused
-from larnd_diff.sim.fused import (_NO_ONSET, AMP, HZ, TF, TS, ZAN, arrival, bucket, entry, entry_gradient,
-                                  gauss_floor, onset_constants, onset_deposits, row_negligible)
+from larnd_diff.sim.fused import (_NO_ONSET, AMP, HZ, ROW_FIELDS, TF, TS, ZAN, arrival, bucket, entry,
+                                  entry_gradient, expand_row, expand_row_gradient, gauss_floor, onset_constants,
+                                  onset_deposits, row_negligible)
+from larnd_diff.sim.induce import PAIR_FIELDS
 
 try:   # the kernels below are compiled with these names rebound to numba.cuda (see _kernels)
     from larnd_diff.reference import cuda_kernels as _numpy_shim  # noqa: F401  (NumPy compatibility shim)
@@ -26,6 +35,8 @@ except Exception:   # pragma: no cover - numba-cuda missing or broken: is_availa
     cuda = float64 = None
 
 THREADS = 128
+#: Per-pair inputs (columns of ``pairf``); a compile-time constant of the kernels.
+N_PAIR = len(PAIR_FIELDS)
 
 
 def is_available() -> bool:
@@ -152,6 +163,59 @@ def _backward_kernel(rowf, pair, n_z, n_win, t0, dt, sharpness, k_fast, k_slow, 
         grad[r, i] = acc[i]
 
 
+def _expand_kernel(pairf, pair, ri, rj, valid, rowf):
+    """Row inputs of every row from its pair's inputs (:func:`larnd_diff.sim.fused.expand_row`), one thread per row."""
+    r = cuda.grid(1)
+    if r < rowf.shape[0]:
+        expand_row(pairf[pair[r]], float(ri[r]), float(rj[r]), valid[r], rowf[r])
+
+
+def _expand_backward_kernel(pairf, row_start, ri, rj, valid, g_rowf, grad):
+    """d loss / d pairf, one thread per pair summing over its rows (contiguous): no atomics."""
+    p = cuda.grid(1)
+    if p >= grad.shape[0]:
+        return
+    acc = cuda.local.array(N_PAIR, float64)
+    for c in range(N_PAIR):
+        acc[c] = 0.0
+    for r in range(row_start[p], row_start[p + 1]):
+        expand_row_gradient(pairf[p], float(ri[r]), float(rj[r]), valid[r], g_rowf[r], acc)
+    for c in range(N_PAIR):
+        grad[p, c] = acc[c]
+
+
+def _place_kernel(wave, out_row, placement, n_win, out):
+    """out[out_row[p], placement[p] + n] += wave[p, n] for n < n_win[p] (atomic: pairs share rows)."""
+    idx = cuda.grid(1)
+    width = wave.shape[1]
+    if idx >= wave.shape[0] * width:
+        return
+    p = idx // width
+    n = idx - p * width
+    a = placement[p]
+    if n < n_win[p] and a + n < out.shape[1]:
+        cuda.atomic.add(out, (out_row[p], a + n), wave[p, n])
+
+
+def _pick_kernel(g, out_row, placement, n_win, g_wave):
+    """The transpose of :func:`_place_kernel`: each pair's window of the rows' cotangent."""
+    idx = cuda.grid(1)
+    width = g_wave.shape[1]
+    if idx >= g_wave.shape[0] * width:
+        return
+    p = idx // width
+    n = idx - p * width
+    a = placement[p]
+    if n < n_win[p] and a + n < g.shape[1]:
+        g_wave[p, n] = g[out_row[p], a + n]
+
+
+def _zero_kernel(a):
+    idx = cuda.grid(1)
+    if idx < a.shape[0] * a.shape[1]:
+        a[idx // a.shape[1], idx % a.shape[1]] = 0.0
+
+
 def add(arr, i, j, value):
     """The CUDA binding of :func:`larnd_diff.sim.fused.add`: an atomic add."""
     cuda.atomic.add(arr, (i, j), value)
@@ -160,14 +224,23 @@ def add(arr, i, j, value):
 @lru_cache(maxsize=None)
 def _kernels():
     device = cuda.jit(device=True)
-    ns = fused.compile_scalars(device, extra={"cuda": cuda, "float64": float64})
+    ns = fused.compile_scalars(device, extra={"cuda": cuda, "float64": float64, "N_PAIR": N_PAIR})
     for fn in (add, _turn, _bucket_of):
         ns[fn.__name__] = device(fused.rebind(fn, ns))
-    return cuda.jit(fused.rebind(_forward_kernel, ns)), cuda.jit(fused.rebind(_backward_kernel, ns))
+    return {fn.__name__.strip("_").replace("_kernel", ""): cuda.jit(fused.rebind(fn, ns))
+            for fn in (_forward_kernel, _backward_kernel, _expand_kernel, _expand_backward_kernel, _place_kernel,
+                       _pick_kernel, _zero_kernel)}
 
 
 def _dev(x):
     return cuda.as_cuda_array(x) if hasattr(x, "__cuda_array_interface__") else x
+
+
+def _zeros(shape):
+    """A float64 device array of zeros (allocated and cleared on the GPU)."""
+    a = cuda.device_array(shape, np.float64)
+    _launch(_kernels()["zero"], a.shape[0] * a.shape[1], a)
+    return a
 
 
 def _launch(kernel, n_rows, *args):
@@ -175,20 +248,57 @@ def _launch(kernel, n_rows, *args):
         kernel[max(1, -(-n_rows // THREADS)), THREADS](*(_dev(a) for a in args))
 
 
-def forward(rowf, pair, n_z, n_win, t0, dt, sharpness, k_fast, k_slow, out):
-    """Add the block's induced charge per tick into ``out`` (n_pairs, width) float64; all arguments are CUDA
-    arrays (anything with ``__cuda_array_interface__``): rowf (R, 14) float64, pair / n_z / n_win int64,
-    t0 float64 (R,)."""
-    fwd, _ = _kernels()
-    _launch(fwd, rowf.shape[0], rowf, pair, n_z, n_win, t0, float(dt), float(sharpness or 0.0), int(k_fast),
-            int(k_slow), out)
+# ---------------------------------------------------------------------------------------------- whole event
+class EventLayout:
+    """The host integers of :func:`larnd_diff.sim.fused.charge_forward` (pair table, evaluation starts, groups)
+    moved to the GPU once, for the forward pass and the backward pass of one simulation."""
+
+    def __init__(self, table, t0, groups):
+        table = np.asarray(table, np.int64)
+        t0 = np.asarray(t0, np.float64)
+        self.groups = []
+        for lo, hi, width in groups:
+            layout, i, j, valid = fused.group_rows(table[lo:hi], t0[lo:hi], width)
+            host = dict(pair=layout.pair, n_z=layout.n_z, n_win_row=layout.n_win, t0=layout.t0,
+                        row_start=layout.row_start, i=np.asarray(i, np.int64), j=np.asarray(j, np.int64),
+                        valid=np.asarray(valid, np.float64), out_row=table[lo:hi, fused.T_ROW].copy(),
+                        placement=table[lo:hi, fused.T_PLACE].copy(), n_win=table[lo:hi, fused.T_NWIN].copy())
+            dev = {k: cuda.to_device(np.ascontiguousarray(v)) for k, v in host.items()}
+            self.groups.append((int(lo), int(hi), int(width), dev))
 
 
-def backward(rowf, pair, n_z, n_win, t0, dt, sharpness, k_fast, k_slow, g_wave, grad):
-    """Write d loss / d rowf into ``grad`` (R, 14) float64 for the cotangent ``g_wave`` (n_pairs, width)."""
-    _, bwd = _kernels()
-    _launch(bwd, rowf.shape[0], rowf, pair, n_z, n_win, t0, float(dt), float(sharpness or 0.0), int(k_fast),
-            int(k_slow), g_wave, grad)
+def charge_forward(pairf, layout: EventLayout, dt, sharpness, k_fast, k_slow, out):
+    """Add the induced charge per tick (electrons) of every output row into ``out`` (n_rows, n_ticks) float64,
+    from the per-pair inputs ``pairf`` (n_pairs, len(PAIR_FIELDS)) float64, both CUDA arrays: per group, rows
+    expanded, waveforms evaluated and placed on the rows' ticks, all on the GPU (the CPU's
+    :func:`larnd_diff.sim.fused.charge_forward`)."""
+    k = _kernels()
+    args = (float(dt), float(sharpness or 0.0), int(k_fast), int(k_slow))
+    for lo, hi, width, d in layout.groups:
+        n_rows = d["pair"].shape[0]
+        rowf = cuda.device_array((n_rows, len(ROW_FIELDS)), np.float64)
+        _launch(k["expand"], n_rows, _dev(pairf)[lo:hi], d["pair"], d["i"], d["j"], d["valid"], rowf)
+        wave = _zeros((hi - lo, width))
+        _launch(k["forward"], n_rows, rowf, d["pair"], d["n_z"], d["n_win_row"], d["t0"], *args, wave)
+        _launch(k["place"], (hi - lo) * width, wave, d["out_row"], d["placement"], d["n_win"], out)
 
 
-__all__ = ["is_available", "forward", "backward"]
+def charge_backward(pairf, layout: EventLayout, dt, sharpness, k_fast, k_slow, g, grad):
+    """Write d loss / d pairf into ``grad`` (n_pairs, len(PAIR_FIELDS)) float64 for the cotangent ``g``
+    (n_rows, n_ticks) of :func:`charge_forward` (rows expanded again; nothing per row was kept)."""
+    k = _kernels()
+    args = (float(dt), float(sharpness or 0.0), int(k_fast), int(k_slow))
+    pf, gr = _dev(pairf), _dev(grad)
+    for lo, hi, width, d in layout.groups:
+        n_rows = d["pair"].shape[0]
+        g_wave = _zeros((hi - lo, width))
+        _launch(k["pick"], (hi - lo) * width, g, d["out_row"], d["placement"], d["n_win"], g_wave)
+        rowf = cuda.device_array((n_rows, len(ROW_FIELDS)), np.float64)
+        _launch(k["expand"], n_rows, pf[lo:hi], d["pair"], d["i"], d["j"], d["valid"], rowf)
+        g_rowf = _zeros((n_rows, len(ROW_FIELDS)))
+        _launch(k["backward"], n_rows, rowf, d["pair"], d["n_z"], d["n_win_row"], d["t0"], *args, g_wave, g_rowf)
+        _launch(k["expand_backward"], hi - lo, pf[lo:hi], d["row_start"], d["i"], d["j"], d["valid"], g_rowf,
+                gr[lo:hi])
+
+
+__all__ = ["is_available", "EventLayout", "charge_forward", "charge_backward"]

@@ -298,38 +298,8 @@ def entry_waveforms(f, rows, *, n_pairs, n_rows, n_z, width, dt, sharpness, k_fa
     return wave.reshape((n_pairs, width))
 
 
-def fused_waveforms(backend_name, rowf, rows, *, n_pairs, width, dt, sharpness, k_fast, k_slow, target="cpu"):
-    """:func:`entry_waveforms` through the fused Numba kernels, with their hand-written gradient: ``target``
-    "cpu" (host tensors, :mod:`larnd_diff.sim.fused`) or "cuda" (torch tensors on a GPU, :mod:`.fused_cuda`).
-    ``rowf``: the :func:`row_inputs` stacked in ``fused.ROW_FIELDS`` order, (n_rows, 14).
-
-    rows: int tensors pair, n_z, n_win and the float64 tensor t0 per row (no gradient; operands of the kernel
-    call, so a jitted caller passes new values each call).
-    """
-    from larnd_diff.backends import custom_vjp as glue
-    from larnd_diff.sim import fused
-
-    args = (float(dt), sharpness, int(k_fast), int(k_slow))
-    consts = [rows[k].raw for k in ("pair", "n_z", "n_win", "t0")]
-    if target == "cuda":
-        from larnd_diff.sim import fused_cuda
-
-        op = glue.cuda_vjp(backend_name, lambda x, *c: fused_cuda.forward(x, *c[:4], *args, c[4]),
-                           lambda x, *c: fused_cuda.backward(x, *c[:4], *args, c[4], c[5]), (n_pairs, width))
-        return ep.astensor(op(rowf.raw, *consts))
-
-    def forward(x, pair, n_z, n_win, t0):
-        return fused.forward(x, fused.RowLayout(pair, n_z, n_win, t0, n_pairs, width), *args)
-
-    def backward(x, pair, n_z, n_win, t0, g):
-        return fused.backward(x, fused.RowLayout(pair, n_z, n_win, t0, n_pairs, width), *args, g)
-
-    op = glue.host_vjp(backend_name, forward, backward, (n_pairs, width))
-    return ep.astensor(op(rowf.raw, *consts))
-
-
 def fused_pair_waveforms(backend_name, pairf, rows, *, n_pairs, width, dt, sharpness, k_fast, k_slow):
-    """:func:`fused_waveforms` (CPU kernels) from the stacked per-pair inputs ``pairf`` of
+    """The fused CPU kernels on one block of rows, from the stacked per-pair inputs ``pairf`` of
     :func:`stack_pair_inputs`: the rows are expanded on the host (``fused.expand_rows``, the arithmetic of
     :func:`expand_rows`) and the gradient comes back per pair, so no per-row tensor exists in the framework.
 
@@ -351,7 +321,8 @@ def fused_pair_waveforms(backend_name, pairf, rows, *, n_pairs, width, dt, sharp
     return ep.astensor(op(pairf.raw, *consts))
 
 
-def fused_charge(backend_name, pairf, table, t0, groups, *, n_rows, n_ticks, dt, sharpness, k_fast, k_slow):
+def fused_charge(backend_name, pairf, table, t0, groups, *, n_rows, n_ticks, dt, sharpness, k_fast, k_slow,
+                 target: str = "cpu"):
     """Induced charge per tick (electrons) of every output row, (n_rows, n_ticks), from the stacked per-pair
     inputs ``pairf`` of :func:`stack_pair_inputs`, in one host call (``fused.charge_forward``, its gradient
     ``fused.charge_backward``): rows expanded, waveforms evaluated and placed on the rows' tick axis on the host.
@@ -359,6 +330,8 @@ def fused_charge(backend_name, pairf, table, t0, groups, *, n_rows, n_ticks, dt,
     table (n_pairs, len(fused.PAIR_TABLE)) int64 and t0 (n_pairs,) float64 us: NumPy host data of the pairs;
     groups: [(first, stop, width)] consecutive pairs evaluated together. For eagerly executed backends (the
     host data are closed over, not operands: under jax.jit use :func:`fused_pair_waveforms` per block).
+    ``target`` "cuda": torch tensors on a GPU, the same steps in numba-cuda kernels
+    (:func:`larnd_diff.sim.fused_cuda.charge_forward`), the host integers copied to the GPU once per call.
     """
     from larnd_diff.backends import custom_vjp as glue
     from larnd_diff.sim import fused
@@ -367,6 +340,14 @@ def fused_charge(backend_name, pairf, table, t0, groups, *, n_rows, n_ticks, dt,
     table = np.ascontiguousarray(table, np.int64)
     t0 = np.ascontiguousarray(t0, np.float64)
     groups = [(int(a), int(b), int(w)) for a, b, w in groups]
+    if target == "cuda":
+        from larnd_diff.sim import fused_cuda
+
+        layout = fused_cuda.EventLayout(table, t0, groups)
+        op = glue.cuda_vjp(backend_name, lambda x, out: fused_cuda.charge_forward(x, layout, *args, out),
+                           lambda x, g, dx: fused_cuda.charge_backward(x, layout, *args, g, dx),
+                           (int(n_rows), int(n_ticks)))
+        return ep.astensor(op(pairf.raw))
 
     def forward(x):
         return fused.charge_forward(x, table, t0, groups, n_rows, n_ticks, *args)
@@ -380,5 +361,5 @@ def fused_charge(backend_name, pairf, table, t0, groups, *, n_rows, n_ticks, dt,
 
 __all__ = ["current_template", "template_polynomial", "line_charge_norm", "line_integral",
            "discounted_reverse_cumsum", "smooth_window_ticks", "pair_geometry", "PAIR_FIELDS", "pair_inputs",
-           "stack_pair_inputs", "expand_rows", "row_inputs", "entry_waveforms", "fused_waveforms",
+           "stack_pair_inputs", "expand_rows", "row_inputs", "entry_waveforms",
            "fused_pair_waveforms", "fused_charge"]

@@ -219,10 +219,9 @@ def _block_inputs(plan, pair_idx, multiple):
 
 
 def _block_fn(backend, grad_capable: bool, fused):
-    """The per-block evaluation, jitted on jax (cached) and checkpointed on differentiable backends: with the
-    EagerPy entry loop the whole block, with the fused CUDA kernels only the row inputs (the kernels' backward
-    needs nothing but them), so the memory kept for the gradient is ~15 numbers per row, not ~60. The fused CPU
-    kernels take the per-pair inputs and expand the rows themselves: the framework's graph is per pair only."""
+    """The per-block evaluation, jitted on jax (cached) and checkpointed on differentiable backends (the EagerPy
+    entry loop). The fused CPU kernels (jax's route to them) take the per-pair inputs and expand the rows
+    themselves: the framework's graph is per pair only."""
     key = (backend.name, grad_capable, fused)
     fn = _JIT_CACHE.get(key)
     if fn is None:
@@ -233,15 +232,6 @@ def _block_fn(backend, grad_capable: bool, fused):
                 # per-pair inputs in the framework, rows expanded inside the host kernels (value and gradient)
                 return induce.fused_pair_waveforms(backend.name, induce.stack_pair_inputs(g, grid=grid), rows,
                                                    **common)
-            if fused:
-                from larnd_diff.sim.fused import ROW_FIELDS
-
-                def inputs(g_, rows_):
-                    f = induce.row_inputs(g_, rows_, grid=grid, dtype=dtype)
-                    return ep.stack([f[name] for name in ROW_FIELDS], axis=1)
-                if grad_capable:
-                    inputs = backend.checkpoint(inputs)
-                return induce.fused_waveforms(backend.name, inputs(g, rows), rows, target=fused, **common)
 
             def body(g_, rows_):
                 f = induce.row_inputs(g_, rows_, grid=grid, dtype=dtype)
@@ -350,7 +340,7 @@ def simulate(segments, backend: str = "numpy", device=None, params=None, relaxat
                  sigma_T=dr.sigma_T, sigma_L=dr.sigma_L, n_electrons=dr.n_electrons)
     z_anode = detector.anode_z[np.maximum(host["plane"], 0)]
 
-    # ---- induced charge: fused CPU kernels in one host call, else block by block
+    # ---- induced charge: fused kernels in one call, else block by block
     itemsize = 8 if dtype == "float64" else 4
     n_corr = 2 * (k_fast + k_slow)
     compute = ~plan.nan_pair if sharp is None else np.ones(plan.n_pairs, bool)
@@ -365,9 +355,9 @@ def simulate(segments, backend: str = "numpy", device=None, params=None, relaxat
     n_rows = len(plan.rows)
     sharpness = None if sharp is None else float(sharp)
     pair_tensors = lambda gather: _pair_tensors(plan, gather, host, seg_t, z_anode, tilt, vdrift, asarr)  # noqa: E731
-    if fused == "cpu" and b.name != "jax":
-        # every pair in one host call: per-pair inputs in the framework, the rest (rows, waveforms, placement on
-        # the rows' ticks) in the kernels
+    if fused in ("cpu", "cuda") and b.name != "jax":
+        # every pair in one kernel call (host or GPU): per-pair inputs in the framework, the rest (rows,
+        # waveforms, placement on the rows' ticks) in the kernels
         if not blocks:
             charge = ep.zeros(like, (n_rows, n_ticks))
         else:
@@ -378,7 +368,7 @@ def simulate(segments, backend: str = "numpy", device=None, params=None, relaxat
             pairf = induce.stack_pair_inputs(pair_tensors(pairs), grid=grid)
             charge = induce.fused_charge(b.name, pairf, table, plan.eval_start[pairs], groups, n_rows=n_rows,
                                          n_ticks=n_ticks, dt=grid[2], sharpness=sharpness, k_fast=k_fast,
-                                         k_slow=k_slow)
+                                         k_slow=k_slow, target=fused)
     else:
         charge = _blocks_charge(fn, plan, blocks, pair_tensors, asarr, like, n_rows, n_ticks, config, grid,
                                 sharpness, k_fast, k_slow, dtype, fused)
