@@ -23,9 +23,9 @@ from functools import lru_cache
 import numpy as np
 
 from larnd_diff.sim import fused
-from larnd_diff.sim.fused import (_NO_ONSET, AMP, HZ, ROW_FIELDS, TF, TS, ZAN, arrival, bucket, entry,
-                                  entry_gradient, expand_row, expand_row_gradient, gauss_floor, onset_constants,
-                                  onset_deposits, row_negligible)
+from larnd_diff.sim.fused import (_NO_ONSET, AMP, HZ, ROW_FIELDS, T_IX0, T_IY0, T_NWIN, T_NY, T_NZ, T_PLACE, T_ROW,
+                                  TF, TS, ZAN, arrival, bucket, entry, entry_gradient, expand_row,
+                                  expand_row_gradient, gauss_floor, onset_constants, onset_deposits, row_negligible)
 from larnd_diff.sim.induce import PAIR_FIELDS
 
 try:   # the kernels below are compiled with these names rebound to numba.cuda (see _kernels)
@@ -163,14 +163,41 @@ def _backward_kernel(rowf, pair, n_z, n_win, t0, dt, sharpness, k_fast, k_slow, 
         grad[r, i] = acc[i]
 
 
-def _expand_kernel(pairf, pair, ri, rj, valid, rowf):
-    """Row inputs of every row from its pair's inputs (:func:`larnd_diff.sim.fused.expand_row`), one thread per row."""
+def _row_of(row_start, r):
+    """The pair p whose rows hold row r: row_start[p] <= r < row_start[p + 1] (binary search)."""
+    lo, hi = 0, row_start.shape[0] - 1
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if row_start[mid] <= r:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def _sample_of(table, row_start, p, r):
+    """In-pad sample (i, j) of row r of pair p (the pair's nx x ny samples, j fastest)."""
+    local = r - row_start[p]
+    ny = table[p, T_NY]
+    return table[p, T_IX0] + local // ny, table[p, T_IY0] + local % ny
+
+
+def _rows_kernel(pairf, table, t0, row_start, rowf, pair, n_z, n_win, t0_row):
+    """Every row's inputs from its pair's (:func:`larnd_diff.sim.fused.expand_row`) and its integers for the
+    waveform kernels, one thread per row; the rows are enumerated from the pair table on the GPU."""
     r = cuda.grid(1)
-    if r < rowf.shape[0]:
-        expand_row(pairf[pair[r]], float(ri[r]), float(rj[r]), valid[r], rowf[r])
+    if r >= rowf.shape[0]:
+        return
+    p = _row_of(row_start, r)
+    i, j = _sample_of(table, row_start, p, r)
+    expand_row(pairf[p], float(i), float(j), 1.0, rowf[r])
+    pair[r] = p
+    n_z[r] = table[p, T_NZ]
+    n_win[r] = table[p, T_NWIN]
+    t0_row[r] = t0[p]
 
 
-def _expand_backward_kernel(pairf, row_start, ri, rj, valid, g_rowf, grad):
+def _expand_backward_kernel(pairf, table, row_start, g_rowf, grad):
     """d loss / d pairf, one thread per pair summing over its rows (contiguous): no atomics."""
     p = cuda.grid(1)
     if p >= grad.shape[0]:
@@ -179,25 +206,26 @@ def _expand_backward_kernel(pairf, row_start, ri, rj, valid, g_rowf, grad):
     for c in range(N_PAIR):
         acc[c] = 0.0
     for r in range(row_start[p], row_start[p + 1]):
-        expand_row_gradient(pairf[p], float(ri[r]), float(rj[r]), valid[r], g_rowf[r], acc)
+        i, j = _sample_of(table, row_start, p, r)
+        expand_row_gradient(pairf[p], float(i), float(j), 1.0, g_rowf[r], acc)
     for c in range(N_PAIR):
         grad[p, c] = acc[c]
 
 
-def _place_kernel(wave, out_row, placement, n_win, out):
-    """out[out_row[p], placement[p] + n] += wave[p, n] for n < n_win[p] (atomic: pairs share rows)."""
+def _place_kernel(wave, table, out):
+    """out[row, placement + n] += wave[p, n] for n < n_win of pair p (atomic: pairs share rows)."""
     idx = cuda.grid(1)
     width = wave.shape[1]
     if idx >= wave.shape[0] * width:
         return
     p = idx // width
     n = idx - p * width
-    a = placement[p]
-    if n < n_win[p] and a + n < out.shape[1]:
-        cuda.atomic.add(out, (out_row[p], a + n), wave[p, n])
+    a = table[p, T_PLACE]
+    if n < table[p, T_NWIN] and a + n < out.shape[1]:
+        cuda.atomic.add(out, (table[p, T_ROW], a + n), wave[p, n])
 
 
-def _pick_kernel(g, out_row, placement, n_win, g_wave):
+def _pick_kernel(g, table, g_wave):
     """The transpose of :func:`_place_kernel`: each pair's window of the rows' cotangent."""
     idx = cuda.grid(1)
     width = g_wave.shape[1]
@@ -205,15 +233,15 @@ def _pick_kernel(g, out_row, placement, n_win, g_wave):
         return
     p = idx // width
     n = idx - p * width
-    a = placement[p]
-    if n < n_win[p] and a + n < g.shape[1]:
-        g_wave[p, n] = g[out_row[p], a + n]
+    a = table[p, T_PLACE]
+    if n < table[p, T_NWIN] and a + n < g.shape[1]:
+        g_wave[p, n] = g[table[p, T_ROW], a + n]
 
 
 def _zero_kernel(a):
     idx = cuda.grid(1)
     if idx < a.shape[0] * a.shape[1]:
-        a[idx // a.shape[1], idx % a.shape[1]] = 0.0
+        a[idx // a.shape[1], idx % a.shape[1]] = 0
 
 
 def add(arr, i, j, value):
@@ -225,22 +253,15 @@ def add(arr, i, j, value):
 def _kernels():
     device = cuda.jit(device=True)
     ns = fused.compile_scalars(device, extra={"cuda": cuda, "float64": float64, "N_PAIR": N_PAIR})
-    for fn in (add, _turn, _bucket_of):
+    for fn in (add, _turn, _bucket_of, _row_of, _sample_of):
         ns[fn.__name__] = device(fused.rebind(fn, ns))
     return {fn.__name__.strip("_").replace("_kernel", ""): cuda.jit(fused.rebind(fn, ns))
-            for fn in (_forward_kernel, _backward_kernel, _expand_kernel, _expand_backward_kernel, _place_kernel,
+            for fn in (_forward_kernel, _backward_kernel, _rows_kernel, _expand_backward_kernel, _place_kernel,
                        _pick_kernel, _zero_kernel)}
 
 
 def _dev(x):
     return cuda.as_cuda_array(x) if hasattr(x, "__cuda_array_interface__") else x
-
-
-def _zeros(shape):
-    """A float64 device array of zeros (allocated and cleared on the GPU)."""
-    a = cuda.device_array(shape, np.float64)
-    _launch(_kernels()["zero"], a.shape[0] * a.shape[1], a)
-    return a
 
 
 def _launch(kernel, n_rows, *args):
@@ -250,55 +271,72 @@ def _launch(kernel, n_rows, *args):
 
 # ---------------------------------------------------------------------------------------------- whole event
 class EventLayout:
-    """The host integers of :func:`larnd_diff.sim.fused.charge_forward` (pair table, evaluation starts, groups)
-    moved to the GPU once, for the forward pass and the backward pass of one simulation."""
+    """The host integers of :func:`larnd_diff.sim.fused.charge_forward` moved to the GPU once per simulation (for
+    its forward and backward pass), three copies in all: the pair table (``fused.PAIR_TABLE`` columns), the
+    evaluation starts and, per group of pairs, the first row of each pair (the rows themselves are enumerated
+    on the GPU)."""
 
     def __init__(self, table, t0, groups):
-        table = np.asarray(table, np.int64)
-        t0 = np.asarray(t0, np.float64)
-        self.groups = []
+        table = np.ascontiguousarray(table, np.int64)
+        counts = table[:, fused.T_NX] * table[:, fused.T_NY]
+        starts, self.groups, at = [], [], 0
         for lo, hi, width in groups:
-            layout, i, j, valid = fused.group_rows(table[lo:hi], t0[lo:hi], width)
-            host = dict(pair=layout.pair, n_z=layout.n_z, n_win_row=layout.n_win, t0=layout.t0,
-                        row_start=layout.row_start, i=np.asarray(i, np.int64), j=np.asarray(j, np.int64),
-                        valid=np.asarray(valid, np.float64), out_row=table[lo:hi, fused.T_ROW].copy(),
-                        placement=table[lo:hi, fused.T_PLACE].copy(), n_win=table[lo:hi, fused.T_NWIN].copy())
-            dev = {k: cuda.to_device(np.ascontiguousarray(v)) for k, v in host.items()}
-            self.groups.append((int(lo), int(hi), int(width), dev))
+            row_start = np.concatenate([[0], np.cumsum(counts[lo:hi])]).astype(np.int64)
+            starts.append(row_start)
+            self.groups.append((int(lo), int(hi), int(width), int(row_start[-1]), at))
+            at += row_start.size
+        self.table = cuda.to_device(table)
+        self.t0 = cuda.to_device(np.ascontiguousarray(t0, np.float64))
+        self.row_start = cuda.to_device(np.concatenate(starts) if starts else np.zeros(1, np.int64))
 
 
-def charge_forward(pairf, layout: EventLayout, dt, sharpness, k_fast, k_slow, out):
+def _zeros_numba(shape, dtype):
+    a = cuda.device_array(shape, dtype)
+    flat = a.reshape((a.shape[0], -1)) if len(shape) > 1 else a.reshape((a.shape[0], 1))
+    _launch(_kernels()["zero"], flat.shape[0] * flat.shape[1], flat)
+    return a
+
+
+def _rows(pf, layout, lo, hi, n_rows, at, zeros):
+    """Row inputs and row integers of one group (the inputs of the waveform kernels)."""
+    rowf = zeros((n_rows, len(ROW_FIELDS)), np.float64)
+    pair, n_z, n_win = (zeros((n_rows,), np.int64) for _ in range(3))
+    t0_row = zeros((n_rows,), np.float64)
+    _launch(_kernels()["rows"], n_rows, pf[lo:hi], layout.table[lo:hi], layout.t0[lo:hi],
+            layout.row_start[at:at + hi - lo + 1], rowf, pair, n_z, n_win, t0_row)
+    return rowf, pair, n_z, n_win, t0_row
+
+
+def charge_forward(pairf, layout: EventLayout, dt, sharpness, k_fast, k_slow, out, zeros=None):
     """Add the induced charge per tick (electrons) of every output row into ``out`` (n_rows, n_ticks) float64,
     from the per-pair inputs ``pairf`` (n_pairs, len(PAIR_FIELDS)) float64, both CUDA arrays: per group, rows
     expanded, waveforms evaluated and placed on the rows' ticks, all on the GPU (the CPU's
-    :func:`larnd_diff.sim.fused.charge_forward`)."""
-    k = _kernels()
+    :func:`larnd_diff.sim.fused.charge_forward`). ``zeros(shape, dtype)``: a zeroed CUDA array for the scratch
+    space (e.g. from the framework's caching allocator; default numba's)."""
+    k, zeros = _kernels(), zeros or _zeros_numba
     args = (float(dt), float(sharpness or 0.0), int(k_fast), int(k_slow))
-    for lo, hi, width, d in layout.groups:
-        n_rows = d["pair"].shape[0]
-        rowf = cuda.device_array((n_rows, len(ROW_FIELDS)), np.float64)
-        _launch(k["expand"], n_rows, _dev(pairf)[lo:hi], d["pair"], d["i"], d["j"], d["valid"], rowf)
-        wave = _zeros((hi - lo, width))
-        _launch(k["forward"], n_rows, rowf, d["pair"], d["n_z"], d["n_win_row"], d["t0"], *args, wave)
-        _launch(k["place"], (hi - lo) * width, wave, d["out_row"], d["placement"], d["n_win"], out)
+    pf = _dev(pairf)
+    for lo, hi, width, n_rows, at in layout.groups:
+        rows = _rows(pf, layout, lo, hi, n_rows, at, zeros)
+        wave = zeros((hi - lo, width), np.float64)
+        _launch(k["forward"], n_rows, *rows, *args, wave)
+        _launch(k["place"], (hi - lo) * width, wave, layout.table[lo:hi], out)
 
 
-def charge_backward(pairf, layout: EventLayout, dt, sharpness, k_fast, k_slow, g, grad):
+def charge_backward(pairf, layout: EventLayout, dt, sharpness, k_fast, k_slow, g, grad, zeros=None):
     """Write d loss / d pairf into ``grad`` (n_pairs, len(PAIR_FIELDS)) float64 for the cotangent ``g``
     (n_rows, n_ticks) of :func:`charge_forward` (rows expanded again; nothing per row was kept)."""
-    k = _kernels()
+    k, zeros = _kernels(), zeros or _zeros_numba
     args = (float(dt), float(sharpness or 0.0), int(k_fast), int(k_slow))
     pf, gr = _dev(pairf), _dev(grad)
-    for lo, hi, width, d in layout.groups:
-        n_rows = d["pair"].shape[0]
-        g_wave = _zeros((hi - lo, width))
-        _launch(k["pick"], (hi - lo) * width, g, d["out_row"], d["placement"], d["n_win"], g_wave)
-        rowf = cuda.device_array((n_rows, len(ROW_FIELDS)), np.float64)
-        _launch(k["expand"], n_rows, pf[lo:hi], d["pair"], d["i"], d["j"], d["valid"], rowf)
-        g_rowf = _zeros((n_rows, len(ROW_FIELDS)))
-        _launch(k["backward"], n_rows, rowf, d["pair"], d["n_z"], d["n_win_row"], d["t0"], *args, g_wave, g_rowf)
-        _launch(k["expand_backward"], hi - lo, pf[lo:hi], d["row_start"], d["i"], d["j"], d["valid"], g_rowf,
-                gr[lo:hi])
+    for lo, hi, width, n_rows, at in layout.groups:
+        g_wave = zeros((hi - lo, width), np.float64)
+        _launch(k["pick"], (hi - lo) * width, g, layout.table[lo:hi], g_wave)
+        rows = _rows(pf, layout, lo, hi, n_rows, at, zeros)
+        g_rowf = zeros((n_rows, len(ROW_FIELDS)), np.float64)
+        _launch(k["backward"], n_rows, *rows, *args, g_wave, g_rowf)
+        _launch(k["expand_backward"], hi - lo, pf[lo:hi], layout.table[lo:hi], layout.row_start[at:at + hi - lo + 1],
+                g_rowf, gr[lo:hi])
 
 
 __all__ = ["is_available", "EventLayout", "charge_forward", "charge_backward"]

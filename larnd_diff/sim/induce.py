@@ -343,9 +343,13 @@ def fused_charge(backend_name, pairf, table, t0, groups, *, n_rows, n_ticks, dt,
     if target == "cuda":
         from larnd_diff.sim import fused_cuda
 
+        import torch   # cuda_vjp is torch-only: the scratch arrays come from torch's caching allocator
+
         layout = fused_cuda.EventLayout(table, t0, groups)
-        op = glue.cuda_vjp(backend_name, lambda x, out: fused_cuda.charge_forward(x, layout, *args, out),
-                           lambda x, g, dx: fused_cuda.charge_backward(x, layout, *args, g, dx),
+        device = pairf.raw.device
+        zeros = lambda shape, dt: torch.zeros(shape, dtype=getattr(torch, np.dtype(dt).name), device=device)  # noqa: E731
+        op = glue.cuda_vjp(backend_name, lambda x, out: fused_cuda.charge_forward(x, layout, *args, out, zeros),
+                           lambda x, g, dx: fused_cuda.charge_backward(x, layout, *args, g, dx, zeros),
                            (int(n_rows), int(n_ticks)))
         return ep.astensor(op(pairf.raw))
 
