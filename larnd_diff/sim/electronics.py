@@ -301,7 +301,8 @@ def _host_cycles(nan_host, q, q_disc, clean, last_tick, noise_draws, threshold, 
     if any(v is None for v in values) or (draws is not None and any(v is None for v in draws)):
         return None
     q_h, q_disc_h, clean_h, last_h = values
-    nan_count = np.cumsum(nan_host, axis=1, dtype=np.int64)
+    nan_count = np.cumsum(nan_host, axis=1, dtype=np.int64) if nan_host.any() else \
+        np.zeros(nan_host.shape, np.int64)  # the usual case: no NaN tick (zero pages, no pass over the rows)
     return trigger_host.self_trigger_cycles(q_h, q_disc_h, clean_h, nan_count, last_h, threshold, window,
                                             dead_ticks, n_slots, n_cycles, noise=draws)
 
