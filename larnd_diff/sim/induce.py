@@ -341,9 +341,9 @@ def fused_charge(backend_name, pairf, table, t0, groups, *, n_rows, n_ticks, dt,
     t0 = np.ascontiguousarray(t0, np.float64)
     groups = [(int(a), int(b), int(w)) for a, b, w in groups]
     if target == "cuda":
-        from larnd_diff.sim import fused_cuda
+        import torch  # cuda_vjp is torch-only: the kernels' scratch arrays come from torch's caching allocator
 
-        import torch   # cuda_vjp is torch-only: the scratch arrays come from torch's caching allocator
+        from larnd_diff.sim import fused_cuda
 
         layout = fused_cuda.EventLayout(table, t0, groups)
         device = pairf.raw.device
