@@ -631,3 +631,56 @@ def test_noise_on_real_waveforms_like_the_reference(backend, shared):
     hits, hits0 = (~np.isnan(adc)).sum(), (ref_tick >= 0).sum()
     assert abs(hits / hits0 - 1) < 0.04, (hits, hits0)
     assert abs(np.nansum(adc) / ref_adc[ref_adc > 74].sum() - 1) < 0.04
+
+
+# The GPU trigger search (larnd_diff.sim.trigger_cuda) under numba's CUDA simulator, any machine: a subprocess,
+# because NUMBA_ENABLE_CUDASIM must be set before numba.cuda is imported.
+_CUDASIM_SCRIPT = r"""
+import sys, json
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from numba import cuda
+from larnd_diff.sim import trigger_host, trigger_cuda
+rng = np.random.default_rng(4)
+out = {}
+for case in ("plain", "noise", "nan"):
+    n_rows, n_ticks, n_slots, n_cycles = 6, 400, 10, 20
+    per_tick = np.where(rng.random((n_rows, n_ticks)) < 0.05, rng.exponential(3000.0, (n_rows, n_ticks)), 0.0)
+    if case == "nan":
+        per_tick[2, 150:170] = np.nan
+    nan = np.isnan(per_tick)
+    clean = np.where(nan, 0.0, per_tick)
+    q = np.cumsum(clean, axis=1)
+    q_disc = q + (rng.normal(0, 500.0, q.shape) if case == "noise" else 0.0)
+    nan_count = np.cumsum(nan, axis=1).astype(np.int64)
+    last = np.full(n_rows, n_ticks - 1, np.int64); last[4] = 250
+    noise = None if case != "noise" else tuple(rng.normal(0, 500.0, (n_rows, n_cycles)) for _ in range(3))
+    args = (5000.0, 18, 4, n_slots, n_cycles)
+    ref = trigger_host.self_trigger_cycles(q, q_disc, clean, nan_count, last, *args, noise=noise)
+    d = lambda a: cuda.to_device(np.ascontiguousarray(a))
+    got = trigger_cuda.self_trigger_cycles(d(q), d(q_disc), d(clean), d(nan_count), d(last), *args,
+                                           noise=None if noise is None else tuple(d(a) for a in noise))
+    out[case] = dict(samples=int(ref["count"].sum()), keys=sorted(ref) == sorted(got),
+                     equal=all(np.array_equal(ref[k], got[k]) for k in ref))
+print("RESULT" + json.dumps(out))
+"""
+
+
+def test_gpu_trigger_search_matches_host_under_the_simulator(backend):
+    """The same per-row search compiled for CUDA gives the host search's outputs exactly: without noise, with
+    discriminator, reset and conversion noise, and with a NaN stretch in one row and a row cut short."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if backend != "numpy":
+        pytest.skip("framework-independent kernel: tested once, in the numpy environment")
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", _CUDASIM_SCRIPT, str(repo)], capture_output=True, text=True,
+                          env=dict(os.environ, NUMBA_ENABLE_CUDASIM="1"), timeout=600, cwd=repo)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    for case, r in json.loads(lines[-1][len("RESULT"):]).items():
+        assert r["samples"] > 0 and r["keys"] and r["equal"], (case, r)

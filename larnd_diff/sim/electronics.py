@@ -182,8 +182,15 @@ def electronics(charge_per_tick, detector, relaxation="hard", *, noise: bool = F
 
     if trigger_search not in ("auto", "host", "vectorized"):
         raise ValueError(f"unknown trigger_search {trigger_search!r}; choose 'auto', 'host' or 'vectorized'")
-    charge_host = None if trigger_search == "vectorized" else _host_value(charge_per_tick)
-    if charge_host is not None:
+    on_gpu = trigger_search != "vectorized" and _gpu_search(charge_per_tick)
+    charge_host = None if trigger_search == "vectorized" or on_gpu else _host_value(charge_per_tick)
+    if on_gpu:
+        # the search runs on the GPU on the framework's tensors: only whether a NaN exists comes to the host
+        has_nan = bool(ops.to_numpy(ep.isnan(charge_per_tick).any()))
+        clean = ep.where(ep.logical_not(ep.isnan(charge_per_tick)), charge_per_tick, 0.0) if has_nan \
+            else charge_per_tick
+        q = ops.cumsum(clean, axis=1)
+    elif charge_host is not None:
         # host search: the NaN count is taken on the host; without NaN the clean charge is the input itself
         nan_host = np.isnan(charge_host)
         clean = ep.where(ep.logical_not(ep.isnan(charge_per_tick)), charge_per_tick, 0.0) if nan_host.any() \
@@ -214,6 +221,13 @@ def electronics(charge_per_tick, detector, relaxation="hard", *, noise: bool = F
         failed_reset_noise = fee.uncorrelated_noise_e * _normal(rng, (n_rows, n_cycles), dtype, charge_per_tick)
         conversion_noise = fee.uncorrelated_noise_e * _normal(rng, (n_rows, n_cycles), dtype, charge_per_tick)
 
+    if on_gpu:
+        noise_draws = (reset_noise, failed_reset_noise, conversion_noise) if noise else None
+        nan_count = ops.cumsum(ops.cast(ep.isnan(charge_per_tick), "int64"), axis=1) if has_nan else \
+            ops.cast(ep.zeros_like(q), "int64")
+        host = _gpu_cycles(q, q_disc, clean, nan_count, last_tick, noise_draws, threshold, window, fee.dead_ticks,
+                           n_slots, n_cycles)
+        return _samples_at(host, q, clean, detector, relaxation, threshold, dtype)
     if charge_host is not None:
         noise_draws = (reset_noise, failed_reset_noise, conversion_noise) if noise else None
         host = _host_cycles(nan_host, q, q_disc, clean, last_tick, noise_draws, threshold, window,
@@ -305,6 +319,32 @@ def _host_cycles(nan_host, q, q_disc, clean, last_tick, noise_draws, threshold, 
         np.zeros(nan_host.shape, np.int64)  # the usual case: no NaN tick (zero pages, no pass over the rows)
     return trigger_host.self_trigger_cycles(q_h, q_disc_h, clean_h, nan_count, last_h, threshold, window,
                                             dead_ticks, n_slots, n_cycles, noise=draws)
+
+
+def _gpu_search(x) -> bool:
+    """Whether the trigger search can run on the GPU in place: torch tensors on a CUDA device, numba-cuda usable."""
+    raw = x.raw if isinstance(x, ep.Tensor) else x
+    if type(raw).__module__.split(".")[0] != "torch" or not getattr(raw, "is_cuda", False):
+        return False
+    from larnd_diff.sim import trigger_cuda
+
+    return trigger_cuda.is_available()
+
+
+def _gpu_cycles(q, q_disc, clean, nan_count, last_tick, noise_draws, threshold, window, dead_ticks, n_slots,
+                n_cycles):
+    """The search of :mod:`larnd_diff.sim.trigger_cuda` on detached torch GPU tensors (outputs on the host)."""
+    import torch
+
+    from larnd_diff.sim import trigger_cuda
+
+    raw = lambda t: ops.stop_gradient(t).raw.contiguous()  # noqa: E731
+    device = raw(q).device
+    zeros = lambda shape, dt: torch.zeros(shape, dtype=getattr(torch, np.dtype(dt).name), device=device)  # noqa: E731
+    draws = None if noise_draws is None else [raw(t) for t in noise_draws]
+    return trigger_cuda.self_trigger_cycles(raw(q), raw(q_disc), raw(clean), raw(nan_count), raw(last_tick),
+                                            threshold, window, dead_ticks, n_slots, n_cycles, noise=draws,
+                                            zeros=zeros)
 
 
 def _samples_at(host, q, clean, detector, relaxation, threshold, dtype) -> Samples:
