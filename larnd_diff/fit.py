@@ -683,22 +683,21 @@ class Calibrator:
             return {n: math.exp(sc[n] * float(internal[n])) * self.nominal[n] for n in self.names}
         return {n: sc[n] * float(internal[n]) * self.nominal[n] for n in self.names}
 
+    def _coordinate(self, name: str, value: float) -> float:
+        """The optimiser's coordinate of one physical value (an infinite value, an open bound, stays infinite)."""
+        if math.isinf(value):
+            return value
+        ratio = float(value) / self.nominal[name]
+        return (math.log(ratio) if self.parameterization == "log" else ratio) / self.step_scales[name]
+
     def _internal(self, values: Mapping[str, float]) -> Dict[str, float]:
         """The optimiser's coordinates of physical values."""
-        sc = self.step_scales
-        if self.parameterization == "log":
-            return {n: math.log(float(values[n]) / self.nominal[n]) / sc[n] for n in self.names}
-        return {n: float(values[n]) / self.nominal[n] / sc[n] for n in self.names}
+        return {n: self._coordinate(n, values[n]) for n in self.names}
 
     def _internal_bounds(self):
         """The bounds in the optimiser's coordinates: ({name: lower}, {name: upper}); open sides are +-inf."""
-        sc, log = self.step_scales, self.parameterization == "log"
-        def u(n, v):
-            if math.isinf(v):
-                return v
-            return math.log(v / self.nominal[n]) / sc[n] if log else v / self.nominal[n] / sc[n]
-        return ({n: u(n, lo) for n, (lo, _) in self.bounds.items()},
-                {n: u(n, hi) for n, (_, hi) in self.bounds.items()})
+        return ({n: self._coordinate(n, lo) for n, (lo, _) in self.bounds.items()},
+                {n: self._coordinate(n, hi) for n, (_, hi) in self.bounds.items()})
 
     def _to_physical_tensor(self, u, name: str):
         """Physical value of one optimiser coordinate, as a framework scalar that keeps the autodiff graph."""

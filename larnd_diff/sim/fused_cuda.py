@@ -212,30 +212,31 @@ def _expand_backward_kernel(pairf, table, row_start, g_rowf, grad):
         grad[p, c] = acc[c]
 
 
+def _window_cell(table, idx, width, n_ticks):
+    """Cell ``idx`` of a flat (pairs, width) window array: pair p, window tick n, the output row and tick it
+    maps to, and whether it lies inside the pair's window and the row's ticks."""
+    p = idx // width
+    n = idx - p * width
+    tick = table[p, T_PLACE] + n
+    return p, n, table[p, T_ROW], tick, n < table[p, T_NWIN] and tick < n_ticks
+
+
 def _place_kernel(wave, table, out):
     """out[row, placement + n] += wave[p, n] for n < n_win of pair p (atomic: pairs share rows)."""
     idx = cuda.grid(1)
-    width = wave.shape[1]
-    if idx >= wave.shape[0] * width:
-        return
-    p = idx // width
-    n = idx - p * width
-    a = table[p, T_PLACE]
-    if n < table[p, T_NWIN] and a + n < out.shape[1]:
-        cuda.atomic.add(out, (table[p, T_ROW], a + n), wave[p, n])
+    if idx < wave.shape[0] * wave.shape[1]:
+        p, n, row, tick, inside = _window_cell(table, idx, wave.shape[1], out.shape[1])
+        if inside:
+            cuda.atomic.add(out, (row, tick), wave[p, n])
 
 
 def _pick_kernel(g, table, g_wave):
     """The transpose of :func:`_place_kernel`: each pair's window of the rows' cotangent."""
     idx = cuda.grid(1)
-    width = g_wave.shape[1]
-    if idx >= g_wave.shape[0] * width:
-        return
-    p = idx // width
-    n = idx - p * width
-    a = table[p, T_PLACE]
-    if n < table[p, T_NWIN] and a + n < g.shape[1]:
-        g_wave[p, n] = g[table[p, T_ROW], a + n]
+    if idx < g_wave.shape[0] * g_wave.shape[1]:
+        p, n, row, tick, inside = _window_cell(table, idx, g_wave.shape[1], g.shape[1])
+        if inside:
+            g_wave[p, n] = g[row, tick]
 
 
 def _zero_kernel(a):
@@ -253,7 +254,7 @@ def add(arr, i, j, value):
 def _kernels():
     device = cuda.jit(device=True)
     ns = fused.compile_scalars(device, extra={"cuda": cuda, "float64": float64, "N_PAIR": N_PAIR})
-    for fn in (add, _turn, _bucket_of, _row_of, _sample_of):
+    for fn in (add, _turn, _bucket_of, _row_of, _sample_of, _window_cell):
         ns[fn.__name__] = device(fused.rebind(fn, ns))
     return {fn.__name__.strip("_").replace("_kernel", ""): cuda.jit(fused.rebind(fn, ns))
             for fn in (_forward_kernel, _backward_kernel, _rows_kernel, _expand_backward_kernel, _place_kernel,
