@@ -208,6 +208,15 @@ def host_vjp(backend_name: str, forward: Callable[..., Any], backward: Callable[
     raise ValueError(f"host_vjp: no glue for backend {backend_name!r} (numpy, torch, jax, tensorflow)")
 
 
+def torch_zeros(device) -> Callable[..., Any]:
+    """``zeros(shape, numpy dtype)`` -> a zeroed torch tensor on ``device``: scratch space for foreign CUDA kernels
+    from torch's caching allocator (counted in torch's memory statistics)."""
+    import numpy as np
+    import torch
+
+    return lambda shape, dtype: torch.zeros(shape, dtype=getattr(torch, np.dtype(dtype).name), device=device)
+
+
 def cuda_vjp(backend_name: str, forward: Callable[..., Any], backward: Callable[..., Any],
              out_shape: Tuple[int, ...]) -> Callable[..., Any]:
     """A differentiable op whose forward and backward are CUDA kernels writing into preallocated arrays.

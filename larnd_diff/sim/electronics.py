@@ -184,16 +184,12 @@ def electronics(charge_per_tick, detector, relaxation="hard", *, noise: bool = F
         raise ValueError(f"unknown trigger_search {trigger_search!r}; choose 'auto', 'host' or 'vectorized'")
     on_gpu = trigger_search != "vectorized" and _gpu_search(charge_per_tick)
     charge_host = None if trigger_search == "vectorized" or on_gpu else _host_value(charge_per_tick)
-    if on_gpu:
-        # the search runs on the GPU on the framework's tensors: only whether a NaN exists comes to the host
-        has_nan = bool(ops.to_numpy(ep.isnan(charge_per_tick).any()))
+    if on_gpu or charge_host is not None:
+        # a search on the GPU (only whether a NaN exists comes to the host) or on the host (the NaN count is taken
+        # there); without NaN the clean charge is the input itself
+        nan_host = None if on_gpu else np.isnan(charge_host)
+        has_nan = bool(ops.to_numpy(ep.isnan(charge_per_tick).any())) if on_gpu else bool(nan_host.any())
         clean = ep.where(ep.logical_not(ep.isnan(charge_per_tick)), charge_per_tick, 0.0) if has_nan \
-            else charge_per_tick
-        q = ops.cumsum(clean, axis=1)
-    elif charge_host is not None:
-        # host search: the NaN count is taken on the host; without NaN the clean charge is the input itself
-        nan_host = np.isnan(charge_host)
-        clean = ep.where(ep.logical_not(ep.isnan(charge_per_tick)), charge_per_tick, 0.0) if nan_host.any() \
             else charge_per_tick
         q = ops.cumsum(clean, axis=1)
     elif trigger_search == "host":
@@ -334,13 +330,11 @@ def _gpu_search(x) -> bool:
 def _gpu_cycles(q, q_disc, clean, nan_count, last_tick, noise_draws, threshold, window, dead_ticks, n_slots,
                 n_cycles):
     """The search of :mod:`larnd_diff.sim.trigger_cuda` on detached torch GPU tensors (outputs on the host)."""
-    import torch
-
+    from larnd_diff.backends.custom_vjp import torch_zeros
     from larnd_diff.sim import trigger_cuda
 
     raw = lambda t: ops.stop_gradient(t).raw.contiguous()  # noqa: E731
-    device = raw(q).device
-    zeros = lambda shape, dt: torch.zeros(shape, dtype=getattr(torch, np.dtype(dt).name), device=device)  # noqa: E731
+    zeros = torch_zeros(raw(q).device)
     draws = None if noise_draws is None else [raw(t) for t in noise_draws]
     return trigger_cuda.self_trigger_cycles(raw(q), raw(q_disc), raw(clean), raw(nan_count), raw(last_tick),
                                             threshold, window, dead_ticks, n_slots, n_cycles, noise=draws,

@@ -261,13 +261,14 @@ def _kernels():
                        _pick_kernel, _zero_kernel)}
 
 
-def _dev(x):
+def as_device(x):
+    """A numba view of anything with ``__cuda_array_interface__`` (zero-copy); other arrays unchanged."""
     return cuda.as_cuda_array(x) if hasattr(x, "__cuda_array_interface__") else x
 
 
 def _launch(kernel, n_rows, *args):
     if n_rows:
-        kernel[max(1, -(-n_rows // THREADS)), THREADS](*(_dev(a) for a in args))
+        kernel[max(1, -(-n_rows // THREADS)), THREADS](*(as_device(a) for a in args))
 
 
 # ---------------------------------------------------------------------------------------------- whole event
@@ -316,7 +317,7 @@ def charge_forward(pairf, layout: EventLayout, dt, sharpness, k_fast, k_slow, ou
     space (e.g. from the framework's caching allocator; default numba's)."""
     k, zeros = _kernels(), zeros or _zeros_numba
     args = (float(dt), float(sharpness or 0.0), int(k_fast), int(k_slow))
-    pf = _dev(pairf)
+    pf = as_device(pairf)
     for lo, hi, width, n_rows, at in layout.groups:
         rows = _rows(pf, layout, lo, hi, n_rows, at, zeros)
         wave = zeros((hi - lo, width), np.float64)
@@ -329,7 +330,7 @@ def charge_backward(pairf, layout: EventLayout, dt, sharpness, k_fast, k_slow, g
     (n_rows, n_ticks) of :func:`charge_forward` (rows expanded again; nothing per row was kept)."""
     k, zeros = _kernels(), zeros or _zeros_numba
     args = (float(dt), float(sharpness or 0.0), int(k_fast), int(k_slow))
-    pf, gr = _dev(pairf), _dev(grad)
+    pf, gr = as_device(pairf), as_device(grad)
     for lo, hi, width, n_rows, at in layout.groups:
         g_wave = zeros((hi - lo, width), np.float64)
         _launch(k["pick"], (hi - lo) * width, g, layout.table[lo:hi], g_wave)

@@ -341,13 +341,10 @@ def fused_charge(backend_name, pairf, table, t0, groups, *, n_rows, n_ticks, dt,
     t0 = np.ascontiguousarray(t0, np.float64)
     groups = [(int(a), int(b), int(w)) for a, b, w in groups]
     if target == "cuda":
-        import torch  # cuda_vjp is torch-only: the kernels' scratch arrays come from torch's caching allocator
-
         from larnd_diff.sim import fused_cuda
 
         layout = fused_cuda.EventLayout(table, t0, groups)
-        device = pairf.raw.device
-        zeros = lambda shape, dt: torch.zeros(shape, dtype=getattr(torch, np.dtype(dt).name), device=device)  # noqa: E731
+        zeros = glue.torch_zeros(pairf.raw.device)  # cuda_vjp is torch-only
         op = glue.cuda_vjp(backend_name, lambda x, out: fused_cuda.charge_forward(x, layout, *args, out, zeros),
                            lambda x, g, dx: fused_cuda.charge_backward(x, layout, *args, g, dx, zeros),
                            (int(n_rows), int(n_ticks)))

@@ -14,7 +14,7 @@ import numpy as np
 
 from larnd_diff.sim import trigger_host
 from larnd_diff.sim.fused import rebind
-from larnd_diff.sim.fused_cuda import THREADS, is_available
+from larnd_diff.sim.fused_cuda import THREADS, as_device, is_available
 
 try:
     from numba import cuda
@@ -52,7 +52,7 @@ def self_trigger_cycles(q, q_disc, clean, nan_count, last_tick, threshold, windo
     same shape, last_tick (n_rows,) int64, noise None or (reset, failed_reset, conversion) (n_rows, n_cycles) in
     the float dtype. ``zeros(shape, numpy dtype)``: zeroed CUDA arrays for the outputs (default numba's).
     Returns the same dict of NumPy arrays as the host search."""
-    dev = lambda a: cuda.as_cuda_array(a) if hasattr(a, "__cuda_array_interface__") else a  # noqa: E731
+    dev = as_device
     q, q_disc, clean, nan_count, last_tick = (dev(a) for a in (q, q_disc, clean, nan_count, last_tick))
     dtype = np.dtype(q.dtype)
     n_rows = q.shape[0]
