@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import resource
 import statistics
@@ -40,6 +41,22 @@ def muon_batch(length_cm: float, seed: int):
     except ImportError:
         pass
     return segs
+
+
+def muon_batches(length_cm: float, seed: int):
+    """The fit's 100 cm batches of 10-muon events, concatenated until ``length_cm`` (one call on many batches)."""
+    from larnd_diff.generate import generate_muons
+    from larnd_diff.selection import make_batches, select_tracks
+
+    segs = select_tracks(generate_muons(n_events=max(1, math.ceil(0.06 * length_cm)), tracks_per_event=10,
+                                        seed=seed))
+    out, total = [], 0.0
+    for batch in make_batches(segs, length_cm=100.0, seed=seed):
+        out.append(batch)
+        total += track_length(batch)
+        if total >= length_cm:
+            break
+    return np.concatenate(out)
 
 
 def track_length(segs) -> float:
@@ -155,7 +172,10 @@ def main(argv=None):
     ap.add_argument("--backend", default="torch", choices=("numpy", "torch", "jax", "tensorflow", "none"))
     ap.add_argument("--device", default=None)
     ap.add_argument("--dtype", default="float64", choices=("float64", "float32"))
-    ap.add_argument("--length-cm", type=float, default=100.0)
+    ap.add_argument("--length-cm", type=float, default=100.0,
+                    help="track length of the input: one batch of 1-muon events up to this length (default)")
+    ap.add_argument("--batches", action="store_true",
+                    help="instead: 100 cm batches of 10-muon events concatenated up to --length-cm (one call)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-reference", action="store_true")
@@ -169,7 +189,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     if args.input is None:
-        segs = muon_batch(args.length_cm, args.seed)
+        segs = (muon_batches if args.batches else muon_batch)(args.length_cm, args.seed)
     elif args.input.endswith(".npy"):
         segs = np.load(args.input)
     else:

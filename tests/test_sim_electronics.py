@@ -660,6 +660,8 @@ for case in ("plain", "noise", "nan"):
     d = lambda a: cuda.to_device(np.ascontiguousarray(a))
     got = trigger_cuda.self_trigger_cycles(d(q), d(q_disc), d(clean), d(nan_count), d(last), *args,
                                            noise=None if noise is None else tuple(d(a) for a in noise))
+    got = {k: v.copy_to_host() for k, v in got.items()}
+    got["window_nan"] = got["window_nan"].astype(bool)
     out[case] = dict(samples=int(ref["count"].sum()), keys=sorted(ref) == sorted(got),
                      equal=all(np.array_equal(ref[k], got[k]) for k in ref))
 print("RESULT" + json.dumps(out))

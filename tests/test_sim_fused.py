@@ -152,26 +152,34 @@ for relax in ("hard", "smooth"):
     simulate(tiny_segments(), backend="numpy", relaxation=relax)
     pairf, table, t0, groups, kw = captured[0]
     args = (kw["dt"], kw["sharpness"], kw["k_fast"], kw["k_slow"])
-    ref = fused.charge_forward(pairf, table, t0, groups, kw["n_rows"], kw["n_ticks"], *args)
-    layout = fused_cuda.EventLayout(table, t0, groups)
-    wave = cuda.to_device(np.zeros(ref.shape))
-    fused_cuda.charge_forward(cuda.to_device(pairf), layout, *args, wave)
-    g = np.random.default_rng(1).normal(size=ref.shape)
-    g_ref = fused.charge_backward(pairf, table, t0, groups, *args, g)
-    grad = cuda.to_device(np.zeros(pairf.shape))
-    fused_cuda.charge_backward(cuda.to_device(pairf), layout, *args, cuda.to_device(g), grad)
-    got, g_got = wave.copy_to_host(), grad.copy_to_host()
-    out[relax] = dict(pairs=len(pairf), scale=float(np.abs(ref).max()),
-                      forward=float(np.abs(got - ref).max() / np.abs(ref).max()),
-                      backward=float((np.abs(g_got - g_ref).max(0) / np.maximum(np.abs(g_ref).max(0), 1e-300)).max()))
+    ends = table[:, fused.T_PLACE] + table[:, fused.T_NWIN]
+    # the event's ticks as simulated, and (smooth: the onset's ticks too) cut short inside the windows
+    cases = [(relax, kw["n_ticks"])]
+    if relax == "smooth":
+        cases.append((relax + "-cut", int(ends.max() - table[:, fused.T_NWIN].max() // 2)))
+    for case, n_ticks in cases:
+        ref = fused.charge_forward(pairf, table, t0, groups, kw["n_rows"], n_ticks, *args)
+        layout = fused_cuda.EventLayout(table, t0)
+        wave = cuda.to_device(np.zeros(ref.shape))
+        fused_cuda.charge_forward(cuda.to_device(pairf), layout, *args, wave)
+        g = np.random.default_rng(1).normal(size=ref.shape)
+        g_ref = fused.charge_backward(pairf, table, t0, groups, *args, g)
+        grad = cuda.to_device(np.zeros(pairf.shape))
+        fused_cuda.charge_backward(cuda.to_device(pairf), layout, *args, cuda.to_device(g), grad)
+        got, g_got = wave.copy_to_host(), grad.copy_to_host()
+        out[case] = dict(pairs=len(pairf), cut=int((ends > n_ticks).sum()), scale=float(np.abs(ref).max()),
+                         forward=float(np.abs(got - ref).max() / np.abs(ref).max()),
+                         backward=float((np.abs(g_got - g_ref).max(0)
+                                         / np.maximum(np.abs(g_ref).max(0), 1e-300)).max()))
 print("RESULT" + json.dumps(out))
 """
 
 
 def test_cuda_event_kernels_match_cpu_under_the_simulator(backend):
-    """Rows expanded, waveforms evaluated and placed on the GPU (fused_cuda.charge_forward / charge_backward) vs
-    the CPU kernels on two segments, hard and smooth: the same charge per tick and the same gradient per pair input
-    to 1e-11 of each column's scale (summation order differs: atomics, fast-math on the CPU)."""
+    """Rows expanded, waveforms evaluated and added onto the rows' ticks on the GPU (fused_cuda.charge_forward /
+    charge_backward) vs the CPU kernels on two segments, hard and smooth, on the event's ticks and with the ticks
+    cut short inside the windows: the same charge per tick and the same gradient per pair input to 1e-11 of each
+    column's scale (summation order differs: atomics, fast-math on the CPU)."""
     import json
     import os
     import subprocess
@@ -187,6 +195,8 @@ def test_cuda_event_kernels_match_cpu_under_the_simulator(backend):
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
     res = json.loads(lines[-1][len("RESULT"):])
+    assert set(res) == {"hard", "smooth", "smooth-cut"}
     for relax, r in res.items():
         assert r["pairs"] > 0 and r["scale"] > 0, (relax, r)
+        assert (r["cut"] > 0) == relax.endswith("-cut"), (relax, r)
         assert r["forward"] <= 1e-11 and r["backward"] <= 1e-11, (relax, r)

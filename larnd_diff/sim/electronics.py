@@ -185,10 +185,11 @@ def electronics(charge_per_tick, detector, relaxation="hard", *, noise: bool = F
     on_gpu = trigger_search != "vectorized" and _gpu_search(charge_per_tick)
     charge_host = None if trigger_search == "vectorized" or on_gpu else _host_value(charge_per_tick)
     if on_gpu or charge_host is not None:
-        # a search on the GPU (only whether a NaN exists comes to the host) or on the host (the NaN count is taken
-        # there); without NaN the clean charge is the input itself
+        # a search on the GPU (nothing comes to the host: the NaN-safe charge is always taken, two elementwise ops
+        # rather than a wait for the kernels before) or on the host (the NaN count is taken there; without NaN
+        # the clean charge is the input itself)
         nan_host = None if on_gpu else np.isnan(charge_host)
-        has_nan = bool(ops.to_numpy(ep.isnan(charge_per_tick).any())) if on_gpu else bool(nan_host.any())
+        has_nan = True if on_gpu else bool(nan_host.any())
         clean = ep.where(ep.logical_not(ep.isnan(charge_per_tick)), charge_per_tick, 0.0) if has_nan \
             else charge_per_tick
         q = ops.cumsum(clean, axis=1)
@@ -221,9 +222,9 @@ def electronics(charge_per_tick, detector, relaxation="hard", *, noise: bool = F
         noise_draws = (reset_noise, failed_reset_noise, conversion_noise) if noise else None
         nan_count = ops.cumsum(ops.cast(ep.isnan(charge_per_tick), "int64"), axis=1) if has_nan else \
             ops.cast(ep.zeros_like(q), "int64")
-        host = _gpu_cycles(q, q_disc, clean, nan_count, last_tick, noise_draws, threshold, window, fee.dead_ticks,
-                           n_slots, n_cycles)
-        return _samples_at(host, q, clean, detector, relaxation, threshold, dtype)
+        found = _gpu_cycles(q, q_disc, clean, nan_count, last_tick, noise_draws, threshold, window,
+                            fee.dead_ticks, n_slots, n_cycles)
+        return _samples_at(found, q, clean, detector, relaxation, threshold, dtype)
     if charge_host is not None:
         noise_draws = (reset_noise, failed_reset_noise, conversion_noise) if noise else None
         host = _host_cycles(nan_host, q, q_disc, clean, last_tick, noise_draws, threshold, window,
@@ -329,36 +330,42 @@ def _gpu_search(x) -> bool:
 
 def _gpu_cycles(q, q_disc, clean, nan_count, last_tick, noise_draws, threshold, window, dead_ticks, n_slots,
                 n_cycles):
-    """The search of :mod:`larnd_diff.sim.trigger_cuda` on detached torch GPU tensors (outputs on the host)."""
+    """The search of :mod:`larnd_diff.sim.trigger_cuda` on detached torch GPU tensors; its outputs stay on the
+    GPU (EagerPy tensors, ``window_nan`` bool)."""
     from larnd_diff.backends.custom_vjp import torch_zeros
     from larnd_diff.sim import trigger_cuda
 
     raw = lambda t: ops.stop_gradient(t).raw.contiguous()  # noqa: E731
     zeros = torch_zeros(raw(q).device)
     draws = None if noise_draws is None else [raw(t) for t in noise_draws]
-    return trigger_cuda.self_trigger_cycles(raw(q), raw(q_disc), raw(clean), raw(nan_count), raw(last_tick),
-                                            threshold, window, dead_ticks, n_slots, n_cycles, noise=draws,
-                                            zeros=zeros)
+    out = trigger_cuda.self_trigger_cycles(raw(q), raw(q_disc), raw(clean), raw(nan_count), raw(last_tick),
+                                           threshold, window, dead_ticks, n_slots, n_cycles, noise=draws,
+                                           zeros=zeros)
+    out = {k: ep.astensor(v) for k, v in out.items()}
+    out["window_nan"] = out["window_nan"] != 0
+    return out
 
 
-def _samples_at(host, q, clean, detector, relaxation, threshold, dtype) -> Samples:
-    """The samples of the host search: converted charge (and interpolated crossing) of each stored cycle,
-    differentiable, gathered from the running integral ``q`` and the charge per tick ``clean`` at its ticks."""
-    n_slots = host["trig"].shape[1]
-    const = lambda a, dt=dtype: ops.asarray(q, a, dt)  # noqa: E731
-    has_sample = const(np.arange(n_slots)[None, :] < host["count"][:, None], "bool")
-    start = host["start"]
-    trig = const(host["trig"], "int64")
-    at_q = ops.take_along_axis(q, const(np.concatenate([np.maximum(start - 1, 0), host["trig"], host["end"]],
-                                                        axis=1), "int64"), axis=1)
-    before = ep.where(const(start > 0, "bool"), at_q[:, :n_slots], 0.0)
+def _samples_at(search, q, clean, detector, relaxation, threshold, dtype) -> Samples:
+    """The samples of the trigger search: converted charge (and interpolated crossing) of each stored cycle,
+    differentiable, gathered from the running integral ``q`` and the charge per tick ``clean`` at its ticks.
+    ``search``: the search's outputs, NumPy arrays (host search) or tensors on ``q``'s device (GPU search)."""
+    def t(name, dt):
+        a = search[name]
+        return ops.asarray(q, a, dt) if isinstance(a, np.ndarray) else a
+
+    n_slots = search["trig"].shape[1]
+    start, trig, end = (t(k, "int64") for k in ("start", "trig", "end"))
+    has_sample = ops.cast(ep.arange(q, n_slots), "int64")[None, :] < t("count", "int64")[:, None]
+    at_q = ops.take_along_axis(q, ep.concatenate([ep.maximum(start - 1, 0), trig, end], axis=1), axis=1)
+    before = ep.where(start > 0, at_q[:, :n_slots], 0.0)
     q_trigger, q_end = at_q[:, n_slots:2 * n_slots], at_q[:, 2 * n_slots:]
     step = ops.take_along_axis(clean, trig, axis=1)
-    baseline = const(host["baseline"])
+    baseline = t("baseline", dtype)
     charge = baseline + (q_end - before) + step
-    if "conversion" in host:
-        charge = charge + const(host["conversion"])
-    charge = ep.where(const(host["window_nan"], "bool"), float("nan"), charge)
+    if "conversion" in search:
+        charge = charge + t("conversion", dtype)
+    charge = ep.where(t("window_nan", "bool"), float("nan"), charge)
     out_charge = ep.where(has_sample, charge, float("nan"))
     out_crossing = None
     if relaxation.trigger == "interpolated":

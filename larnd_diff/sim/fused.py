@@ -195,7 +195,7 @@ def entry_gradient(f, k, w, t_s, gauss, erfs, u, m_raw, m, t0, n_win, dt, sharpn
                 n = m_raw + d
                 if 0 <= n < n_win:
                     diff, d_diff = onset(y, e_y, x_sy, d > 0, sharpness)
-                    gn = gw[n]
+                    gn = cotangent(gw, n)
                     d_base = gn * diff
                     d_y = gn * big_p * d_diff
                     dt_s += d_y / tau
@@ -410,6 +410,12 @@ def add(arr, i, j, value):
     arr[i, j] += value
 
 
+def cotangent(gw, n):
+    """gw[n], the cotangent of window tick n (the CPU binding; the CUDA kernels bind a read that is 0 past the
+    event's last tick)."""
+    return gw[n]
+
+
 # ---------------------------------------------------------------------------------------------- CPU kernels
 def _forward(rowf, pair, n_z, n_win, t0, row_start, width, dt, sharpness, k_fast, k_slow):
     """Induced charge per tick of each pair: prange over pairs, per row the deposits of its z samples at their
@@ -532,11 +538,11 @@ def _pick(g, out_row, placement, n_win, width):
 
 if numba is not None:
     _inline = njit(inline="always", cache=True)
-    _CPU = compile_scalars(_inline, extra={"add": _inline(add)})
+    _CPU = compile_scalars(_inline, extra={"add": _inline(add), "cotangent": _inline(cotangent)})
     # The hot loops may fuse multiply-adds and multiply by reciprocals (a few ulp per operation, float64): ~20 %
     # less time for forward + gradient on 2 cores. No flag that assumes away NaN or inf: both must propagate.
     _fast = njit(inline="always", cache=True, fastmath=set(FAST_MATH))
-    _HOT = compile_scalars(_fast, extra={"add": _fast(add)})
+    _HOT = compile_scalars(_fast, extra={"add": _fast(add), "cotangent": _fast(cotangent)})
     _forward = njit(parallel=True, cache=True, fastmath=set(FAST_MATH))(rebind(_forward, _HOT))
     _backward = njit(parallel=True, cache=True, fastmath=set(FAST_MATH))(rebind(_backward, _HOT))
     # a few flops per row or tick: serial (waking the worker threads would cost more)

@@ -328,9 +328,10 @@ def fused_charge(backend_name, pairf, table, t0, groups, *, n_rows, n_ticks, dt,
     ``fused.charge_backward``): rows expanded, waveforms evaluated and placed on the rows' tick axis on the host.
 
     table (n_pairs, len(fused.PAIR_TABLE)) int64 and t0 (n_pairs,) float64 us: NumPy host data of the pairs;
-    groups: [(first, stop, width)] consecutive pairs evaluated together. For eagerly executed backends (the
+    groups: [(first, stop, width)] consecutive pairs evaluated together on the host (the GPU takes the whole
+    event in one launch: no scratch to bound). For eagerly executed backends (the
     host data are closed over, not operands: under jax.jit use :func:`fused_pair_waveforms` per block).
-    ``target`` "cuda": torch tensors on a GPU, the same steps in numba-cuda kernels
+    ``target`` "cuda": torch tensors on a GPU, the same steps in one numba-cuda kernel launch per pass
     (:func:`larnd_diff.sim.fused_cuda.charge_forward`), the host integers copied to the GPU once per call.
     """
     from larnd_diff.backends import custom_vjp as glue
@@ -343,10 +344,9 @@ def fused_charge(backend_name, pairf, table, t0, groups, *, n_rows, n_ticks, dt,
     if target == "cuda":
         from larnd_diff.sim import fused_cuda
 
-        layout = fused_cuda.EventLayout(table, t0, groups)
-        zeros = glue.torch_zeros(pairf.raw.device)  # cuda_vjp is torch-only
-        op = glue.cuda_vjp(backend_name, lambda x, out: fused_cuda.charge_forward(x, layout, *args, out, zeros),
-                           lambda x, g, dx: fused_cuda.charge_backward(x, layout, *args, g, dx, zeros),
+        layout = fused_cuda.EventLayout(table, t0)
+        op = glue.cuda_vjp(backend_name, lambda x, out: fused_cuda.charge_forward(x, layout, *args, out),
+                           lambda x, g, dx: fused_cuda.charge_backward(x, layout, *args, g, dx),
                            (int(n_rows), int(n_ticks)))
         return ep.astensor(op(pairf.raw))
 

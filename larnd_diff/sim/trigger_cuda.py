@@ -51,30 +51,29 @@ def self_trigger_cycles(q, q_disc, clean, nan_count, last_tick, threshold, windo
     ``__cuda_array_interface__``): q, q_disc, clean (n_rows, n_ticks) of one float dtype, nan_count int64 of the
     same shape, last_tick (n_rows,) int64, noise None or (reset, failed_reset, conversion) (n_rows, n_cycles) in
     the float dtype. ``zeros(shape, numpy dtype)``: zeroed CUDA arrays for the outputs (default numba's).
-    Returns the same dict of NumPy arrays as the host search."""
+    Returns the host search's dict with the outputs left on the GPU, as ``zeros`` made them (nothing is copied
+    or synchronised here); ``window_nan`` is int8 (0/1), not bool."""
     dev = as_device
     q, q_disc, clean, nan_count, last_tick = (dev(a) for a in (q, q_disc, clean, nan_count, last_tick))
     dtype = np.dtype(q.dtype)
     n_rows = q.shape[0]
     alloc = zeros or (lambda shape, dt: cuda.to_device(np.zeros(shape, dt)))
     if noise is None:
-        none = dev(alloc((n_rows, n_cycles), dtype))
+        none = dev(alloc((n_rows, n_cycles), dtype))    # zero reset and conversion noise
         reset, failed_reset, conversion = none, none, none
     else:
         reset, failed_reset, conversion = (dev(a) for a in noise)
-    out = {k: dev(alloc((n_rows, n_slots), dt or dtype)) for k, dt in _OUTPUTS.items()}
-    count = dev(alloc((n_rows,), np.int64))
+    out = {k: alloc((n_rows, n_slots), dt or dtype) for k, dt in _OUTPUTS.items()}
+    out["count"] = alloc((n_rows,), np.int64)
     if n_rows:
+        o = {k: dev(v) for k, v in out.items()}
         _kernel()[max(1, -(-n_rows // THREADS)), THREADS](
             q, q_disc, clean, nan_count, last_tick, dtype.type(threshold), dtype.type(0.0), int(window),
             int(dead_ticks), int(n_slots), int(n_cycles), reset[:, 0], reset, failed_reset, conversion,
-            out["trig"], out["end"], out["start"], out["baseline"], out["conversion"], out["window_nan"], count)
-    host = {k: v.copy_to_host() for k, v in out.items()}
-    host["window_nan"] = host["window_nan"].astype(bool)
-    host["count"] = count.copy_to_host()
+            o["trig"], o["end"], o["start"], o["baseline"], o["conversion"], o["window_nan"], o["count"])
     if noise is None:
-        del host["conversion"]
-    return host
+        del out["conversion"]
+    return out
 
 
 __all__ = ["is_available", "self_trigger_cycles"]
