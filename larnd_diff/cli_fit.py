@@ -74,8 +74,9 @@ def _add_optimizer_options(p: argparse.ArgumentParser, recipe: str) -> None:
     p.add_argument("--device", default=None, help="framework device (cpu, cuda:0, ...)")
     p.add_argument("--dtype", default="float64", choices=("float64", "float32"))
     p.add_argument("--relaxation", default=None, choices=("smooth", "smooth-continuous", "hard"),
-                   help="simulator relaxation: smooth (integer ADC, straight-through gradients), smooth-continuous "
-                        "(real-valued ADC), hard (default: the recipe's)")
+                   help="simulator relaxation: smooth (the reference's values: hard current onset, integer ADC; "
+                        "straight-through gradients), smooth-continuous (real-valued ADC and sigmoid onset in the "
+                        "value: a continuous loss), hard (default: the recipe's)")
     p.add_argument("--loss", default=None, help="a loss of larnd_diff.losses, e.g. sdtw_adc (the paper's), sdtw "
                                                 "(x, y, t, ADC), chamfer, mmd (default: the recipe's)")
     p.add_argument("--optimizer", default=None, choices=("adam", "adam-full"),

@@ -240,12 +240,13 @@ def read_history(path) -> List[dict]:
 
 
 def resolve_relaxation(relaxation):
-    """A relaxation preset name, "smooth-continuous" (the smooth preset with real-valued, unrounded ADC counts:
-    the fitted loss is then a continuous function of the parameters), or a Relaxation object."""
+    """A relaxation preset name, "smooth-continuous" (the smooth preset with real-valued, unrounded ADC counts and
+    the sigmoid onset in the value too: the fitted loss is then a continuous function of the parameters, as finite
+    differences need), or a Relaxation object."""
     if isinstance(relaxation, str) and relaxation == "smooth-continuous":
         from .sim.config import SMOOTH
 
-        return SMOOTH.replace(adc="continuous")
+        return SMOOTH.replace(adc="continuous", onset="soft")
     return relaxation
 
 

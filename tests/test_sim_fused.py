@@ -2,7 +2,8 @@
 
 Same waveforms (float64 rounding), same ADC rows, and the hand-written backward gives the same gradients as
 autodiff through the EagerPy code: for the six fit parameters and for segment inputs, in the hard and smooth
-presets, on every differentiable backend. Plus the kernel selection rules of ``SimConfig(kernel=...)``.
+presets (and the soft onset's values), on every differentiable backend; the smooth preset's straight-through
+onset. Plus the kernel selection rules of ``SimConfig(kernel=...)``.
 """
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ pytest.importorskip("numba")
 pytestmark = pytest.mark.backend
 
 FUSED, EAGER = SimConfig(kernel="fused"), SimConfig(kernel="eager")
+#: the sigmoid onset in the value too (the smooth preset's is straight-through: the hard stop's value)
+SOFT = SMOOTH.replace(onset="soft")
 #: a sharp onset: its e^{-s y} steps overflow and start subnormal, the kernels must recompute them exactly
-SHARP = SMOOTH.replace(onset_sharpness=1000.0)
+SHARP = SOFT.replace(onset_sharpness=1000.0)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +39,7 @@ def _waves(segs, backend, relaxation, config, params=None, device=None):
     return hits, waves
 
 
-@pytest.mark.parametrize("relaxation", ["hard", "smooth", SHARP], ids=["hard", "smooth", "sharp"])
+@pytest.mark.parametrize("relaxation", ["hard", "smooth", SOFT, SHARP], ids=["hard", "smooth", "soft", "sharp"])
 def test_fused_forward_matches_eager(segments, backend, relaxation):
     h_f, w_f = _waves(segments, backend, relaxation, FUSED)
     h_e, w_e = _waves(segments, backend, relaxation, EAGER)
@@ -83,6 +86,27 @@ def _assert_same_gradients(g_f, g_e, relaxation):
             assert scale > 0, name        # truncated electron counts (hard) carry no charge gradient
         assert np.all(np.isfinite(g_f[name])), name
         np.testing.assert_allclose(g_f[name], g_e[name], rtol=0, atol=1e-9 * max(scale, 1e-300), err_msg=name)
+
+
+@pytest.mark.parametrize("config", [FUSED, EAGER], ids=["fused", "eager"])
+def test_straight_through_onset(segments, backend, config):
+    """The smooth preset's onset is straight-through: the hits of the hard stop (no sigmoid in the value: the
+    reference's current, tick for tick) with the gradient of the sigmoid onset (the soft variant's, exactly)."""
+    hits, waves = _waves(segments, backend, "smooth", config)
+    hits_hard, _ = _waves(segments, backend, SMOOTH.replace(onset_sharpness=None), config)
+    _, waves_soft = _waves(segments, backend, SOFT, config)
+    for name in ("adc", "time"):
+        np.testing.assert_array_equal(np.nan_to_num(ops.to_numpy(getattr(hits, name)), nan=-1),
+                                      np.nan_to_num(ops.to_numpy(getattr(hits_hard, name)), nan=-1), err_msg=name)
+    w, w_soft = ops.to_numpy(waves), ops.to_numpy(waves_soft)
+    assert np.abs(w - w_soft).max() > 1e-6 * np.abs(w_soft).max()    # the sigmoid moves the soft value
+    if backend == "numpy":
+        return
+    g, g_soft = _gradients(segments, backend, "smooth", config), _gradients(segments, backend, SOFT, config)
+    for name in g_soft:
+        scale = np.abs(g_soft[name]).max()
+        assert scale > 0, name
+        np.testing.assert_allclose(g[name], g_soft[name], rtol=0, atol=1e-12 * scale, err_msg=name)
 
 
 def test_kernel_selection(segments):

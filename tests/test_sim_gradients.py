@@ -8,10 +8,11 @@
 The scalar is sum(adc * w) + sum(charge * w) / 1000 over filled slots. The sample *time* is not part of it: in
 the smooth preset its value is the integer trigger tick x 600/6003 us (piecewise constant) and its gradient is
 the straight-through gradient of the interpolated threshold crossing, which finite differences cannot see.
-For the same reason the scalar uses the smooth preset with a *continuous* ADC (``FD_RELAXATION``): the preset's
-own ADC is straight-through (rounded counts forward, the continuous value's gradient), whose finite differences
-are zero or jumps. Its gradient is by construction the continuous one (tests/test_sim_electronics.py checks the
-identity), so these tests check the preset's gradients too.
+For the same reason the scalar uses the smooth preset with a *continuous* ADC and the *soft* onset
+(``FD_RELAXATION``): the preset's own ADC and onset are straight-through (rounded counts and the hard stop of the
+current forward, the continuous values' gradients), whose finite differences are zero or jumps. Their gradients
+are by construction the continuous ones (tests/test_sim_electronics.py and test_straight_through_onset in
+tests/test_sim_fused.py check the identities), so these tests check the preset's gradients too.
 """
 from __future__ import annotations
 
@@ -27,8 +28,9 @@ from larnd_diff.sim.config import SMOOTH
 
 DIFFERENTIABLE = ("torch", "jax", "tensorflow")
 NOMINAL = {k: SPECS[k].nominal for k in FIT_PARAMETERS}
-#: The smooth preset with the unrounded ADC: finite differences of a rounded (straight-through) ADC are meaningless.
-FD_RELAXATION = SMOOTH.replace(adc="continuous")
+#: The smooth preset with the unrounded ADC and the sigmoid onset in value too: finite differences of rounded counts
+#: or of the hard stop of the current (the preset's straight-through forward values) are meaningless.
+FD_RELAXATION = SMOOTH.replace(adc="continuous", onset="soft")
 
 
 def small_segments(n_seg=8, seed=3):

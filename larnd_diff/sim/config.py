@@ -10,7 +10,12 @@ class Relaxation:
     """How each non-smooth step of the reference (spec section 5) is treated.
 
     onset_sharpness  None = the reference's hard stop of the induced current at arrival; a number s replaces the
-                     step by sigmoid(s * (t_s - t) / tau) (the paper uses 100).
+                     step by sigmoid(s * (t_s - t) / tau) (the paper uses 100) in the gradient, and in the value
+                     too with ``onset="soft"``.
+    onset            with a sharpness: "soft" = the sigmoid onset in value and gradient (the paper's relaxation:
+                     a tick within ~tau/s of an arrival sees a part of the current the reference does not);
+                     "straight-through" = the hard stop's value (the reference's current, tick for tick) with the
+                     sigmoid onset's gradient (value + stop_gradient(hard - soft)). Ignored without a sharpness.
     charge           "truncate" = electron counts truncated to integers after quenching and after the lifetime
                      (reference); "continuous" = kept as real numbers.
     trigger          "tick" = integer trigger tick, time = tick * 600/6003 us (reference); "interpolated" = the
@@ -24,9 +29,21 @@ class Relaxation:
     """
 
     onset_sharpness: Optional[float] = None
+    onset: Literal["soft", "straight-through"] = "soft"
     charge: Literal["truncate", "continuous"] = "truncate"
     trigger: Literal["tick", "interpolated"] = "tick"
     adc: Literal["round", "continuous", "straight-through"] = "round"
+
+    def __post_init__(self):
+        if self.onset not in ("soft", "straight-through"):
+            raise ValueError(f"Relaxation.onset must be 'soft' or 'straight-through', not {self.onset!r}")
+        if self.onset_sharpness is not None and not self.onset_sharpness > 0:
+            raise ValueError(f"Relaxation.onset_sharpness must be None or > 0, not {self.onset_sharpness!r}")
+
+    @property
+    def onset_value_sharpness(self) -> Optional[float]:
+        """The sharpness of the onset in the forward value: None (hard stop) unless the onset is "soft"."""
+        return self.onset_sharpness if self.onset == "soft" else None
 
     def replace(self, **kw) -> "Relaxation":
         return replace(self, **kw)
@@ -34,10 +51,13 @@ class Relaxation:
 
 #: Reference semantics, quirks included: for parity tests against the Numba reference.
 HARD = Relaxation()
-#: The fitting default: every output carries a gradient. ADC and time are reported like the reference's (integer
-#: counts, tick times) with straight-through gradients; ``SMOOTH.replace(adc="continuous")`` gives real-valued ADC
-#: counts whose value is itself a differentiable function of the parameters (for finite differences).
-SMOOTH = Relaxation(onset_sharpness=100.0, charge="continuous", trigger="interpolated", adc="straight-through")
+#: The fitting default: every output carries a gradient. The induced current, ADC and time have the reference's
+#: values (hard onset, integer counts, tick times) with straight-through gradients (sigmoid onset of sharpness
+#: 100 as the paper, continuous ADC, interpolated crossing); only the electron counts are continuous in value.
+#: ``SMOOTH.replace(onset="soft", adc="continuous")`` is the fully relaxed simulator whose values are themselves
+#: differentiable functions of the parameters (for finite differences; the paper's forward).
+SMOOTH = Relaxation(onset_sharpness=100.0, onset="straight-through", charge="continuous", trigger="interpolated",
+                    adc="straight-through")
 
 PRESETS = {"hard": HARD, "smooth": SMOOTH}
 

@@ -239,12 +239,14 @@ def row_inputs(g, rows, *, grid, dtype):
     return expand_rows(stack_pair_inputs(g, grid=grid), rows, dtype=dtype)
 
 
-def entry_waveforms(f, rows, *, n_pairs, n_rows, n_z, width, dt, sharpness, k_fast, k_slow, dtype):
+def entry_waveforms(f, rows, *, n_pairs, n_rows, n_z, width, dt, sharpness, k_fast, k_slow, dtype,
+                    straight_through=False):
     """Induced charge per tick (electrons) of a block of pairs on their windows, (n_pairs, width), from the
     per-row inputs ``f`` of :func:`row_inputs` (EagerPy: the portable implementation of the fused kernels).
 
     rows: dict with int tensors pair, n_z, n_win and float t0 (us) per row. ``sharpness`` None = hard stop; a
-    number = sigmoid onset with correction windows of k_fast / k_slow ticks (fast / slow exponential).
+    number = sigmoid onset with correction windows of k_fast / k_slow ticks (fast / slow exponential), in the
+    gradient only with ``straight_through`` (the corrections' value is taken out again).
     """
     rp = rows["pair"]
     hz, z_an, vd = f["h_z"], f["z_an"], f["vdrift"]
@@ -292,27 +294,34 @@ def entry_waveforms(f, rows, *, n_pairs, n_rows, n_z, width, dt, sharpness, k_fa
                 y = (t_s - (t0[:, None] + ops.cast(n, dtype) * dt)) / tau[:, None]
                 soft = ops.sigmoid(sharpness * y) * ep.exp(-ep.maximum(y, -10.0))
                 hard = ep.exp(-ep.maximum(y, 0.0)) if d <= 0 else 0.0
-                corr_all.append(ep.where(ok, base * (soft - hard), 0.0).reshape((-1,)))
+                corr = ep.where(ok, base * (soft - hard), 0.0)
+                if straight_through:
+                    corr = corr - ops.stop_gradient(corr)
+                corr_all.append(corr.reshape((-1,)))
                 idx_all.append((pair_base + ep.minimum(ep.maximum(n, 0), width - 1)).reshape((-1,)))
         wave = ops.scatter_add(wave, ep.concatenate(idx_all), ep.concatenate(corr_all))
     return wave.reshape((n_pairs, width))
 
 
-def fused_pair_waveforms(backend_name, pairf, rows, *, n_pairs, width, dt, sharpness, k_fast, k_slow):
+def fused_pair_waveforms(backend_name, pairf, rows, *, n_pairs, width, dt, sharpness, k_fast, k_slow,
+                         straight_through=False):
     """The fused CPU kernels on one block of rows, from the stacked per-pair inputs ``pairf`` of
     :func:`stack_pair_inputs`: the rows are expanded on the host (``fused.expand_rows``, the arithmetic of
     :func:`expand_rows`) and the gradient comes back per pair, so no per-row tensor exists in the framework.
 
-    rows: int tensors pair, i, j, n_z, n_win and float valid, t0 per row (no gradient).
+    rows: int tensors pair, i, j, n_z, n_win and float valid, t0 per row (no gradient). ``straight_through``:
+    the value with the hard stop, the gradient with the sigmoid onset of ``sharpness``.
     """
     from larnd_diff.backends import custom_vjp as glue
     from larnd_diff.sim import fused
 
     args = (float(dt), sharpness, int(k_fast), int(k_slow))
+    value_args = (float(dt), None if straight_through else sharpness, int(k_fast), int(k_slow))
     consts = [rows[k].raw for k in ("pair", "i", "j", "valid", "n_z", "n_win", "t0")]
 
     def forward(x, pair, i, j, valid, n_z, n_win, t0):
-        return fused.pair_forward(x, fused.RowLayout(pair, n_z, n_win, t0, n_pairs, width), i, j, valid, *args)
+        return fused.pair_forward(x, fused.RowLayout(pair, n_z, n_win, t0, n_pairs, width), i, j, valid,
+                                  *value_args)
 
     def backward(x, pair, i, j, valid, n_z, n_win, t0, g):
         return fused.pair_backward(x, fused.RowLayout(pair, n_z, n_win, t0, n_pairs, width), i, j, valid, *args, g)
@@ -322,7 +331,7 @@ def fused_pair_waveforms(backend_name, pairf, rows, *, n_pairs, width, dt, sharp
 
 
 def fused_charge(backend_name, pairf, table, t0, groups, *, n_rows, n_ticks, dt, sharpness, k_fast, k_slow,
-                 target: str = "cpu"):
+                 target: str = "cpu", straight_through: bool = False):
     """Induced charge per tick (electrons) of every output row, (n_rows, n_ticks), from the stacked per-pair
     inputs ``pairf`` of :func:`stack_pair_inputs`, in one host call (``fused.charge_forward``, its gradient
     ``fused.charge_backward``): rows expanded, waveforms evaluated and placed on the rows' tick axis on the host.
@@ -333,11 +342,13 @@ def fused_charge(backend_name, pairf, table, t0, groups, *, n_rows, n_ticks, dt,
     host data are closed over, not operands: under jax.jit use :func:`fused_pair_waveforms` per block).
     ``target`` "cuda": torch tensors on a GPU, the same steps in one numba-cuda kernel launch per pass
     (:func:`larnd_diff.sim.fused_cuda.charge_forward`), the host integers copied to the GPU once per call.
+    ``straight_through``: the value with the hard stop, the gradient with the sigmoid onset of ``sharpness``.
     """
     from larnd_diff.backends import custom_vjp as glue
     from larnd_diff.sim import fused
 
     args = (float(dt), sharpness, int(k_fast), int(k_slow))
+    value_args = (float(dt), None if straight_through else sharpness, int(k_fast), int(k_slow))
     table = np.ascontiguousarray(table, np.int64)
     t0 = np.ascontiguousarray(t0, np.float64)
     groups = [(int(a), int(b), int(w)) for a, b, w in groups]
@@ -345,13 +356,13 @@ def fused_charge(backend_name, pairf, table, t0, groups, *, n_rows, n_ticks, dt,
         from larnd_diff.sim import fused_cuda
 
         layout = fused_cuda.EventLayout(table, t0)
-        op = glue.cuda_vjp(backend_name, lambda x, out: fused_cuda.charge_forward(x, layout, *args, out),
+        op = glue.cuda_vjp(backend_name, lambda x, out: fused_cuda.charge_forward(x, layout, *value_args, out),
                            lambda x, g, dx: fused_cuda.charge_backward(x, layout, *args, g, dx),
                            (int(n_rows), int(n_ticks)))
         return ep.astensor(op(pairf.raw))
 
     def forward(x):
-        return fused.charge_forward(x, table, t0, groups, n_rows, n_ticks, *args)
+        return fused.charge_forward(x, table, t0, groups, n_rows, n_ticks, *value_args)
 
     def backward(x, g):
         return fused.charge_backward(x, table, t0, groups, *args, g)

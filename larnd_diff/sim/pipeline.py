@@ -225,9 +225,9 @@ def _block_fn(backend, grad_capable: bool, fused):
     key = (backend.name, grad_capable, fused)
     fn = _JIT_CACHE.get(key)
     if fn is None:
-        def run(g, rows, *, n_pairs, n_rows, n_z, width, grid, sharpness, k_fast, k_slow, dtype):
+        def run(g, rows, *, n_pairs, n_rows, n_z, width, grid, sharpness, k_fast, k_slow, dtype, straight):
             common = dict(n_pairs=n_pairs, width=width, dt=grid[2], sharpness=sharpness, k_fast=k_fast,
-                          k_slow=k_slow)
+                          k_slow=k_slow, straight_through=straight)
             if fused == "cpu":
                 # per-pair inputs in the framework, rows expanded inside the host kernels (value and gradient)
                 return induce.fused_pair_waveforms(backend.name, induce.stack_pair_inputs(g, grid=grid), rows,
@@ -242,7 +242,7 @@ def _block_fn(backend, grad_capable: bool, fused):
 
         if backend.name == "jax":
             fn = backend.jit(run, static_argnames=("n_pairs", "n_rows", "n_z", "width", "grid", "sharpness", "k_fast",
-                                                   "k_slow", "dtype"))
+                                                   "k_slow", "dtype", "straight"))
         else:
             fn = run
         _JIT_CACHE[key] = fn
@@ -354,6 +354,7 @@ def simulate(segments, backend: str = "numpy", device=None, params=None, relaxat
         n_ticks = int(min(detector.n_ticks_event, ends.max() + TAIL_TICKS))
     n_rows = len(plan.rows)
     sharpness = None if sharp is None else float(sharp)
+    straight = sharp is not None and relax.onset == "straight-through"
     pair_tensors = lambda gather: _pair_tensors(plan, gather, host, seg_t, z_anode, tilt, vdrift, asarr)  # noqa: E731
     if fused in ("cpu", "cuda") and b.name != "jax":
         # every pair in one kernel call (host or GPU): per-pair inputs in the framework, the rest (rows,
@@ -368,10 +369,10 @@ def simulate(segments, backend: str = "numpy", device=None, params=None, relaxat
             pairf = induce.stack_pair_inputs(pair_tensors(pairs), grid=grid)
             charge = induce.fused_charge(b.name, pairf, table, plan.eval_start[pairs], groups, n_rows=n_rows,
                                          n_ticks=n_ticks, dt=grid[2], sharpness=sharpness, k_fast=k_fast,
-                                         k_slow=k_slow, target=fused)
+                                         k_slow=k_slow, target=fused, straight_through=straight)
     else:
         charge = _blocks_charge(fn, plan, blocks, pair_tensors, asarr, like, n_rows, n_ticks, config, grid,
-                                sharpness, k_fast, k_slow, dtype, fused)
+                                sharpness, k_fast, k_slow, dtype, fused, straight)
     if sharp is None and plan.nan_pair.any():
         charge = _nan_overlay(charge, plan, n_ticks, asarr)
 
@@ -418,7 +419,7 @@ def _pair_tensors(plan, gather, host, seg_t, z_anode, tilt, vdrift, asarr):
 
 
 def _blocks_charge(fn, plan, blocks, pair_tensors, asarr, like, n_rows, n_ticks, config, grid, sharpness, k_fast,
-                   k_slow, dtype, fused):
+                   k_slow, dtype, fused, straight):
     """Induced charge (n_rows, n_ticks) block by block (``fn`` = :func:`_block_fn`: jitted on jax, padded
     shapes), scatter-added onto the rows' tick axis."""
     waves, flat_idx, keep_masks = [], [], []
@@ -429,7 +430,7 @@ def _blocks_charge(fn, plan, blocks, pair_tensors, asarr, like, n_rows, n_ticks,
         rows_t["valid"] = asarr(rows["valid"])
         rows_t["t0"] = asarr(rows["t0"], "float64" if fused else dtype)
         wave = fn(g, rows_t, n_pairs=n_p, n_rows=n_r, n_z=n_z, width=width, grid=grid, sharpness=sharpness,
-                  k_fast=k_fast, k_slow=k_slow, dtype=dtype)
+                  k_fast=k_fast, k_slow=k_slow, dtype=dtype, straight=straight)
         real = len(pair_idx)
         tick = np.arange(width)
         valid = tick[None, :] < plan.n_win[pair_idx][:, None]
