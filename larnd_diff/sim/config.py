@@ -40,11 +40,6 @@ class Relaxation:
         if self.onset_sharpness is not None and not self.onset_sharpness > 0:
             raise ValueError(f"Relaxation.onset_sharpness must be None or > 0, not {self.onset_sharpness!r}")
 
-    @property
-    def onset_value_sharpness(self) -> Optional[float]:
-        """The sharpness of the onset in the forward value: None (hard stop) unless the onset is "soft"."""
-        return self.onset_sharpness if self.onset == "soft" else None
-
     def replace(self, **kw) -> "Relaxation":
         return replace(self, **kw)
 

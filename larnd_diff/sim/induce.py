@@ -303,6 +303,13 @@ def entry_waveforms(f, rows, *, n_pairs, n_rows, n_z, width, dt, sharpness, k_fa
     return wave.reshape((n_pairs, width))
 
 
+def _kernel_args(dt, sharpness, k_fast, k_slow, straight_through):
+    """(gradient, value) scalar arguments of the fused kernels: the value's onset is the hard stop when the
+    onset is straight-through."""
+    args = (float(dt), sharpness, int(k_fast), int(k_slow))
+    return args, (args if not straight_through else (float(dt), None, int(k_fast), int(k_slow)))
+
+
 def fused_pair_waveforms(backend_name, pairf, rows, *, n_pairs, width, dt, sharpness, k_fast, k_slow,
                          straight_through=False):
     """The fused CPU kernels on one block of rows, from the stacked per-pair inputs ``pairf`` of
@@ -315,8 +322,7 @@ def fused_pair_waveforms(backend_name, pairf, rows, *, n_pairs, width, dt, sharp
     from larnd_diff.backends import custom_vjp as glue
     from larnd_diff.sim import fused
 
-    args = (float(dt), sharpness, int(k_fast), int(k_slow))
-    value_args = (float(dt), None if straight_through else sharpness, int(k_fast), int(k_slow))
+    args, value_args = _kernel_args(dt, sharpness, k_fast, k_slow, straight_through)
     consts = [rows[k].raw for k in ("pair", "i", "j", "valid", "n_z", "n_win", "t0")]
 
     def forward(x, pair, i, j, valid, n_z, n_win, t0):
@@ -347,8 +353,7 @@ def fused_charge(backend_name, pairf, table, t0, groups, *, n_rows, n_ticks, dt,
     from larnd_diff.backends import custom_vjp as glue
     from larnd_diff.sim import fused
 
-    args = (float(dt), sharpness, int(k_fast), int(k_slow))
-    value_args = (float(dt), None if straight_through else sharpness, int(k_fast), int(k_slow))
+    args, value_args = _kernel_args(dt, sharpness, k_fast, k_slow, straight_through)
     table = np.ascontiguousarray(table, np.int64)
     t0 = np.ascontiguousarray(t0, np.float64)
     groups = [(int(a), int(b), int(w)) for a, b, w in groups]
