@@ -19,13 +19,14 @@ Conventions (kept deliberately simple so adapters stay small):
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 from typing import Any, Callable, Dict, Iterable, Tuple
 
 import eagerpy as ep
 
 #: Features an adapter may declare in ``Backend.features``; ``supports`` answers from that set.
-KNOWN_FEATURES = frozenset({"grad", "jvp", "jit", "checkpoint", "float64", "gpu"})
+KNOWN_FEATURES = frozenset({"grad", "jvp", "jit", "fuse", "checkpoint", "float64", "gpu"})
 
 # Human phrases for the things a backend can refuse, so NotSupported reads as a sentence.
 _PHRASES = {
@@ -33,6 +34,7 @@ _PHRASES = {
     "value_and_grad": "compute gradients",
     "jvp": "compute forward-mode derivatives (jvp)",
     "jit": "compile functions (jit)",
+    "fuse": "fuse functions of varying shapes into compiled kernels",
     "checkpoint": "checkpoint gradients",
     "float64": "compute in float64",
     "gpu": "run on a GPU",
@@ -174,7 +176,7 @@ class Backend:
 
     def _alternatives(self, feature: str) -> list:
         alts = {"grad": ["torch", "jax", "tensorflow"], "jvp": ["torch", "jax", "tensorflow"],
-                "checkpoint": ["torch", "jax", "tensorflow"], "jit": ["jax", "tensorflow"],
+                "checkpoint": ["torch", "jax", "tensorflow"], "jit": ["jax", "tensorflow"], "fuse": ["torch"],
                 "float64": ["numpy", "torch", "jax", "tensorflow"], "gpu": ["torch", "jax", "tensorflow"]}
         return [a for a in alts.get(feature, []) if a != self.name]
 
@@ -274,6 +276,25 @@ class Backend:
 
         jitted._compiled = body
         return jitted
+
+    def fuse(self, f: Callable) -> Callable:
+        """``f`` (EagerPy tensors, or pytrees of them, in and out) compiled into a few fused kernels, forward and
+        backward, for inputs whose shapes change from call to call without recompiling (dynamic shapes).
+
+        For the elementwise-heavy glue of the simulator (per-pair inputs: ~150 small operations), whose cost on
+        a GPU is the launch of each operation, not arithmetic. Identity by default; an adapter whose framework
+        compiles with dynamic shapes declares the feature "fuse" (torch: ``torch.compile(dynamic=True)``).
+        """
+        return f
+
+    def fused(self, fn: Callable, **static: Any) -> Callable:
+        """:meth:`fuse` of ``functools.partial(fn, **static)``, made once per distinct (hashable) static arguments
+        and kept by this adapter, so that each compiles once per process."""
+        key = (fn, tuple(sorted(static.items())))
+        cache = self.__dict__.setdefault("_fused", {})
+        if key not in cache:
+            cache[key] = self.fuse(functools.partial(fn, **static))
+        return cache[key]
 
     def checkpoint(self, f: Callable) -> Callable:
         """Identity: without autodiff there is nothing to save memory on."""

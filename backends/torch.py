@@ -48,7 +48,7 @@ class Backend(_Base):
     name = "torch"
     framework = "torch"
     pip_extra = "torch"
-    features = frozenset({"grad", "jvp", "jit", "checkpoint", "float64", "gpu"})
+    features = frozenset({"grad", "jvp", "jit", "fuse", "checkpoint", "float64", "gpu"})
     tensor_type = ep.PyTorchTensor
 
     def is_raw(self, x):
@@ -207,6 +207,20 @@ class Backend(_Base):
 
         jitted._compiled = call
         return jitted
+
+    def fuse(self, f):
+        """``torch.compile(dynamic=True)`` at the raw boundary: one compilation for every size of the inputs (the
+        first call takes tens of seconds; dynamo recompiles only for a new dtype, device or autograd mode)."""
+        ep.astensor(torch.zeros(1))  # eagerpy imports torch lazily; dynamo refuses that import inside
+        compiled = torch.compile(lambda *args: _unwrap_tree(f(*_wrap_tree(args))), dynamic=True)
+
+        def call(*args):
+            # Python numbers in f (detector constants) stay constants; only the tensors' sizes are symbolic, each
+            # its own symbol (no "duck" unification of sizes that happen to be equal, which would recompile)
+            with torch._dynamo.config.patch(specialize_float=True), \
+                    torch.fx.experimental._config.patch(use_duck_shape=False):
+                return _wrap_tree(compiled(*_unwrap_tree(args)))
+        return call
 
     def checkpoint(self, f):
         """Non-reentrant ``torch.utils.checkpoint`` at the raw boundary (reentrant mode loses ep args)."""

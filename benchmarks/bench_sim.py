@@ -108,14 +108,14 @@ def timed(fn, repeat):
     return first, statistics.median(times), times
 
 
-def bench_backend(segs, backend, device, dtype, repeat, kernel="auto"):
+def bench_backend(segs, backend, device, dtype, repeat, kernel="auto", compile="auto"):
     from larnd_diff import ops
     from larnd_diff.params import SPECS
     from larnd_diff.sim import simulate as _simulate
     from larnd_diff.sim.config import SimConfig
 
     def simulate(*a, **kw):
-        return _simulate(*a, config=SimConfig(kernel=kernel), **kw)
+        return _simulate(*a, config=SimConfig(kernel=kernel, compile=compile), **kw)
 
     out = {}
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -182,6 +182,8 @@ def main(argv=None):
     ap.add_argument("--gpu-reference", action="store_true", help="also time the numba-cuda reference (CUDA GPU)")
     ap.add_argument("--kernel", default="auto", choices=("auto", "fused", "eager"),
                     help="SimConfig.kernel: fused Numba / numba-cuda kernels or the EagerPy implementation")
+    ap.add_argument("--compile", default="auto", choices=("auto", "always", "never"),
+                    help="SimConfig.compile: fuse the per-pair inputs with the framework's compiler (torch.compile)")
     ap.add_argument("--out", default=None, help="JSON file for the results")
     ap.add_argument("--input", default=None, help="segments (.npy structured array in the simulation frame, or an "
                     "edep-sim .h5 file) instead of generated muons")
@@ -198,11 +200,12 @@ def main(argv=None):
     if args.save_input:
         np.save(args.save_input, segs)
     length = track_length(segs)
-    result = dict(backend=args.backend, device=args.device, dtype=args.dtype, kernel=args.kernel,
+    result = dict(backend=args.backend, device=args.device, dtype=args.dtype, kernel=args.kernel, compile=args.compile,
                   segments=int(len(segs)), track_length_cm=length, python=sys.version.split()[0],
                   machine=platform.platform(), processor=platform.processor())
     if args.backend != "none":
-        result["sim"] = bench_backend(segs, args.backend, args.device, args.dtype, args.repeat, args.kernel)
+        result["sim"] = bench_backend(segs, args.backend, args.device, args.dtype, args.repeat, args.kernel,
+                                      args.compile)
     if not args.no_reference:
         result["reference"] = bench_reference(segs, args.repeat, args.gpu_reference)
     scale = 100.0 / length

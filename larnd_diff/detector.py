@@ -67,7 +67,7 @@ class Detector:
     time_padding: float = 5.0                # us
     sampled_points: int = 30
     electronics: Electronics = field(default_factory=Electronics)
-    nominal: Mapping[str, float] = field(default_factory=dict)  # parameter values the detector YAML sets
+    nominal: Mapping[str, float] = field(default_factory=dict, hash=False)  # parameter values the YAML sets
     layout_path: str | None = None           # full pixel-layout YAML (needed only for LArPix packet export)
     tile_map: tuple = (((7, 5, 3, 1), (8, 6, 4, 2)), ((16, 14, 12, 10), (15, 13, 11, 9)))
 

@@ -82,6 +82,12 @@ class SimConfig:
                    in-pad row, placed on the pixels' ticks): "fused" = Numba kernels with a hand-written gradient
                    (CPU tensors; torch tensors on a GPU through numba-cuda; ~20x faster on CPU), "eager" = the
                    EagerPy implementation (any device), "auto" = fused where a kernel fits the tensors.
+    compile        whether the per-segment and per-pair inputs of the fused kernels (quench, drift, pair geometry:
+                   ~150 small operations forward and as many backward, whose cost on a GPU is one launch each) are
+                   compiled into a few fused kernels by the framework (``Backend.fuse``: torch.compile with dynamic
+                   shapes, one compilation per process of some tens of seconds, then no recompilation when the
+                   input's size changes): "auto" = for tensors on a GPU, "always" = also on the CPU (where the
+                   gain is small next to the kernels), "never". Backends without a compiler ignore it.
     """
 
     relaxation: Relaxation = HARD
@@ -90,6 +96,7 @@ class SimConfig:
     memory_budget_bytes: int = 512 * 2**20
     pad_multiple: int = 128
     kernel: Literal["auto", "fused", "eager"] = "auto"
+    compile: Literal["auto", "always", "never"] = "auto"
 
     def __post_init__(self):
         object.__setattr__(self, "relaxation", as_relaxation(self.relaxation))
@@ -97,3 +104,5 @@ class SimConfig:
             raise ValueError(f"dtype must be 'float64' or 'float32', not {self.dtype!r}")
         if self.kernel not in ("auto", "fused", "eager"):
             raise ValueError(f"kernel must be 'auto', 'fused' or 'eager', not {self.kernel!r}")
+        if self.compile not in ("auto", "always", "never"):
+            raise ValueError(f"compile must be 'auto', 'always' or 'never', not {self.compile!r}")

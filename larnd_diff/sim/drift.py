@@ -43,7 +43,7 @@ class Drifted(NamedTuple):
 def assign_tpc(x, y, z, detector):
     """Index of the first TPC whose box, widened by 0.02 cm, contains (x, y, z); -1 if none (int64)."""
     plane = ops.cast(ep.full_like(x, -1.0), "int64")
-    for i, ((x_lo, x_hi), (y_lo, y_hi), z_pair) in enumerate(detector.tpc_borders.tolist()):
+    for i, ((x_lo, x_hi), (y_lo, y_hi), z_pair) in enumerate(detector.tpc_borders_t):   # Python floats
         tol = TPC_TOLERANCE_CM
         inside = _all_of(x >= x_lo - tol, x <= x_hi + tol, y >= y_lo - tol, y <= y_hi + tol,
                          z >= min(z_pair) - tol, z <= max(z_pair) + tol)
@@ -61,7 +61,7 @@ def _all_of(*masks):
 
 def anode_z(plane, like, detector):
     """z (cm) of the anode of each segment's TPC; TPC 0's anode for segments outside every TPC."""
-    anodes = detector.anode_z.tolist()
+    anodes = [float(z_pair[0]) for _, _, z_pair in detector.tpc_borders_t]
     zero = ep.zeros_like(like)
     z_a = zero + anodes[0]           # not full_like: TF fills in float32 whatever the template's dtype
     for i, za in enumerate(anodes[1:], start=1):

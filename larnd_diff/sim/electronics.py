@@ -25,6 +25,7 @@ the same precision: identical outputs.
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import eagerpy as ep
@@ -75,7 +76,7 @@ def digitize(charge_e, electronics, adc_mode: str = "round"):
 
 
 # ---------------------------------------------------------------------------------------------- building blocks
-def running_integral(charge_per_tick):
+def running_integral(charge_per_tick, count_dtype: str = "int32"):
     """(cumulative charge, cumulative NaN count, charge with NaN -> 0), each (n_rows, n_ticks).
 
     Column n holds the sum over ticks 0..n (inclusive), so the charge of ticks a..b is Q[b] - Q[a - 1]
@@ -85,7 +86,7 @@ def running_integral(charge_per_tick):
     is_nan = ep.isnan(charge_per_tick)
     clean = ep.where(ep.logical_not(is_nan), charge_per_tick, 0.0)   # tensor first: TF graphs type the scalar
     q = ops.cumsum(clean, axis=1)
-    nans = ops.cumsum(ops.cast(is_nan, "int32"), axis=1)
+    nans = ops.cumsum(ops.cast(is_nan, count_dtype), axis=1)
     return q, nans, clean
 
 
@@ -139,7 +140,8 @@ def _default_cycles(max_samples: int, noise: bool) -> int:
 
 # ---------------------------------------------------------------------------------------------- front end
 def electronics(charge_per_tick, detector, relaxation="hard", *, noise: bool = False, rng=None,
-                active_ticks=None, max_cycles: int | None = None, trigger_search: str = "auto") -> Samples:
+                active_ticks=None, max_cycles: int | None = None, trigger_search: str = "auto",
+                fuse: bool = False) -> Samples:
     """Self-triggered readout of pixel waveforms: (adc, time, charge), each (n_rows, 10), NaN in empty slots.
 
     charge_per_tick  EagerPy tensor (n_rows, n_ticks) of induced charge in electrons per 0.1 us tick, tick n at
@@ -170,6 +172,9 @@ def electronics(charge_per_tick, detector, relaxation="hard", *, noise: bool = F
                      masked EagerPy passes over all ticks per cycle (traceable); "auto" = host when the values are
                      concrete (eager tensors, autodiff tracers with a concrete primal), else vectorized. Both
                      make the same comparisons in the same precision: identical outputs.
+    fuse             with the search on the GPU: the running integral before it and the sample gathering and
+                     digitisation after it compiled into a few fused kernels by the backend (``Backend.fused``;
+                     the simulator sets it from ``SimConfig.compile``). Same values.
     """
     relaxation = as_relaxation(relaxation)
     fee = detector.electronics
@@ -184,13 +189,14 @@ def electronics(charge_per_tick, detector, relaxation="hard", *, noise: bool = F
         raise ValueError(f"unknown trigger_search {trigger_search!r}; choose 'auto', 'host' or 'vectorized'")
     on_gpu = trigger_search != "vectorized" and _gpu_search(charge_per_tick)
     charge_host = None if trigger_search == "vectorized" or on_gpu else _host_value(charge_per_tick)
-    if on_gpu or charge_host is not None:
-        # a search on the GPU (nothing comes to the host: the NaN-safe charge is always taken, two elementwise ops
-        # rather than a wait for the kernels before) or on the host (the NaN count is taken there; without NaN
-        # the clean charge is the input itself)
-        nan_host = None if on_gpu else np.isnan(charge_host)
-        has_nan = True if on_gpu else bool(nan_host.any())
-        clean = ep.where(ep.logical_not(ep.isnan(charge_per_tick)), charge_per_tick, 0.0) if has_nan \
+    fused = ops.get_backend(charge_per_tick).fused if fuse and on_gpu else _unfused
+    if on_gpu:
+        # nothing comes to the host before the search: the NaN-safe charge and the NaN count are always taken
+        q, nan_count, clean = fused(running_integral, count_dtype="int64")(charge_per_tick)
+    elif charge_host is not None:
+        # the search on the host takes the NaN count there; without NaN the clean charge is the input itself
+        nan_host = np.isnan(charge_host)
+        clean = ep.where(ep.logical_not(ep.isnan(charge_per_tick)), charge_per_tick, 0.0) if nan_host.any() \
             else charge_per_tick
         q = ops.cumsum(clean, axis=1)
     elif trigger_search == "host":
@@ -198,9 +204,6 @@ def electronics(charge_per_tick, detector, relaxation="hard", *, noise: bool = F
                          "trace); use 'auto' or 'vectorized'")
     else:
         q, nans, clean = running_integral(charge_per_tick)
-    tick = ops.cast(ep.arange(charge_per_tick, n_ticks), "int64")[None, :]
-    ticks_left = ops.cast(n_ticks - tick, "int16" if n_ticks < 2**15 else "int32")   # narrow: less memory traffic
-    slot = ops.cast(ep.arange(charge_per_tick, n_slots), "int64")[None, :]
     if active_ticks is None:
         last_tick = ops.cast(ep.full_like(q[:, 0], float(n_ticks - 1)), "int64")
     elif isinstance(active_ticks, int):
@@ -209,7 +212,6 @@ def electronics(charge_per_tick, detector, relaxation="hard", *, noise: bool = F
         last_tick = ep.minimum(ops.cast(active_ticks, "int64"), n_ticks) - 1
 
     q_disc = q
-    zeros_row = ep.zeros_like(q[:, 0])
     if noise:
         if rng is None:
             rng = ops.get_backend(charge_per_tick).rng(0)
@@ -217,23 +219,28 @@ def electronics(charge_per_tick, detector, relaxation="hard", *, noise: bool = F
         reset_noise = fee.reset_noise_e * _normal(rng, (n_rows, n_cycles), dtype, charge_per_tick)
         failed_reset_noise = fee.uncorrelated_noise_e * _normal(rng, (n_rows, n_cycles), dtype, charge_per_tick)
         conversion_noise = fee.uncorrelated_noise_e * _normal(rng, (n_rows, n_cycles), dtype, charge_per_tick)
+    samples_at = functools.partial(_samples_at, gather=fused(_gather_samples, fee=fee,
+                                                              adc_tick_us=detector.adc_tick_us,
+                                                              relaxation=relaxation, dtype=dtype))
 
     if on_gpu:
         noise_draws = (reset_noise, failed_reset_noise, conversion_noise) if noise else None
-        nan_count = ops.cumsum(ops.cast(ep.isnan(charge_per_tick), "int64"), axis=1) if has_nan else \
-            ops.cast(ep.zeros_like(q), "int64")
         found = _gpu_cycles(q, q_disc, clean, nan_count, last_tick, noise_draws, threshold, window,
                             fee.dead_ticks, n_slots, n_cycles)
-        return _samples_at(found, q, clean, detector, relaxation, threshold, dtype)
+        return samples_at(found, q, clean)
     if charge_host is not None:
         noise_draws = (reset_noise, failed_reset_noise, conversion_noise) if noise else None
         host = _host_cycles(nan_host, q, q_disc, clean, last_tick, noise_draws, threshold, window,
                             fee.dead_ticks, n_slots, n_cycles)
         if host is not None:
-            return _samples_at(host, q, clean, detector, relaxation, threshold, dtype)
+            return samples_at(host, q, clean)
         # values abstract after all (cannot happen for concrete inputs): the vectorised search
         nans = ops.cumsum(ops.cast(ep.isnan(charge_per_tick), "int32"), axis=1)
 
+    tick = ops.cast(ep.arange(charge_per_tick, n_ticks), "int64")[None, :]
+    ticks_left = ops.cast(n_ticks - tick, "int16" if n_ticks < 2**15 else "int32")   # narrow: less memory traffic
+    slot = ops.cast(ep.arange(charge_per_tick, n_slots), "int64")[None, :]
+    zeros_row = ep.zeros_like(q[:, 0])
     start = ops.cast(zeros_row, "int64")
     count = ops.cast(zeros_row, "int64")
     live = last_tick >= 0
@@ -281,7 +288,7 @@ def electronics(charge_per_tick, detector, relaxation="hard", *, noise: bool = F
 
     filled = ep.logical_not(ep.isnan(out_charge))
     has_sample = slot < count[:, None]
-    time = _trigger_time(out_tick, out_crossing, has_sample, detector, relaxation, dtype)
+    time = _trigger_time(out_tick, out_crossing, has_sample, detector.adc_tick_us, relaxation, dtype)
     adc = digitize(ep.where(filled, out_charge, 0.0), fee, relaxation.adc)
     adc = ep.where(filled, adc, float("nan"))
     return Samples(adc=adc, time=time, charge=out_charge)
@@ -346,43 +353,54 @@ def _gpu_cycles(q, q_disc, clean, nan_count, last_tick, noise_draws, threshold, 
     return out
 
 
-def _samples_at(search, q, clean, detector, relaxation, threshold, dtype) -> Samples:
-    """The samples of the trigger search: converted charge (and interpolated crossing) of each stored cycle,
-    differentiable, gathered from the running integral ``q`` and the charge per tick ``clean`` at its ticks.
-    ``search``: the search's outputs, NumPy arrays (host search) or tensors on ``q``'s device (GPU search)."""
-    def t(name, dt):
-        a = search[name]
-        return ops.asarray(q, a, dt) if isinstance(a, np.ndarray) else a
+def _unfused(fn, **static):
+    return functools.partial(fn, **static)
 
-    n_slots = search["trig"].shape[1]
-    start, trig, end = (t(k, "int64") for k in ("start", "trig", "end"))
-    has_sample = ops.cast(ep.arange(q, n_slots), "int64")[None, :] < t("count", "int64")[:, None]
+
+def _samples_at(search, q, clean, *, gather) -> Samples:
+    """The samples of the trigger search ``search`` (NumPy arrays from the host search, or tensors on ``q``'s
+    device from the GPU search): its integers as tensors, then ``gather`` (:func:`_gather_samples`, fused or not)."""
+    kinds = dict(start="int64", trig="int64", end="int64", count="int64", baseline=ops.dtype_name(q),
+                 conversion=ops.dtype_name(q), window_nan="bool")
+    found = {k: (ops.asarray(q, a, kinds[k]) if isinstance(a, np.ndarray) else a)
+             for k, a in search.items() if k in kinds}
+    return Samples(*gather(found, q, clean))
+
+
+def _gather_samples(found, q, clean, *, fee, adc_tick_us, relaxation, dtype):
+    """(adc, time, charge) of the stored cycles of a trigger search, differentiable: the converted charge (and the
+    interpolated crossing) gathered from the running integral ``q`` and the charge per tick ``clean`` at the
+    search's ticks ``found`` (tensors start, trig, end, count, baseline, window_nan and, with noise, conversion)."""
+    threshold = fee.threshold_e
+    start, trig, end = found["start"], found["trig"], found["end"]
+    n_slots = trig.shape[1]
+    has_sample = ops.cast(ep.arange(q, n_slots), "int64")[None, :] < found["count"][:, None]
     at_q = ops.take_along_axis(q, ep.concatenate([ep.maximum(start - 1, 0), trig, end], axis=1), axis=1)
     before = ep.where(start > 0, at_q[:, :n_slots], 0.0)
     q_trigger, q_end = at_q[:, n_slots:2 * n_slots], at_q[:, 2 * n_slots:]
     step = ops.take_along_axis(clean, trig, axis=1)
-    baseline = t("baseline", dtype)
+    baseline = found["baseline"]
     charge = baseline + (q_end - before) + step
-    if "conversion" in search:
-        charge = charge + t("conversion", dtype)
-    charge = ep.where(t("window_nan", "bool"), float("nan"), charge)
+    if "conversion" in found:
+        charge = charge + found["conversion"]
+    charge = ep.where(found["window_nan"], float("nan"), charge)
     out_charge = ep.where(has_sample, charge, float("nan"))
     out_crossing = None
     if relaxation.trigger == "interpolated":
         crossing = interpolated_crossing(trig, q_trigger, step, before, baseline, threshold)
         out_crossing = ep.where(has_sample, crossing, float("nan"))
     filled = ep.logical_not(ep.isnan(out_charge))
-    time = _trigger_time(trig, out_crossing, has_sample, detector, relaxation, dtype)
-    adc = digitize(ep.where(filled, out_charge, 0.0), detector.electronics, relaxation.adc)
+    time = _trigger_time(trig, out_crossing, has_sample, adc_tick_us, relaxation, dtype)
+    adc = digitize(ep.where(filled, out_charge, 0.0), fee, relaxation.adc)
     adc = ep.where(filled, adc, float("nan"))
-    return Samples(adc=adc, time=time, charge=out_charge)
+    return adc, time, out_charge
 
 
-def _trigger_time(out_tick, out_crossing, has_sample, detector, relaxation, dtype):
+def _trigger_time(out_tick, out_crossing, has_sample, adc_tick_us, relaxation, dtype):
     """Sample times in us: tick x adc_tick_us; with the interpolated trigger, the straight-through crossing."""
-    time = ops.cast(out_tick, dtype) * detector.adc_tick_us
+    time = ops.cast(out_tick, dtype) * adc_tick_us
     if relaxation.trigger == "interpolated":
-        crossing = ep.where(has_sample, out_crossing, 0.0) * detector.adc_tick_us
+        crossing = ep.where(has_sample, out_crossing, 0.0) * adc_tick_us
         time = time + (crossing - ops.stop_gradient(crossing))
     elif relaxation.trigger != "tick":
         raise ValueError(f"unknown trigger relaxation {relaxation.trigger!r}; choose 'tick' or 'interpolated'")

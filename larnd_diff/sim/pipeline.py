@@ -10,6 +10,7 @@ tensorflow), the framework computes the per-pair inputs of all pairs at once and
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Dict
 
 import eagerpy as ep
@@ -18,13 +19,19 @@ import numpy as np
 from larnd_diff import ops
 from larnd_diff.detector import resolve_detector
 from larnd_diff.hits import Hits
-from larnd_diff.params import SPECS, Params, as_params
+from larnd_diff.params import SPECS, Params, as_params, drift_velocity
 from larnd_diff.sim import induce, pixels
 from larnd_diff.sim.config import SimConfig, as_relaxation
 
 #: Segment fields the simulation reads (simulation frame, z = drift).
 POSITION_FIELDS = ("x_start", "y_start", "z_start", "x_end", "y_end", "z_end", "x", "y", "z")
 TIME_FIELDS = ("t", "t_start", "t_end")
+SEGMENT_FIELDS = POSITION_FIELDS + TIME_FIELDS + ("dE", "dEdx")
+#: Differentiable per-segment inputs of the induced current (columns of :func:`_segment_inputs`' table): the
+#: endpoints ordered along z (A before B), the diffusion widths (cm) and the electrons reaching the anode.
+SEGMENT_INPUTS = ("ax", "ay", "az", "bx", "by", "bz", "sigma_T", "sigma_L", "n_electrons")
+#: Host constants of a (segment, pixel) pair (columns of :func:`_pair_constants`).
+PAIR_CONSTANTS = ("x_p", "y_p", "x_first_is_a", "branch", "n_z", "sgn_x", "sgn_y", "z_anode")
 #: Ticks kept after the last charge of a pixel so that a trigger there can still integrate its 18 ticks.
 TAIL_TICKS = 24
 #: Smooth preset: cm added to z_end of segments parallel to the anode (z_start = z_end), which the reference
@@ -111,6 +118,101 @@ def _plan_inputs(fields, params, detector, relaxation):
                sigma_L=ops.to_numpy(dr.sigma_L), t_start=ops.to_numpy(dr.t_start), t_end=ops.to_numpy(dr.t_end),
                n_electrons=ops.to_numpy(dr.n_electrons), vdrift=float(host_params.vdrift_value))
     return out
+
+
+def _segment_tensors(b, fields, dtype, device):
+    """The segments' float fields as tensors of backend ``b``: NumPy fields in one upload (rows of one tensor),
+    framework tensors as given (cast to ``dtype``, their graph kept)."""
+    host = [k for k in SEGMENT_FIELDS if isinstance(fields[k], np.ndarray)]
+    out = {}
+    if host:
+        table = b.asarray(np.stack([np.asarray(fields[k], np.float64) for k in host]), dtype, device)
+        out = {k: table[i] for i, k in enumerate(host)}
+    out.update({k: _on_backend(b, fields[k], dtype, device) for k in SEGMENT_FIELDS if k not in out})
+    return out
+
+
+def _param_tensors(b, params, dtype, device, upload_floats: bool):
+    """Parameter values for the backend: tensors cast to ``dtype``; Python numbers kept as they are or, with
+    ``upload_floats``, uploaded together as one vector (so compiled code sees tensors whatever the values and
+    does not recompile when a number changes)."""
+    numbers = {k: float(v) for k, v in params.items() if isinstance(v, (int, float))}
+    tensors = {k: _on_backend(b, v, dtype, device) for k, v in params.items() if k not in numbers}
+    if upload_floats and numbers:
+        vector = b.asarray(np.asarray(list(numbers.values()), np.float64), dtype, device)
+        numbers = {k: vector[i] for i, k in enumerate(numbers)}
+    return {**numbers, **tensors}
+
+
+def _segment_inputs(t, params, seg_consts, *, detector, relaxation, tilt, link_vdrift):
+    """Differentiable per-segment inputs of the induced current: (endpoints (n_seg, 6), drifted (n_seg, 3), vdrift).
+
+    Quench and drift of the segments' tensors ``t`` (a dict of (n_seg,) tensors) with ``params`` (name -> number or
+    tensor). ``endpoints``: A then B (x, y, z), ordered along z; ``drifted``: sigma_T, sigma_L (cm) and the electrons
+    reaching the anode (columns of :data:`SEGMENT_INPUTS`; two tables, so that constant positions stay out of the
+    autodiff graph). ``seg_consts`` (2, n_seg) host constants: whether A is the start point (1/0), and whether the
+    segment is parallel to the anode (1/0; its z_end is moved by ``tilt`` cm).
+    """
+    p = dict(params)   # a plain mapping (torch.compile cannot build a Params); vdrift resolved as Params does
+    if link_vdrift:
+        p["vdrift"] = drift_velocity(p["eField"], p["temperature"])
+    dr = _quench_drift(t, p, detector, relaxation)
+    a_first = seg_consts[0] > 0.5
+    zs, ze = t["z_start"], t["z_end"]
+    if tilt:
+        ze = ze + seg_consts[1] * tilt
+    pick = lambda u, v: ep.where(a_first, u, v)  # noqa: E731
+    endpoints = ep.stack([pick(t["x_start"], t["x_end"]), pick(t["y_start"], t["y_end"]), pick(zs, ze),
+                          pick(t["x_end"], t["x_start"]), pick(t["y_end"], t["y_start"]), pick(ze, zs)], axis=1)
+    return endpoints, ep.stack([dr.sigma_T, dr.sigma_L, dr.n_electrons], axis=1), p["vdrift"]
+
+
+def _pair_constants(plan, host, tilt, detector) -> np.ndarray:
+    """Host constants of every (segment, pixel) pair, (n_pairs, len(PAIR_CONSTANTS)) float64: the pixel centre,
+    whether the z-first endpoint A has the smaller x, the z_interval branch, the number of z samples, the
+    directions of the sampling grid and the anode's z."""
+    s_ = plan.seg
+    flat = host["z_start"][s_] == host["z_end"][s_]
+    a_first = host["z_start"][s_] < host["z_end"][s_] + tilt * flat
+    swap_x = host["x_end"][s_] < host["x_start"][s_]
+    # S (smaller x) is A exactly when A is the x-start and x is not swapped, or A is the x-end and it is
+    x_first_is_a = np.where(a_first, ~swap_x, swap_x)
+    d_x = np.where(a_first, 1.0, -1.0) * (host["x_end"][s_] - host["x_start"][s_])
+    d_y = np.where(a_first, 1.0, -1.0) * (host["y_end"][s_] - host["y_start"][s_])
+    z_anode = detector.anode_z[np.maximum(host["plane"], 0)][s_]
+    return np.stack([plan.x_p, plan.y_p, x_first_is_a, plan.branch, plan.n_z, np.where(d_x >= 0, 1.0, -1.0),
+                     np.where(d_y >= 0, 1.0, -1.0), z_anode], axis=1).astype(np.float64)
+
+
+def _pair_dict(seg, vdrift, pair_seg, pair_consts):
+    """Per-pair tensors for :func:`induce.pair_inputs`: the segment tables ``seg`` of :func:`_segment_inputs`
+    gathered at the pairs' segments ``pair_seg`` and the pairs' host constants (rows of :func:`_pair_constants`)."""
+    columns = []
+    for table in seg:
+        rows = ops.gather(table, pair_seg, 0)
+        columns += [rows[:, i] for i in range(rows.shape[1])]
+    g = dict(zip(SEGMENT_INPUTS, columns))
+    g.update({name: pair_consts[:, i] for i, name in enumerate(PAIR_CONSTANTS)})
+    g["x_first_is_a"] = g["x_first_is_a"] > 0.5
+    g["vdrift"] = vdrift
+    return g
+
+
+def _event_pair_inputs(t, params, seg_consts, pair_seg, pair_consts, *, detector, relaxation, tilt, link_vdrift,
+                       grid):
+    """Stacked per-pair inputs (n_pairs, len(induce.PAIR_FIELDS)) of the whole event from the segments' tensors:
+    quench, drift, z ordering, gather to the pairs, pair geometry. A pure function of tensors (fused on GPUs)."""
+    *seg, vdrift = _segment_inputs(t, params, seg_consts, detector=detector, relaxation=relaxation, tilt=tilt,
+                                   link_vdrift=link_vdrift)
+    return induce.stack_pair_inputs(_pair_dict(seg, vdrift, pair_seg, pair_consts), grid=grid)
+
+
+def _wants_fuse(mode: str, b, like) -> bool:
+    """SimConfig.compile: fuse the per-pair inputs on GPU tensors ("auto"), always or never (where the backend
+    can)."""
+    if mode == "never" or not b.supports("fuse"):
+        return False
+    return mode == "always" or "cuda" in str(b.device_of(like)).lower()
 
 
 # ---------------------------------------------------------------------------------------------- blocks
@@ -318,36 +420,25 @@ def simulate(segments, backend: str = "numpy", device=None, params=None, relaxat
     tilt = FLAT_TILT_CM if sharp is not None else 0.0
     plan = pixels.plan_pairs(host, detector, relax, config.chunk_size, tilt_flat=tilt, smooth_ticks=k_slow)
 
-    # ---- differentiable per-segment quantities on the backend
-    t = {k: _on_backend(b, fields[k], dtype, device) for k in POSITION_FIELDS + TIME_FIELDS + ("dE", "dEdx")}
-    bparams = Params({k: (v if isinstance(v, (int, float)) else _on_backend(b, v, dtype, device))
-                      for k, v in params.items()}, link_vdrift=params.link_vdrift)
-    dr = _quench_drift(t, bparams, detector, relax)
-    vdrift = bparams.vdrift_value
-    if isinstance(vdrift, (int, float)):
-        vdrift = b.asarray(np.asarray(vdrift, np.float64), dtype, device)
+    # ---- differentiable inputs on the backend
+    t = _segment_tensors(b, fields, dtype, device)
     like = t["x"]
     asarr = lambda a, dt_=dtype: ops.asarray(like, np.asarray(a), dt_)  # noqa: E731
-
-    zs, ze = t["z_start"], t["z_end"]
-    if tilt:
-        flat = asarr((host["z_start"] == host["z_end"]).astype(np.float64))
-        ze = ze + flat * tilt
-    a_first = asarr(host["z_start"] < host["z_end"] + (tilt * (host["z_start"] == host["z_end"])), "bool")
-    seg_t = dict(ax=ep.where(a_first, t["x_start"], t["x_end"]), ay=ep.where(a_first, t["y_start"], t["y_end"]),
-                 az=ep.where(a_first, zs, ze), bx=ep.where(a_first, t["x_end"], t["x_start"]),
-                 by=ep.where(a_first, t["y_end"], t["y_start"]), bz=ep.where(a_first, ze, zs),
-                 sigma_T=dr.sigma_T, sigma_L=dr.sigma_L, n_electrons=dr.n_electrons)
-    z_anode = detector.anode_z[np.maximum(host["plane"], 0)]
+    fused = fused_target(config.kernel, b, like)
+    one_call = fused in ("cpu", "cuda") and b.name != "jax"
+    fuse = one_call and _wants_fuse(config.compile, b, like)
+    bparams = _param_tensors(b, params, dtype, device, upload_floats=fuse)
+    flat = host["z_start"] == host["z_end"]
+    seg_consts = asarr(np.stack([host["z_start"] < host["z_end"] + tilt * flat, flat]).astype(np.float64))
+    pair_consts = _pair_constants(plan, host, tilt, detector)
+    grid = (float(detector.pixel_pitch), int(detector.sampled_points), float(detector.t_sampling))
+    static = dict(relaxation=relax, tilt=tilt, link_vdrift=params.link_vdrift)
 
     # ---- induced charge: fused kernels in one call, else block by block
     itemsize = 8 if dtype == "float64" else 4
     n_corr = 2 * (k_fast + k_slow)
     compute = ~plan.nan_pair if sharp is None else np.ones(plan.n_pairs, bool)
-    fused = fused_target(config.kernel, b, t["x"])
     blocks = _blocks(plan, compute, config.memory_budget_bytes, n_corr, itemsize, fused is not None)
-    fn = _block_fn(b, grad_capable, fused)
-    grid = (float(detector.pixel_pitch), int(detector.sampled_points), float(detector.t_sampling))
     n_ticks = 1
     ends = plan.placement + plan.n_win
     if plan.n_pairs:
@@ -355,10 +446,9 @@ def simulate(segments, backend: str = "numpy", device=None, params=None, relaxat
     n_rows = len(plan.rows)
     sharpness = None if sharp is None else float(sharp)
     straight = sharp is not None and relax.onset == "straight-through"
-    pair_tensors = lambda gather: _pair_tensors(plan, gather, host, seg_t, z_anode, tilt, vdrift, asarr)  # noqa: E731
-    if fused in ("cpu", "cuda") and b.name != "jax":
-        # every pair in one kernel call (host or GPU): per-pair inputs in the framework, the rest (rows,
-        # waveforms, placement on the rows' ticks) in the kernels
+    if one_call:
+        # every pair in one kernel call (host or GPU): per-pair inputs in the framework (fused into a few
+        # kernels on a GPU), the rest (rows, waveforms, placement on the rows' ticks) in the kernels
         if not blocks:
             charge = ep.zeros(like, (n_rows, n_ticks))
         else:
@@ -366,13 +456,20 @@ def simulate(segments, backend: str = "numpy", device=None, params=None, relaxat
             groups = _host_groups(plan, blocks, config.memory_budget_bytes)
             table = np.stack([plan.ix0[pairs], plan.iy0[pairs], plan.nx[pairs], plan.ny[pairs], plan.n_z[pairs],
                               plan.n_win[pairs], plan.out_row[pairs], plan.placement[pairs]], axis=1)
-            pairf = induce.stack_pair_inputs(pair_tensors(pairs), grid=grid)
+            bind = b.fused if fuse else functools.partial
+            inputs = bind(_event_pair_inputs, detector=detector, grid=grid, **static)
+            pairf = inputs(t, bparams, seg_consts, asarr(plan.seg[pairs], "int64"), asarr(pair_consts[pairs]))
             charge = induce.fused_charge(b.name, pairf, table, plan.eval_start[pairs], groups, n_rows=n_rows,
                                          n_ticks=n_ticks, dt=grid[2], sharpness=sharpness, k_fast=k_fast,
                                          k_slow=k_slow, target=fused, straight_through=straight)
     else:
-        charge = _blocks_charge(fn, plan, blocks, pair_tensors, asarr, like, n_rows, n_ticks, config, grid,
-                                sharpness, k_fast, k_slow, dtype, fused, straight)
+        *seg, vdrift = _segment_inputs(t, bparams, seg_consts, detector=detector, **static)
+        if isinstance(vdrift, (int, float)):
+            vdrift = asarr(vdrift)
+        pair_tensors = lambda gather: _pair_dict(seg, vdrift, asarr(plan.seg[gather], "int64"),  # noqa: E731
+                                                 asarr(pair_consts[gather]))
+        charge = _blocks_charge(_block_fn(b, grad_capable, fused), plan, blocks, pair_tensors, asarr, like,
+                                n_rows, n_ticks, config, grid, sharpness, k_fast, k_slow, dtype, fused, straight)
     if sharp is None and plan.nan_pair.any():
         charge = _nan_overlay(charge, plan, n_ticks, asarr)
 
@@ -380,7 +477,8 @@ def simulate(segments, backend: str = "numpy", device=None, params=None, relaxat
     from larnd_diff.sim.electronics import electronics
 
     rng = b.rng(seed, device) if noise else None
-    adc, time, q = electronics(charge, detector, relax, noise=noise, rng=rng)
+    adc, time, q = electronics(charge, detector, relax, noise=noise, rng=rng,
+                               fuse=_wants_fuse(config.compile, b, like))
     adc_host = _concrete(ops.stop_gradient(adc))
     if adc_host is None:
         raise ValueError("simulate needs concrete values to select the rows with samples; under jax.jit call it "
@@ -394,28 +492,6 @@ def simulate(segments, backend: str = "numpy", device=None, params=None, relaxat
     if return_waveforms:
         return hits, charge, plan
     return hits
-
-
-def _pair_tensors(plan, gather, host, seg_t, z_anode, tilt, vdrift, asarr):
-    """Per-pair tensors of the pairs ``gather`` (host indices): the segment's differentiable values and the host
-    constants of the pair (pixel centre, x ordering, z_interval branch, z samples, signs, anode, drift speed)."""
-    s_ = seg_of = plan.seg[gather]
-    gi = asarr(seg_of, "int64")
-    swap_x = host["x_end"][s_] < host["x_start"][s_]
-    a_first_s = host["z_start"][s_] < host["z_end"][s_] + tilt * (host["z_start"][s_] == host["z_end"][s_])
-    # S (smaller x) is A exactly when A is the x-start and x is not swapped, or A is the x-end and it is
-    x_first_is_a = np.where(a_first_s, ~swap_x, swap_x)
-    bx_ = np.where(a_first_s, host["x_end"][s_], host["x_start"][s_])
-    ax_ = np.where(a_first_s, host["x_start"][s_], host["x_end"][s_])
-    sgn_x = np.where(bx_ - ax_ >= 0, 1.0, -1.0)
-    by_ = np.where(a_first_s, host["y_end"][s_], host["y_start"][s_])
-    ay_ = np.where(a_first_s, host["y_start"][s_], host["y_end"][s_])
-    sgn_y = np.where(by_ - ay_ >= 0, 1.0, -1.0)
-    g = {k: ops.gather(v, gi, 0) for k, v in seg_t.items()}
-    g.update(x_p=asarr(plan.x_p[gather]), y_p=asarr(plan.y_p[gather]), x_first_is_a=asarr(x_first_is_a, "bool"),
-             branch=asarr(plan.branch[gather], "int64"), n_z=asarr(plan.n_z[gather].astype(np.float64)),
-             sgn_x=asarr(sgn_x), sgn_y=asarr(sgn_y), z_anode=asarr(z_anode[seg_of]), vdrift=vdrift)
-    return g
 
 
 def _blocks_charge(fn, plan, blocks, pair_tensors, asarr, like, n_rows, n_ticks, config, grid, sharpness, k_fast,
