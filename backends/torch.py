@@ -216,8 +216,9 @@ class Backend(_Base):
 
         def call(*args):
             # Python numbers in f (detector constants) stay constants; only the tensors' sizes are symbolic, each
-            # its own symbol (no "duck" unification of sizes that happen to be equal, which would recompile)
-            with torch._dynamo.config.patch(specialize_float=True), \
+            # its own symbol (no "duck" unification of sizes that happen to be equal, which would recompile); a
+            # machine whose compiler toolchain fails (no Triton, no C++ compiler) runs f eagerly, with a warning
+            with torch._dynamo.config.patch(specialize_float=True, suppress_errors=True), \
                     torch.fx.experimental._config.patch(use_duck_shape=False):
                 return _wrap_tree(compiled(*_unwrap_tree(args)))
         return call
