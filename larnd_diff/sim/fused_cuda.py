@@ -259,14 +259,18 @@ class EventLayout:
     its forward and backward pass), three copies in all: the pair table (``fused.PAIR_TABLE`` columns), the
     evaluation starts and the first row of each pair (the rows themselves are enumerated on the GPU)."""
 
-    def __init__(self, table, t0):
+    def __init__(self, table, t0, upload=None):
+        """``upload``: NumPy array -> GPU array (anything with ``__cuda_array_interface__``); default numba's
+        ``cuda.to_device`` (a synchronous copy: it waits for the GPU's queue). The simulator passes the framework's
+        asynchronous copy through pinned memory."""
+        upload = upload or cuda.to_device
         table = np.ascontiguousarray(table, np.int64)
         counts = table[:, fused.T_NX] * table[:, fused.T_NY]
         row_start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self.n_rows = int(row_start[-1])
-        self.table = cuda.to_device(table)
-        self.t0 = cuda.to_device(np.ascontiguousarray(t0, np.float64))
-        self.row_start = cuda.to_device(row_start)
+        self.table = upload(table)
+        self.t0 = upload(np.ascontiguousarray(t0, np.float64))
+        self.row_start = upload(row_start)
 
 
 def charge_forward(pairf, layout: EventLayout, dt, sharpness, k_fast, k_slow, out):

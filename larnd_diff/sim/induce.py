@@ -360,7 +360,7 @@ def fused_charge(backend_name, pairf, table, t0, groups, *, n_rows, n_ticks, dt,
     if target == "cuda":
         from larnd_diff.sim import fused_cuda
 
-        layout = fused_cuda.EventLayout(table, t0)
+        layout = fused_cuda.EventLayout(table, t0, upload=lambda a: ops.asarray(pairf, a).raw)
         op = glue.cuda_vjp(backend_name, lambda x, out: fused_cuda.charge_forward(x, layout, *value_args, out),
                            lambda x, g, dx: fused_cuda.charge_backward(x, layout, *args, g, dx),
                            (int(n_rows), int(n_ticks)))
