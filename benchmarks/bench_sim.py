@@ -109,8 +109,6 @@ def timed(fn, repeat):
 
 
 def bench_backend(segs, backend, device, dtype, repeat, kernel="auto", compile="auto"):
-    from larnd_diff import ops
-    from larnd_diff.params import SPECS
     from larnd_diff.sim import simulate as _simulate
     from larnd_diff.sim.config import SimConfig
 
@@ -130,26 +128,66 @@ def bench_backend(segs, backend, device, dtype, repeat, kernel="auto", compile="
         out[f"forward_{relax}"] = dict(first_s=first, median_s=med, times_s=times,
                                        peak_bytes=_peak(backend, device, rss0), rows=len(fwd()))
     if backend != "numpy":
-        b = ops.get_backend(backend)
-        weights = np.random.default_rng(0).random((200_000, 10))
-
-        def loss(p):
-            import eagerpy as ep
-            h = simulate(segs, backend=backend, device=device, params=dict(p), relaxation="smooth", dtype=dtype)
-            a = ops.nan_to_num(ep.astensor(h.adc), 0.0)
-            return (a * ops.asarray(a, weights[: a.shape[0]], dtype)).sum()
-
-        def grad():
-            params = {k: b.asarray(np.asarray(SPECS[k].nominal), dtype, device) for k in FIT}
-            v, g = b.value_and_grad(loss, params)
-            for x in g.values():
-                _block(x.raw)
-            _sync(backend, device)
+        grad = gradient_call(segs, backend, device, dtype, simulate)
         _peak_reset(backend, device)
         first, med, times = timed(grad, repeat)
         out["forward_grad6_smooth"] = dict(first_s=first, median_s=med, times_s=times,
                                            peak_bytes=_peak(backend, device, rss0))
     return out
+
+
+def gradient_call(segs, backend, device, dtype, simulate):
+    """A function running one forward + 6-parameter gradient (smooth preset, reverse mode) of a fixed linear
+    loss of the ADC values on ``segs``, waiting for the device."""
+    import eagerpy as ep
+
+    from larnd_diff import ops
+    from larnd_diff.params import SPECS
+
+    b = ops.get_backend(backend)
+    weights = np.random.default_rng(0).random((200_000, 10))
+
+    def loss(p):
+        h = simulate(segs, backend=backend, device=device, params=dict(p), relaxation="smooth", dtype=dtype)
+        a = ops.nan_to_num(ep.astensor(h.adc), 0.0)
+        return (a * ops.asarray(a, weights[: a.shape[0]], dtype)).sum()
+
+    def grad():
+        params = {k: b.asarray(np.asarray(SPECS[k].nominal), dtype, device) for k in FIT}
+        v, g = b.value_and_grad(loss, params)
+        for x in g.values():
+            _block(x.raw)
+        _sync(backend, device)
+    return grad
+
+
+def bench_fit_batches(n_batches, backend, device, dtype, repeat, kernel, compile, seed):
+    """Forward + gradient on each of the fit's first ``n_batches`` 100 cm batches in turn, one call per batch (the
+    way a fit runs): per-batch medians over ``repeat`` passes, and their sum per 100 cm of the batches' track."""
+    from larnd_diff.generate import generate_muons
+    from larnd_diff.selection import make_batches, select_tracks
+    from larnd_diff.sim import simulate as _simulate
+    from larnd_diff.sim.config import SimConfig
+
+    def simulate(*a, **kw):
+        return _simulate(*a, config=SimConfig(kernel=kernel, compile=compile), **kw)
+
+    segs = select_tracks(generate_muons(n_events=max(1, math.ceil(0.06 * 100 * n_batches)), tracks_per_event=10,
+                                        seed=seed))
+    batches = list(make_batches(segs, length_cm=100.0, seed=seed))[:n_batches]
+    calls = [gradient_call(b, backend, device, dtype, simulate) for b in batches]
+    for call in calls:
+        call()                                    # warm-up (compilation) on every batch
+    times = [[] for _ in calls]
+    for _ in range(repeat):
+        for k, call in enumerate(calls):
+            t0 = time.perf_counter()
+            call()
+            times[k].append(time.perf_counter() - t0)
+    lengths = [track_length(b) for b in batches]
+    medians = [statistics.median(t) for t in times]
+    return dict(lengths_cm=lengths, segments=[int(len(b)) for b in batches], median_s=medians,
+                s_per_100cm=100.0 * sum(medians) / sum(lengths))
 
 
 def bench_reference(segs, repeat, gpu=False):
@@ -182,6 +220,8 @@ def main(argv=None):
     ap.add_argument("--gpu-reference", action="store_true", help="also time the numba-cuda reference (CUDA GPU)")
     ap.add_argument("--kernel", default="auto", choices=("auto", "fused", "eager"),
                     help="SimConfig.kernel: fused Numba / numba-cuda kernels or the EagerPy implementation")
+    ap.add_argument("--fit-batches", type=int, default=0, metavar="N",
+                    help="also: forward + gradient on each of the fit's first N 100 cm batches, one call each")
     ap.add_argument("--compile", default="auto", choices=("auto", "always", "never"),
                     help="SimConfig.compile: fuse the per-pair inputs with the framework's compiler (torch.compile)")
     ap.add_argument("--out", default=None, help="JSON file for the results")
@@ -206,6 +246,9 @@ def main(argv=None):
     if args.backend != "none":
         result["sim"] = bench_backend(segs, args.backend, args.device, args.dtype, args.repeat, args.kernel,
                                       args.compile)
+    if args.fit_batches and args.backend not in ("none", "numpy"):
+        result["fit_batches"] = bench_fit_batches(args.fit_batches, args.backend, args.device, args.dtype,
+                                                  args.repeat, args.kernel, args.compile, args.seed)
     if not args.no_reference:
         result["reference"] = bench_reference(segs, args.repeat, args.gpu_reference)
     scale = 100.0 / length

@@ -169,6 +169,36 @@ def n_z_samples(z_lo, z_hi, sigma_L):
     return np.maximum(30, np.ceil(np.abs(z_hi - z_lo + 8 * sigma_L) / Z_STEP_CM)).astype(np.int64)
 
 
+# ---------------------------------------------------------------------------------------------- sampling grid
+def _in_pad_range(origin, sign, step, sigma_T, centre, half_pitch, n_pts):
+    first = np.zeros(len(origin), np.int64)
+    count = np.zeros(len(origin), np.int64)
+    for p in range(len(origin)):
+        for k in range(n_pts):
+            # the operations of larnd-sim's sample position, in its order: origin + sign (k step - 4 sigma_T)
+            if abs(centre[p] - (origin[p] + sign[p] * (k * step[p] - 4 * sigma_T[p]))) <= half_pitch:
+                if count[p] == 0:
+                    first[p] = k
+                count[p] += 1
+    return first, count
+
+
+try:
+    from numba import njit
+
+    _in_pad_range = njit(cache=True)(_in_pad_range)
+except ImportError:  # pragma: no cover - numba is a hard dependency of the package
+    pass
+
+
+def in_pad_range(origin, sign, step, sigma_T, centre, half_pitch, n_pts):
+    """(first, count) of the sampling grid's positions origin + sign (k step - 4 sigma_T), k = 0..n_pts-1, within
+    ``half_pitch`` of the pixel centre, per pair (one axis; float64 arrays, cm). In-pad samples are contiguous
+    (the grid is monotone); a NaN grid has none. Comparisons in the reference's float64 arithmetic."""
+    args = [np.ascontiguousarray(a, np.float64) for a in (origin, sign, step, sigma_T, centre)]
+    return _in_pad_range(*args, float(half_pitch), int(n_pts))
+
+
 # ---------------------------------------------------------------------------------------------- time windows
 def signal_windows(t_start, t_end, vdrift, detector):
     """Signal windows of larnd-sim (spec 4.4.1-4.4.2), float64 on the host.
@@ -299,13 +329,8 @@ def plan_pairs(seg, detector, relaxation, chunk_size, tilt_flat: float = 0.0, sm
         h_y = (np.abs(yb_ - ya_) + 8 * s_T) / (n_pts - 1)
     sgn_x = np.where(bx - ax >= 0, 1.0, -1.0)
     sgn_y = np.where(by - ay >= 0, 1.0, -1.0)
-    k = np.arange(n_pts)
-    x_samp = xa_[:, None] + sgn_x[:, None] * (k[None, :] * h_x[:, None] - 4 * s_T[:, None])
-    y_samp = ya_[:, None] + sgn_y[:, None] * (k[None, :] * h_y[:, None] - 4 * s_T[:, None])
-    in_x = np.abs(x_p[:, None] - x_samp) <= pitch / 2
-    in_y = np.abs(y_p[:, None] - y_samp) <= pitch / 2
-    nx, ix0 = in_x.sum(1), np.argmax(in_x, axis=1)
-    ny, iy0 = in_y.sum(1), np.argmax(in_y, axis=1)
+    ix0, nx = in_pad_range(xa_, sgn_x, h_x, s_T, x_p, pitch / 2, n_pts)
+    iy0, ny = in_pad_range(ya_, sgn_y, h_y, s_T, y_p, pitch / 2, n_pts)
     # in-pad samples are contiguous (the grid is monotone); NaN pairs keep every sample (comparisons fail)
     nx = np.where(nan_pair, n_pts, nx)
     ny = np.where(nan_pair, n_pts, ny)
