@@ -8,7 +8,7 @@ shared corsika file, and (slow) the whole shared files.
 
 * hard preset, float64  vs reference precision="float64":   identical ADC rows on >= 99.5 % of hit pixels
 * hard preset, float64  vs reference precision="larnd-sim": >= 95 % identical, >= 99.5 % within +-1 count (the
-  generated mixed sample: >= 99 %, see WITHIN1_LARND_SIM)
+  generated mixed sample: as many as the float64 reference itself, see test_hard_float64_vs_larnd_sim_precision)
 * hard preset, float32  vs reference precision="float64":   >= 99 % within +-1 count
 * smooth preset (straight-through onset and ADC: the hard stop's current and integer counts forward) vs reference
   precision="float64": mean |dADC| per active pixel <= 0.005, the issue's 0.04 and its aim 0.01 (measured 0.0000 on
@@ -122,19 +122,20 @@ def test_hard_float64_matches_reference_full(backend, case, record_property):
     assert fig["identical"] >= 0.95 and fig["within1"] >= 0.995
 
 
-#: Within one count of the larnd-sim precision reference: the issue's 99.5 %, met on muons and corsika. On the mixed
-#: sample 99.42 % (3 of 519 pixels; 99.27-100 % on 10-event mixed samples of seeds 1-7): the float32 reference moves
-#: a trigger tick or a threshold crossing of a high-charge proton or pion pixel, which shifts a whole row; against
-#: the float64 reference the same simulation is 100 % identical (test_hard_float64_matches_reference).
-WITHIN1_LARND_SIM = {"mixed": 0.99}
-
-
 @pytest.mark.parametrize("case", ["muons", "mixed", pytest.param("corsika8", marks=pytest.mark.slow)])
 def test_hard_float64_vs_larnd_sim_precision(backend, case, record_property):
+    """Within one count of the larnd-sim precision reference on >= 99.5 % of the pixels (the issue's figure), or on
+    as many as the reference's own float64 run is: on mixed samples the float32 map of larnd-sim moves a trigger tick
+    or threshold crossing of a few high-charge proton or pion pixels (a whole row shifts), and the float64 reference
+    differs from its larnd-sim precision on exactly those rows (4-event case: 99.42 % within one for both; 10-event
+    samples of seeds 1 and 2: 99.49 % and 99.27 %, the same for both). No float64 implementation can do better."""
     segs = CASES[case]()
-    fig = compare(simulate(segs, backend=backend, relaxation="hard", dtype="float64"), reference(segs, "larnd-sim"))
+    larnd_sim = reference(segs, "larnd-sim")
+    fig = compare(simulate(segs, backend=backend, relaxation="hard", dtype="float64"), larnd_sim)
+    own = compare(reference(segs, "float64"), larnd_sim)
     _report(record_property, f"{backend}/{case}/hard-f64-vs-ref-larnd-sim", fig)
-    assert fig["identical"] >= 0.95 and fig["within1"] >= WITHIN1_LARND_SIM.get(case, 0.995)
+    _report(record_property, f"{case}/ref-f64-vs-ref-larnd-sim", own)
+    assert fig["identical"] >= 0.95 and fig["within1"] >= min(0.995, own["within1"])
 
 
 @pytest.mark.parametrize("case", ["muons", "mixed", pytest.param("corsika8", marks=pytest.mark.slow)])
