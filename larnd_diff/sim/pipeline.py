@@ -109,7 +109,7 @@ def _quench_drift(f, params, detector, relaxation):
 def _plan_inputs(fields, params, detector, relaxation):
     """Detached float64 per-segment values for the host plan (numpy pass of quench + drift)."""
     nb = ops.get_backend("numpy")
-    host = {k: nb.asarray(_host(fields[k]), "float64") for k in POSITION_FIELDS + TIME_FIELDS + ("dE", "dEdx")}
+    host = {k: nb.asarray(_host(fields[k]), "float64") for k in SEGMENT_FIELDS}
     host_params = Params({k: _host_param(v, k) for k, v in params.items()}, link_vdrift=params.link_vdrift)
     dr = _quench_drift(host, host_params, detector, relaxation)
     out = {k: host[k].raw for k in POSITION_FIELDS}
