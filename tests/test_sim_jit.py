@@ -17,18 +17,13 @@ import pytest
 from larnd_diff.params import FIT_PARAMETERS, SPECS
 from larnd_diff.sim import pipeline, simulate
 from larnd_diff.sim.config import SimConfig
+from test_sim_gradients import small_segments
 
 
 def _only(backend, name):
     if backend != name:
         pytest.skip(f"a {name} compilation test")
     return pytest.importorskip(name)
-
-
-def _batch(seed):
-    from tests.test_sim_gradients import small_segments
-
-    return small_segments(n_seg=8, seed=3)
 
 
 def _perturbed(segs, seed):
@@ -44,8 +39,6 @@ def _perturbed(segs, seed):
 
 def test_jax_no_retrace_same_padded_size(backend, record_property):
     _only(backend, "jax")
-    from tests.test_sim_gradients import small_segments
-
     a = small_segments(n_seg=8, seed=3)
     b = _perturbed(a, 1)
     h1 = simulate(a, backend="jax", relaxation="smooth")
@@ -64,8 +57,6 @@ def test_jax_grad_through_simulate(backend):
     jax = _only(backend, "jax")
     import jax.numpy as jnp
 
-    from tests.test_sim_gradients import small_segments
-
     segs = small_segments(n_seg=8, seed=3)
 
     def f(ab):
@@ -81,8 +72,6 @@ def test_torch_fused_inputs_compile_once_and_match_eager(backend, record_propert
     batch of another size reuses the compiled graph, and hits and six gradients equal the eager implementation's."""
     torch = _only(backend, "torch")
     from torch._dynamo.utils import counters
-
-    from tests.test_sim_gradients import small_segments
 
     def run(segs, mode):
         p = {k: torch.tensor(SPECS[k].nominal, dtype=torch.float64, requires_grad=True) for k in FIT_PARAMETERS}
