@@ -13,6 +13,7 @@ Times are medians over ``--repeat`` runs after one warm-up run (compilation excl
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import platform
@@ -43,15 +44,20 @@ def muon_batch(length_cm: float, seed: int):
     return segs
 
 
-def muon_batches(length_cm: float, seed: int):
-    """The fit's 100 cm batches of 10-muon events, concatenated until ``length_cm`` (one call on many batches)."""
+def fit_batches(length_cm: float, seed: int):
+    """The fit's 100 cm batches of 10-muon events (paper cuts) from enough generated events for ``length_cm``."""
     from larnd_diff.generate import generate_muons
     from larnd_diff.selection import make_batches, select_tracks
 
     segs = select_tracks(generate_muons(n_events=max(1, math.ceil(0.06 * length_cm)), tracks_per_event=10,
                                         seed=seed))
+    return list(make_batches(segs, length_cm=100.0, seed=seed))
+
+
+def muon_batches(length_cm: float, seed: int):
+    """The fit's 100 cm batches of 10-muon events, concatenated until ``length_cm`` (one call on many batches)."""
     out, total = [], 0.0
-    for batch in make_batches(segs, length_cm=100.0, seed=seed):
+    for batch in fit_batches(length_cm, seed):
         out.append(batch)
         total += track_length(batch)
         if total >= length_cm:
@@ -108,13 +114,16 @@ def timed(fn, repeat):
     return first, statistics.median(times), times
 
 
-def bench_backend(segs, backend, device, dtype, repeat, kernel="auto", compile="auto"):
-    from larnd_diff.sim import simulate as _simulate
+def configured_simulate(kernel, compile):
+    """``larnd_diff.sim.simulate`` with ``SimConfig(kernel=kernel, compile=compile)``."""
+    from larnd_diff.sim import simulate
     from larnd_diff.sim.config import SimConfig
 
-    def simulate(*a, **kw):
-        return _simulate(*a, config=SimConfig(kernel=kernel, compile=compile), **kw)
+    return functools.partial(simulate, config=SimConfig(kernel=kernel, compile=compile))
 
+
+def bench_backend(segs, backend, device, dtype, repeat, kernel="auto", compile="auto"):
+    simulate = configured_simulate(kernel, compile)
     out = {}
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     for relax in ("hard", "smooth"):
@@ -164,17 +173,8 @@ def gradient_call(segs, backend, device, dtype, simulate):
 def bench_fit_batches(n_batches, backend, device, dtype, repeat, kernel, compile, seed):
     """Forward + gradient on each of the fit's first ``n_batches`` 100 cm batches in turn, one call per batch (the
     way a fit runs): per-batch medians over ``repeat`` passes, and their sum per 100 cm of the batches' track."""
-    from larnd_diff.generate import generate_muons
-    from larnd_diff.selection import make_batches, select_tracks
-    from larnd_diff.sim import simulate as _simulate
-    from larnd_diff.sim.config import SimConfig
-
-    def simulate(*a, **kw):
-        return _simulate(*a, config=SimConfig(kernel=kernel, compile=compile), **kw)
-
-    segs = select_tracks(generate_muons(n_events=max(1, math.ceil(0.06 * 100 * n_batches)), tracks_per_event=10,
-                                        seed=seed))
-    batches = list(make_batches(segs, length_cm=100.0, seed=seed))[:n_batches]
+    simulate = configured_simulate(kernel, compile)
+    batches = fit_batches(100.0 * n_batches, seed)[:n_batches]
     calls = [gradient_call(b, backend, device, dtype, simulate) for b in batches]
     for call in calls:
         call()                                    # warm-up (compilation) on every batch

@@ -45,8 +45,7 @@ def _labelled(fn, label):
 
 def _label_stages(backend):
     """Label the stages; the fusable functions by their result from ``backend.fused`` (or, unfused, the
-    partial the pipeline binds), so that a compiled function is timed as a whole and not traced with labels."""
-    import functools
+    ``functools.partial`` the modules bind), so that a compiled function is timed as a whole, not traced."""
     import importlib
 
     for module, name in STAGES:
@@ -55,14 +54,12 @@ def _label_stages(backend):
     fused = backend.fused
     names = {getattr(importlib.import_module(m), n): n for m, n in FUSABLE}
     backend.fused = lambda fn, **static: _labelled(fused(fn, **static), names.get(fn, fn.__name__))
-    pipeline = importlib.import_module("larnd_diff.sim.pipeline")
-    electronics = importlib.import_module("larnd_diff.sim.electronics")
-    pipeline.functools = _PartialLabels(names)
-    electronics._unfused = lambda fn, **static: _labelled(functools.partial(fn, **static), names.get(fn, "?"))
+    for module in ("larnd_diff.sim.pipeline", "larnd_diff.sim.electronics"):
+        importlib.import_module(module).functools = _PartialLabels(names)
 
 
 class _PartialLabels:
-    """Stands in for the pipeline's ``functools``: ``partial`` of a fusable function comes back labelled."""
+    """Stands in for a module's ``functools``: ``partial`` of a fusable function comes back labelled."""
 
     def __init__(self, names):
         import functools

@@ -189,10 +189,10 @@ def electronics(charge_per_tick, detector, relaxation="hard", *, noise: bool = F
         raise ValueError(f"unknown trigger_search {trigger_search!r}; choose 'auto', 'host' or 'vectorized'")
     on_gpu = trigger_search != "vectorized" and _gpu_search(charge_per_tick)
     charge_host = None if trigger_search == "vectorized" or on_gpu else _host_value(charge_per_tick)
-    fused = ops.get_backend(charge_per_tick).fused if fuse and on_gpu else _unfused
+    bind = ops.get_backend(charge_per_tick).fused if fuse and on_gpu else functools.partial
     if on_gpu:
         # nothing comes to the host before the search: the NaN-safe charge and the NaN count are always taken
-        q, nan_count, clean = fused(running_integral, count_dtype="int64")(charge_per_tick)
+        q, nan_count, clean = bind(running_integral, count_dtype="int64")(charge_per_tick)
     elif charge_host is not None:
         # the search on the host takes the NaN count there; without NaN the clean charge is the input itself
         nan_host = np.isnan(charge_host)
@@ -219,9 +219,8 @@ def electronics(charge_per_tick, detector, relaxation="hard", *, noise: bool = F
         reset_noise = fee.reset_noise_e * _normal(rng, (n_rows, n_cycles), dtype, charge_per_tick)
         failed_reset_noise = fee.uncorrelated_noise_e * _normal(rng, (n_rows, n_cycles), dtype, charge_per_tick)
         conversion_noise = fee.uncorrelated_noise_e * _normal(rng, (n_rows, n_cycles), dtype, charge_per_tick)
-    samples_at = functools.partial(_samples_at, gather=fused(_gather_samples, fee=fee,
-                                                              adc_tick_us=detector.adc_tick_us,
-                                                              relaxation=relaxation, dtype=dtype))
+    samples_at = functools.partial(_samples_at, gather=bind(_gather_samples, fee=fee, adc_tick_us=detector.adc_tick_us,
+                                                             relaxation=relaxation, dtype=dtype))
 
     if on_gpu:
         noise_draws = (reset_noise, failed_reset_noise, conversion_noise) if noise else None
@@ -351,10 +350,6 @@ def _gpu_cycles(q, q_disc, clean, nan_count, last_tick, noise_draws, threshold, 
     out = {k: ep.astensor(v) for k, v in out.items()}
     out["window_nan"] = out["window_nan"] != 0
     return out
-
-
-def _unfused(fn, **static):
-    return functools.partial(fn, **static)
 
 
 def _samples_at(search, q, clean, *, gather) -> Samples:

@@ -426,7 +426,8 @@ def simulate(segments, backend: str = "numpy", device=None, params=None, relaxat
     asarr = lambda a, dt_=dtype: ops.asarray(like, np.asarray(a), dt_)  # noqa: E731
     fused = fused_target(config.kernel, b, like)
     one_call = fused in ("cpu", "cuda") and b.name != "jax"
-    fuse = one_call and _wants_fuse(config.compile, b, like)
+    fuse_glue = _wants_fuse(config.compile, b, like)
+    fuse = one_call and fuse_glue
     bparams = _param_tensors(b, params, dtype, device, upload_floats=fuse)
     flat = host["z_start"] == host["z_end"]
     seg_consts = asarr(np.stack([host["z_start"] < host["z_end"] + tilt * flat, flat]).astype(np.float64))
@@ -478,7 +479,7 @@ def simulate(segments, backend: str = "numpy", device=None, params=None, relaxat
 
     rng = b.rng(seed, device) if noise else None
     adc, time, q = electronics(charge, detector, relax, noise=noise, rng=rng,
-                               fuse=_wants_fuse(config.compile, b, like))
+                               fuse=fuse_glue)
     adc_host = _concrete(ops.stop_gradient(adc))
     if adc_host is None:
         raise ValueError("simulate needs concrete values to select the rows with samples; under jax.jit call it "
