@@ -229,6 +229,7 @@ class Backend:
         raise NotSupported(self.name, op, "its adapter does not implement it")
 
     def erf(self, x): self._missing("erf")  # noqa: E704
+    def log_ndtr(self, x): self._missing("log_ndtr")  # noqa: E704
     def sigmoid(self, x): self._missing("sigmoid")  # noqa: E704
     def floor(self, x): self._missing("floor")  # noqa: E704
     def ceil(self, x): self._missing("ceil")  # noqa: E704

@@ -114,6 +114,9 @@ class Backend(_Base):
     def erf(self, x):
         return jax.scipy.special.erf(x)
 
+    def log_ndtr(self, x):
+        return jax.scipy.special.log_ndtr(x)
+
     def sigmoid(self, x):
         return jax.nn.sigmoid(x)
 

@@ -72,6 +72,11 @@ class Backend(_Base):
     def erf(self, x):
         return self._erf(x).astype(x.dtype, copy=False)
 
+    def log_ndtr(self, x):
+        from scipy.special import log_ndtr
+
+        return log_ndtr(x).astype(x.dtype, copy=False)
+
     def sigmoid(self, x):
         # tanh form: no overflow warning for large |x| (exp(-x) would overflow for x << 0)
         return (0.5 * (1.0 + np.tanh(0.5 * x))).astype(x.dtype, copy=False)

@@ -97,6 +97,9 @@ class Backend(_Base):
     def erf(self, x):
         return torch.erf(x)
 
+    def log_ndtr(self, x):
+        return torch.special.log_ndtr(x)
+
     def sigmoid(self, x):
         return torch.sigmoid(x)
 

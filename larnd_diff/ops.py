@@ -27,7 +27,7 @@ from larnd_diff.backends.base import Backend, BackendUnavailable, NotSupported, 
 
 __all__ = [
     "Backend", "NotSupported", "BackendUnavailable", "get_backend", "backend_of", "available_backends",
-    "known_backends", "erf", "sigmoid", "floor", "ceil", "round_half_even", "logcumsumexp", "cumsum",
+    "known_backends", "erf", "log_ndtr", "sigmoid", "floor", "ceil", "round_half_even", "logcumsumexp", "cumsum",
     "scatter_add", "segment_sum", "gather", "take_along_axis", "searchsorted", "stop_gradient", "cast",
     "asarray", "to_numpy", "linspace", "einsum", "nan_to_num", "index_set", "dtype_name",
 ]
@@ -194,6 +194,12 @@ def erf(x):
     """Error function (differentiable)."""
     b, r, w = _dispatch(x)
     return w(b.erf(r))
+
+
+def log_ndtr(x):
+    """log Phi(x), the log of the standard normal CDF, accurate far into both tails (differentiable)."""
+    b, r, w = _dispatch(x)
+    return w(b.log_ndtr(r))
 
 
 def sigmoid(x):

@@ -30,6 +30,18 @@ def _np_erf(x):
     return np.vectorize(math.erf)(x)
 
 
+def _np_log_ndtr(x):
+    """log Phi(x) from math.erfc (no cancellation in either tail); below -30, where erfc underflows, the
+    asymptotic series of Mills' ratio (its truncation error there is < 1e-17)."""
+    def one(v):
+        if v > -30.0:
+            return math.log(0.5 * math.erfc(-v / math.sqrt(2.0)))
+        w = 1.0 / (v * v)
+        series = 1.0 - w + 3 * w ** 2 - 15 * w ** 3 + 105 * w ** 4
+        return -0.5 * v * v - math.log(-v) - 0.5 * math.log(2 * math.pi) + math.log(series)
+    return np.vectorize(one)(x)
+
+
 def _np_logcumsumexp(x, axis, reverse):
     flip = (lambda a: np.flip(a, axis)) if reverse else (lambda a: a)
     return flip(np.log(np.cumsum(np.exp(flip(x)), axis=axis)))
@@ -76,6 +88,9 @@ NANX = np.where(R.random((3, 4)) < 0.3, np.nan, R.normal(size=(3, 4)))
 
 CASES = [
     Case("erf", lambda x: ops.erf(x), _np_erf, {"x": X45}, ("x",)),
+    Case("log_ndtr", lambda x: ops.log_ndtr(x), lambda x: _np_log_ndtr(x), {"x": X45 * 3}, ("x",)),
+    Case("log_ndtr_tails", lambda x: ops.log_ndtr(x), lambda x: _np_log_ndtr(x),
+         {"x": np.array([-40.0, -12.0, -6.0, 6.0, 12.0])}, ("x",)),
     Case("sigmoid", lambda x: ops.sigmoid(x), lambda x: 1 / (1 + np.exp(-x)), {"x": X45 * 5}, ("x",)),
     Case("sigmoid_extreme", lambda x: ops.sigmoid(x), lambda x: np.array([0.0, 1 / (1 + math.exp(30.0)), 0.5,
                                                                            1 / (1 + math.exp(-30.0)), 1.0]),
@@ -237,7 +252,7 @@ def test_gradient_under_jit(backend, case):
 
 
 FLOAT32_OPS = {
-    "erf": ops.erf, "sigmoid": ops.sigmoid, "floor": ops.floor, "ceil": ops.ceil,
+    "erf": ops.erf, "log_ndtr": ops.log_ndtr, "sigmoid": ops.sigmoid, "floor": ops.floor, "ceil": ops.ceil,
     "round_half_even": ops.round_half_even, "logcumsumexp": ops.logcumsumexp,
     "cumsum": lambda x: ops.cumsum(x, 0), "nan_to_num": ops.nan_to_num, "stop_gradient": ops.stop_gradient,
     "gather": lambda x: ops.gather(x, ops.asarray(x, np.array([1, 0]), "int64"), 0),
