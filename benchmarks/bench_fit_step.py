@@ -4,9 +4,10 @@ six fit parameters + the optimiser update, per backend and device.
     python benchmarks/bench_fit_step.py --backend torch --device cpu --repeat 3 --out fit_step_torch_cpu.json
     python benchmarks/bench_fit_step.py --backend torch jax --device cuda:0 --repeat 10
 
-What runs is the real fit loop (:func:`larnd_diff.fit.fit`, the paper's recipe: parameters normalised by nominal,
-Adam lr 5e-2, global-norm clip 1, Soft-DTW with gamma 1 on the x, y, t-ordered ADC sequences, the six parameters,
-vdrift linked to eField) on one batch: the input of ``benchmarks/bench_sim.py`` (generated 1 GeV muons through the
+What runs is the real fit loop (:func:`larnd_diff.fit.build`; by default the paper's recipe: parameters normalised
+by nominal, Adam lr 5e-2, global-norm clip 1, Soft-DTW with gamma 1 on the x, y, t-ordered ADC sequences, the six
+parameters, vdrift linked to eField; ``--recipe data``: the expected-noise likelihood against a noisy reference
+target) on one batch: the input of ``benchmarks/bench_sim.py`` (generated 1 GeV muons through the
 paper's selection cuts, the first batch of about ``--length-cm`` cm; the same seed gives the same batch), fitted
 towards a closure target drawn in the parameters' ranges. The fit records the wall time of each step
 (``step_time_s`` in its history: loss and gradients copied to the host, so asynchronous GPU work is included, then
@@ -39,17 +40,20 @@ def log(msg: str) -> None:
     print(f"[bench_fit_step] {msg}", file=sys.stderr, flush=True)
 
 
-def bench_backend(segs, backend: str, device, dtype: str, repeat: int, warmup: int, loss: str, seed: int) -> dict:
+def bench_backend(segs, backend: str, device, dtype: str, repeat: int, warmup: int, loss, seed: int,
+                  recipe: str) -> dict:
     from larnd_diff.compare import PeakMemory, check_device, placement
-    from larnd_diff.fit import Calibrator, random_targets
+    from larnd_diff.fit import build, random_targets
+    from larnd_diff.params import SPECS
 
     check_device(backend, device)
     target = random_targets(1, FIT, seed=seed)[0]
     length = track_length(segs)
     n_steps = warmup + repeat
-    cal = Calibrator(segs, target, params=FIT, backend=backend, loss=loss, max_iter=n_steps,
-                     batch_length_cm=max(length, float(segs["dx"].sum())) * 1.5 + 1.0, seed=seed, dtype=dtype,
-                     device=device, progress=False, hessian=False)
+    one_batch = max(length, float(segs["dx"].sum())) * 1.5 + 1.0
+    cal = build(segs, target, recipe=recipe, params=FIT, backend=backend, max_iter=n_steps,
+                **({"loss": loss} if loss else {}), batch_length_cm=one_batch, seed=seed, dtype=dtype,
+                device=device, progress=False, hessian=False, stop_tol=None)
     if cal.n_batches != 1:
         raise RuntimeError(f"expected one batch, got {cal.n_batches}")
     log(f"{backend} on {device or 'the default device'}: {n_steps} fit steps ({warmup} warm-up)")
@@ -60,7 +64,8 @@ def bench_backend(segs, backend: str, device, dtype: str, repeat: int, warmup: i
     wall = time.perf_counter() - t0
     steps = [float(r["step_time_s"]) for r in res.history]
     timed = steps[warmup:]
-    out = {"target": target, "loss": loss, "steps": len(steps), "warmup_steps_s": steps[:warmup],
+    out = {"target": target, "recipe": recipe, "loss": loss or recipe, "steps": len(steps),
+           "warmup_steps_s": steps[:warmup],
            "times_s": timed, "median_s": statistics.median(timed) if timed else None,
            "min_s": min(timed) if timed else None, "first_s": steps[0] if steps else None, "wall_s": wall,
            "peak_bytes": mem.peak_bytes, "memory": mem.kind, "n_skipped": res.n_skipped,
@@ -69,7 +74,7 @@ def bench_backend(segs, backend: str, device, dtype: str, repeat: int, warmup: i
            "params_last": res.params}
     # forward loss alone (simulation + Soft-DTW, no gradient), after the fit's warm-up
     with placement(backend, device):
-        nominal = {k: float(cal.nominal[k]) for k in FIT}
+        nominal = {k: float(SPECS[k].nominal) for k in FIT}
         cal.loss_at(nominal)
         ftimes = []
         for _ in range(max(1, min(repeat, 3))):
@@ -102,7 +107,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=0, help="input batch and closure target")
     ap.add_argument("--repeat", type=int, default=5, help="timed steps after the warm-up (median reported)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed first steps (target simulation, compilation)")
-    ap.add_argument("--loss", default="sdtw_adc", help="loss of larnd_diff.losses (default: the paper's sdtw_adc)")
+    ap.add_argument("--recipe", default="paper", help="fit recipe (larnd_diff.fit.RECIPES; default the paper's: "
+                    "Soft-DTW on ADC; 'data': the expected-noise likelihood against a noisy reference target)")
+    ap.add_argument("--loss", default=None, help="loss of larnd_diff.losses instead of the recipe's")
     ap.add_argument("--no-reference", action="store_true", help="skip the Numba reference forward")
     ap.add_argument("--input", default=None, help="segments (.npy structured array in the simulation frame, or an "
                     "edep-sim .h5 file) instead of generated muons; fitted as one batch")
@@ -130,7 +137,7 @@ def main(argv=None) -> dict:
               "backends": {}}
     for backend in args.backend:
         result["backends"][backend] = bench_backend(segs, backend, args.device, args.dtype, args.repeat, args.warmup,
-                                                    args.loss, args.seed)
+                                                    args.loss, args.seed, args.recipe)
     if not args.no_reference:
         log("Numba reference forward")
         result["reference"] = bench_reference(segs, max(1, min(args.repeat, 3)))

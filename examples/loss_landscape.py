@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from larnd_diff.cli_fit import default_sample, parse_assignments
-from larnd_diff.fit import Calibrator, toy_loss, toy_simulator
+from larnd_diff.fit import Calibrator, build, default_sample, toy_loss, toy_simulator
+from larnd_diff.fit.options import parse_assignments
 from larnd_diff.params import SPECS
 
 
@@ -89,8 +89,8 @@ def main(argv=None) -> int:
     target.update(parse_assignments(args.target))
     segs = default_sample(args.events, seed=1)
     extra = {"simulator": toy_simulator, "loss": toy_loss} if args.toy else {"loss": args.loss}
-    cal = Calibrator(segs, target, params=(args.x, args.y), backend=args.backend, max_iter=1,
-                     batch_length_cm=args.batch_length, progress=False, hessian=False, **extra)
+    cal = build(segs, target, params=(args.x, args.y), backend=args.backend, max_iter=1,
+                batch_length_cm=args.batch_length, progress=False, hessian=False, **extra)
     xs = axis(args.x, target[args.x], args.grid, args.span)
     ys = axis(args.y, target[args.y], args.grid, args.span)
     t0 = time.perf_counter()

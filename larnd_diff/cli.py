@@ -98,6 +98,13 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def _simulate_backends() -> tuple:
+    """"reference" and the registry's backends (built-in and entry points; larnd_diff.ops)."""
+    from .ops import known_backends
+
+    return ("reference", *known_backends())
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="larnd-diff", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -116,8 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("simulate", help="simulate pixel hits of a segments file")
     s.add_argument("input", type=Path)
     s.add_argument("-o", "--output", required=True, type=Path, help="HDF5 file for the hits (group 'hits')")
-    s.add_argument("--backend", default="reference",
-                   choices=("reference", "numpy", "torch", "jax", "tensorflow"))
+    s.add_argument("--backend", default="reference", choices=_simulate_backends())
     s.add_argument("--device", default=None)
     s.add_argument("--relaxation", default="hard", choices=("hard", "smooth"))
     s.add_argument("--precision", default="larnd-sim", choices=("larnd-sim", "float64"),
@@ -142,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-n", "--events", type=int, default=2, help="generated events without INPUT (default 2)")
     c.add_argument("--seed", type=int, default=1, help="generator seed without INPUT")
     c.add_argument("--backends", nargs="+", default=None, metavar="NAME",
-                   help="simulator backends to compare (default: every installed one: numpy torch jax tensorflow)")
+                   help="simulator backends to compare (default: every installed one of "
+                        f"{' '.join(_simulate_backends()[1:])})")
     c.add_argument("--device", default=None, help="framework device, e.g. cpu or cuda:0 (default: the framework's; "
                                                   "numpy always runs on the CPU)")
     c.add_argument("--dtype", default="float64", choices=("float64", "float32"), help="simulator float type")
@@ -156,9 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     c.set_defaults(func=cmd_compare)
 
-    from .cli_fit import add_fit_commands
+    from .fit.cli import add_fit_commands
 
     add_fit_commands(sub)
+    from .reco.cli import add_reco_command
+
+    add_reco_command(sub)
     return p
 
 

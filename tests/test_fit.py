@@ -481,8 +481,11 @@ def test_calibrator_hessian_of_quadratic_loss(segments, backend):
     def quad_loss(sim, target):
         return sum(0.5 * c * (sim.normalized[n] - 1.1) ** 2 for n, c in curv.items())
 
-    cal = Calibrator(segments, {"Ab": 0.85}, params=("Ab", "lifetime"), backend="torch", loss=quad_loss,
-                     simulator=_NormalizedParams, max_iter=1, progress=False)
+    from larnd_diff.fit import build
+
+    cal = build(segments, {"Ab": 0.85}, params=("Ab", "lifetime"), backend="torch", loss=quad_loss,
+                simulator=_NormalizedParams, max_iter=1, progress=False)
+    assert isinstance(cal, Calibrator)
     res = cal.run()
     np.testing.assert_allclose(res.hessian, np.diag([3.0, 0.5]), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(res.covariance, np.diag([1 / 3.0, 2.0]), rtol=1e-10)
@@ -530,7 +533,7 @@ def test_history_file_content(segments, backend, tmp_path):
 # ------------------------------------------------------------------------------------------ CLI and plots
 def test_cli_closure_json(backend, tmp_path):
     _torch_only(backend)
-    from larnd_diff.cli_fit import main
+    from larnd_diff.fit.cli import main
 
     out = tmp_path / "closure.json"
     assert main(["closure", "--toy", "--targets", "2", "--max-iter", "40", "--params", "Ab,lifetime",
@@ -550,7 +553,7 @@ def test_cli_closure_split_over_processes_matches_one_run(backend, tmp_path):
     """--only runs a subset of the targets with the seeds and checkpoints of the full run (a closure split over
     processes or GPUs gives the same numbers), and --resume continues the checkpointed fits."""
     _torch_only(backend)
-    from larnd_diff.cli_fit import main
+    from larnd_diff.fit.cli import main
 
     common = ["closure", "--toy", "--targets", "3", "--params", "Ab,lifetime", "--events", "10", "--no-hessian",
               "-q"]
@@ -577,7 +580,7 @@ def test_cli_closure_split_over_processes_matches_one_run(backend, tmp_path):
 
 def test_cli_fit_checkpoint_and_resume(segments, backend, tmp_path):
     _torch_only(backend)
-    from larnd_diff.cli_fit import main
+    from larnd_diff.fit.cli import main
     from larnd_diff.io import save_segments
 
     path = tmp_path / "segs.h5"
@@ -594,21 +597,41 @@ def test_cli_fit_checkpoint_and_resume(segments, backend, tmp_path):
 
 
 def test_cli_rejects_unknown_names():
-    from larnd_diff.cli_fit import parse_assignments, parse_names
+    from larnd_diff.fit.options import parse_assignments, parse_bounds, parse_names
 
-    with pytest.raises(SystemExit, match="known"):
+    with pytest.raises(argparse.ArgumentTypeError, match="known"):
         parse_names("Ab,foo")
-    with pytest.raises(SystemExit, match="known"):
+    with pytest.raises(argparse.ArgumentTypeError, match="known"):
         parse_assignments("Ab=0.8,bar=1")
     assert parse_assignments("Ab=0.85, lifetime=3e3") == {"Ab": 0.85, "lifetime": 3000.0}
-    from larnd_diff.cli_fit import _parse_bounds
-
-    assert _parse_bounds("ranges") == "ranges" and _parse_bounds("none") == {}
-    assert _parse_bounds("lifetime=500:5000, long_diff=:9e-6") == {"lifetime": (500.0, 5000.0),
-                                                                   "long_diff": (None, 9e-6)}
+    assert parse_bounds("ranges") == "ranges" and parse_bounds("none") == {}
+    assert parse_bounds("lifetime=500:5000, long_diff=:9e-6") == {"lifetime": (500.0, 5000.0),
+                                                                  "long_diff": (None, 9e-6)}
     for bad in ("lifetme=1:2", "lifetime=500", "lifetime=a:b"):
         with pytest.raises(argparse.ArgumentTypeError):
-            _parse_bounds(bad)
+            parse_bounds(bad)
+
+
+def test_cli_keeps_every_fit_option():
+    """``larnd-diff fit --help`` offers every option of the fit's parts (each declared once, by its part), and a
+    value given on the command line overrides the recipe while "0 = off" options switch the feature off."""
+    from larnd_diff.fit.cli import add_fit_commands
+    from larnd_diff.fit.recipes import ALL_OPTIONS
+
+    parser = argparse.ArgumentParser()
+    commands = parser.add_subparsers(dest="command")
+    add_fit_commands(commands)
+    text = commands.choices["fit"].format_help()
+    for o in ALL_OPTIONS:
+        if o.flag:
+            assert o.flag in text, o.flag
+    for flag in ("--recipe", "--toy", "--plots", "--target", "--target-params", "--select", "--json"):
+        assert flag in text
+    args = parser.parse_args(["closure", "--json", "x.json", "--fd-until", "0", "--stop-tol", "0", "--lr", "0.2"])
+    from larnd_diff.fit.options import given_keywords
+
+    kw = given_keywords(args, args.options)
+    assert kw == {"fd_until": None, "stop_tol": None, "lr": 0.2}
 
 
 def test_plots_are_written(segments, backend, tmp_path):

@@ -1,0 +1,189 @@
+"""Recipes: named sets of fit parts, and the keyword front end that builds a fit from them.
+
+A recipe is a set of part instances (loss, coordinates, optimiser, gradient estimator, controllers, relaxation,
+batch length). :func:`build` starts from a recipe and replaces what the keywords give, so ``fit(segs, target,
+lr=0.1)`` is the paper's recipe with another learning rate, and ``larnd-diff closure --lr 0.1`` the closure
+recipe with another one. Every keyword is declared once, by the part it belongs to (``OPTIONS``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional
+
+from ..hits import Hits
+from ..params import FIT_PARAMETERS
+from . import controllers as _controllers
+from . import gradients as _gradients
+from .calibrator import Calibrator
+from .controllers import Convergence, StepAdaptation, controllers_from_keywords
+from .coordinates import Coordinates, check_names
+from .gradients import CentralDifferences, ReverseMode, gradient_from_keywords
+from .likelihood import NoiseLikelihood
+from .objective import DataTarget, HitsLoss, Model, Objective, SimulatedTarget, true_values
+from .optimizer import Optimiser
+from .options import Option, parse_assignments, parse_names
+from .progress import Progress
+from .recorder import Recorder
+from .uncertainty import HessianUncertainty
+
+__all__ = ["Recipe", "PAPER", "CLOSURE", "DATA", "RECIPES", "PAPER_RECIPE", "CLOSURE_RECIPE", "build", "fit",
+           "FIT_OPTIONS", "ALL_OPTIONS"]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Default parts of a fit; :func:`build` replaces what keywords give."""
+
+    name: str
+    loss: Any = field(default_factory=HitsLoss)
+    coordinates: Coordinates = field(default_factory=Coordinates)
+    optimiser: Optimiser = field(default_factory=Optimiser)
+    gradient: Any = field(default_factory=ReverseMode)
+    adaptation: Optional[StepAdaptation] = None
+    convergence: Optional[Convergence] = None
+    relaxation: str = "smooth"
+    batch_length_cm: float = 100.0
+    target: Dict[str, Any] = field(default_factory=lambda: {"target_simulator": "same", "target_noise": False,
+                                                            "target_precision": "float64"})
+
+    def keywords(self) -> Dict[str, Any]:
+        """The recipe as :func:`fit` keywords (``fit(segs, target, **recipe.keywords())``)."""
+        conv = self.convergence
+        return {**self.optimiser.keywords(), **self.coordinates.keywords(), **self.loss.keywords(),
+                **self.gradient.keywords(), "relaxation": self.relaxation, "batch_length_cm": self.batch_length_cm,
+                "stop_tol": None if conv is None else conv.tol, "stop_window": 20 if conv is None else conv.window,
+                "adapt_steps": None if self.adaptation is None else self.adaptation.settings(), **self.target}
+
+
+#: The paper's recipe (arXiv 2309.04639): Adam on p / nominal, lr 5e-2 decaying x0.95 per epoch, global-norm clip 1,
+#: Soft-DTW on the ADC sequences, 100 cm mini-batches, the smooth relaxation. The defaults of :func:`fit`.
+PAPER = Recipe("paper")
+#: The self-consistent closure recipe: full-matrix Adam on ln(p / nominal) with eField's step scaled by 0.1 and
+#: per-parameter step factors adapted from the trajectory, lr 5e-2 decaying x0.99 per epoch, Soft-DTW divergence
+#: on (x, y, t, ADC) with the ADC scale 1.5 counts, the whole sample as one batch, the fully continuous simulator,
+#: tran_diff's gradient by central differences in the first 100 iterations (far from the optimum reverse mode
+#: cannot see hits appearing at the threshold), the parameters kept in their Table I ranges, the stopping rule.
+CLOSURE = Recipe("closure", loss=HitsLoss("sdtw", {"scales": {"adc": 1.5}}),
+                 coordinates=Coordinates("log", {"eField": 0.1}, "ranges"),
+                 optimiser=Optimiser("adam-full", 5e-2, 0.99, 1.0),
+                 gradient=CentralDifferences(("tran_diff",), until=100),
+                 adaptation=StepAdaptation.from_settings({"shrink": 0.7, "tstat": 2.0}),
+                 convergence=Convergence(2e-3, 20, "log"), relaxation="smooth-continuous", batch_length_cm=1.0e6)
+#: Calibration against data (and the data-like closure): the negative log-likelihood of the hits under the
+#: expected-noise readout (:mod:`larnd_diff.fit.likelihood`): smooth in the parameters where hits appear at the
+#: threshold, so reverse mode throughout; full-matrix Adam on ln(p / nominal), eField's step x0.1, the Table I box,
+#: the stopping rule. A closure's target is made as a detector makes data: the Numba reference at larnd-sim
+#: precision with electronics noise, whole events.
+DATA = Recipe("data", loss=NoiseLikelihood(), coordinates=Coordinates("log", {"eField": 0.1}, "ranges"),
+              optimiser=Optimiser("adam-full", 5e-2, 0.99, None), gradient=ReverseMode(),
+              adaptation=StepAdaptation.from_settings({"shrink": 0.7, "tstat": 2.0}),
+              convergence=Convergence(1e-3, 20, "log"), relaxation="smooth", batch_length_cm=1.0e6,
+              target={"target_simulator": "reference", "target_noise": True, "target_precision": "larnd-sim"})
+RECIPES: Dict[str, Recipe] = {"paper": PAPER, "closure": CLOSURE, "data": DATA}
+PAPER_RECIPE: Dict[str, Any] = PAPER.keywords()
+CLOSURE_RECIPE: Dict[str, Any] = CLOSURE.keywords()
+
+#: Options of the fit itself (not of one part).
+FIT_OPTIONS = (
+    Option("params", "--params", f"comma-separated parameters to fit (default: {','.join(FIT_PARAMETERS)})",
+           parse=parse_names),
+    Option("init", "--init", "start values (physical units; default nominal)", parse=parse_assignments,
+           metavar="NAME=V,..."),
+    Option("batch_length_cm", "--batch-length", "cm of track per mini-batch", parse=float),
+    Option("seed", "--seed", "seed of the batching, epoch orders and noise", parse=int),
+    Option("callback", "", "callback(record) after every iteration; True stops early"),
+)
+ALL_OPTIONS = (FIT_OPTIONS + Model.OPTIONS + SimulatedTarget.OPTIONS + HitsLoss.OPTIONS + NoiseLikelihood.OPTIONS
+               + Coordinates.OPTIONS
+               + Optimiser.OPTIONS + _gradients.OPTIONS + _controllers.OPTIONS + Recorder.OPTIONS
+               + Progress.OPTIONS + HessianUncertainty.OPTIONS)
+_KEYWORDS = frozenset(o.keyword for o in ALL_OPTIONS)
+
+
+def _recipe(recipe) -> Recipe:
+    if isinstance(recipe, Recipe):
+        return recipe
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; choose one of {sorted(RECIPES)} or pass a Recipe")
+    return RECIPES[recipe]
+
+
+def build(segments, target, *, recipe=None, **kw) -> Calibrator:
+    """A :class:`Calibrator` from a recipe (a name of :data:`RECIPES` or a :class:`Recipe`; None: "data" for a
+    :class:`~larnd_diff.hits.Hits` target, "paper" for parameter values) and fit keywords."""
+    if recipe is None:
+        recipe = "data" if isinstance(target, Hits) else "paper"
+    unknown = sorted(set(kw) - _KEYWORDS)
+    if unknown:
+        raise TypeError(f"unknown fit keyword(s) {unknown}; known: {sorted(_KEYWORDS)}")
+    r = _recipe(recipe)
+    if "loss" in kw and "loss_options" not in kw:
+        kw["loss_options"] = {}  # the recipe's loss options belong to the recipe's loss
+    settings = {**r.keywords(), **{k: v for k, v in kw.items() if v is not None or k in _NULLABLE}}
+    names = list(kw.get("params") or FIT_PARAMETERS)
+    check_names(names, "params")
+    check_names(list(kw.get("fd_params") or ()), "fd_params")
+    fixed = dict(kw.get("fixed") or {})
+    check_names(list(fixed), "fixed")
+    clash = sorted(set(fixed) & set(names))
+    if clash:
+        raise ValueError(f"parameter(s) {clash} are both fitted and fixed")
+    link = kw.get("link_vdrift")
+    model = Model(backend=settings.get("backend", "torch"), dtype=settings.get("dtype", "float64"),
+                  device=kw.get("device"), relaxation=settings["relaxation"],
+                  link_vdrift=("eField" in names) if link is None else bool(link), fixed=fixed,
+                  noise=bool(kw.get("model_noise", False)), simulator=kw.get("simulator"))
+    if isinstance(target, Hits):
+        tgt = DataTarget(target.numpy())
+    elif isinstance(target, Mapping):
+        check_names(list(target), "target")
+        likelihood = settings["loss"] == NoiseLikelihood.name
+        tgt = SimulatedTarget(true_values(target, names), settings["target_simulator"], bool(settings["target_noise"]),
+                              settings["target_precision"], None if likelihood else 600)
+    else:
+        raise TypeError(f"target must be a Hits object (data) or a dict of parameter values, "
+                        f"got {type(target).__name__}")
+    if settings["loss"] == NoiseLikelihood.name:
+        loss = NoiseLikelihood(n_nodes=kw.get("noise_nodes"), **{k: v for k, v in (settings.get("loss_options") or {})
+                                                                 .items() if k in ("outlier_probability",)})
+    else:
+        loss = HitsLoss(settings["loss"], dict(settings.get("loss_options") or {}))
+    objective = Objective(segments, tgt, model, loss, batch_length_cm=settings["batch_length_cm"],
+                          seed=int(kw.get("seed", 0)))
+    coords = Coordinates.from_keywords(r.coordinates, kw)
+    optimiser = Optimiser.from_keywords(r.optimiser, kw)
+    budget, controllers = controllers_from_keywords(settings, coords.parameterization, optimiser.method)
+    hessian = kw.get("hessian", True)
+    uncertainty = HessianUncertainty(kw.get("hessian_batches"), float(kw.get("hessian_step", 1e-3)),
+                                     float(kw.get("covariance_scale", 1.0))) if hessian else None
+    return Calibrator(objective, names, budget=budget, init=kw.get("init"), coordinates=coords, optimiser=optimiser,
+                      gradient=gradient_from_keywords(r.gradient, kw), controllers=controllers,
+                      recorder=Recorder.from_keywords(kw), progress=Progress(bool(kw.get("progress", True))),
+                      uncertainty=uncertainty, callback=kw.get("callback"))
+
+
+#: Keywords whose None is a value (not "not given"): None switches the feature off.
+_NULLABLE = frozenset({"stop_tol", "adapt_steps", "clip_norm", "fd_until", "fd_switch", "bounds", "step_scales",
+                       "loss_options"})
+
+
+def fit(segments, target, params=FIT_PARAMETERS, *, recipe=None, **keywords):
+    """Fit ``params`` of the simulator to ``target``; returns a :class:`~larnd_diff.fit.result.FitResult`.
+
+    segments   segments table (simulation frame), e.g. after :func:`larnd_diff.selection.select_tracks`.
+    target     :class:`~larnd_diff.hits.Hits` (data) or ``{name: true value}`` (a closure: the target is simulated).
+    params     names of the parameters to fit (any subset of ``larnd_diff.params.PARAMETERS``).
+    recipe     "paper", "closure" (self-consistent closures), "data" or a :class:`Recipe`: the parts used unless
+               keywords say otherwise; default "data" for a Hits target, "paper" for parameter values.
+    keywords   every part's settings (``larnd-diff fit --help`` lists them with their flags): backend, device,
+               dtype, relaxation, link_vdrift, model_noise, fixed, simulator; target_simulator, target_noise; loss,
+               loss_options; parameterization, step_scales, bounds; optimizer, lr, lr_decay, clip_norm,
+               optimizer_options; fd_params, fd_step, fd_until, fd_switch; max_iter, epochs, time_budget_s,
+               stop_tol, stop_window, adapt_steps; checkpoint_dir, checkpoint_every, checkpoint_on_error, resume,
+               overwrite, history_path; progress; hessian, hessian_batches, hessian_step, covariance_scale; init,
+               batch_length_cm, seed, callback.
+    """
+    if "checkpoint_dir" in keywords and keywords["checkpoint_dir"] is not None:
+        keywords["checkpoint_dir"] = Path(keywords["checkpoint_dir"])
+    return build(segments, target, recipe=recipe, params=tuple(params), **keywords).run()
