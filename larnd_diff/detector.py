@@ -181,15 +181,27 @@ def _geometry_from_layout(layout: Mapping, tpc_centers, drift_length: float) -> 
                 tpc_borders_t=tuple(borders))
 
 
-def _build(name: str, props: Mapping, layout: Mapping, layout_path: str | None) -> Detector:
-    for key in ("tpc_centers", "drift_length"):
-        if key not in props:
-            raise KeyError(f"detector description {name!r} lacks {key!r}")
-    for key in ("pixel_pitch", "tile_positions", "tile_orientations"):
-        if key not in layout:
-            raise KeyError(f"pixel layout of {name!r} lacks {key!r}")
+def _build(name: str, props: Mapping, layout: Mapping, layout_path: str | None,
+           props_path: str | None = None) -> Detector:
+    from .errors import ConfigError
+    from .params import check_value
+
+    props_where = props_path or f"detector description {name!r}"
+    layout_where = layout_path or f"pixel layout of {name!r}"
+    for where, content, keys in ((props_where, props, ("tpc_centers", "drift_length")),
+                                 (layout_where, layout, ("pixel_pitch", "tile_positions", "tile_orientations"))):
+        if not isinstance(content, Mapping):
+            raise ConfigError(f"{where}: expected a YAML mapping (key: value lines), got {type(content).__name__}",
+                              file=where)
+        missing = [k for k in keys if k not in content]
+        if missing:
+            raise ConfigError(f"{where}: lacks the key(s) {', '.join(missing)} (a larnd-sim "
+                              f"{'detector-properties' if content is props else 'pixel-layout'} YAML has them)",
+                              file=where, field=missing[0])
     geom = _geometry_from_layout(layout, props["tpc_centers"], float(props["drift_length"]))
     nominal = {k: float(props[k]) for k in _YAML_PARAMS if k in props}
+    for key, value in nominal.items():
+        check_value(key, value, props_where)
     ti = tuple(float(v) for v in props.get("time_interval", (0.0, 200.0)))
     return Detector(name=name, drift_length=float(props["drift_length"]), time_interval=ti, nominal=nominal,
                     layout_path=layout_path, **geom)
@@ -205,13 +217,12 @@ def module0() -> Detector:
 
 def load_detector(detector_yaml: str | Path, layout_yaml: str | Path) -> Detector:
     """Build a detector from larnd-sim's detector-properties YAML and pixel-layout YAML files."""
+    from .io import read_yaml
+
     detector_yaml, layout_yaml = Path(detector_yaml), Path(layout_yaml)
-    for p in (detector_yaml, layout_yaml):
-        if not p.is_file():
-            raise FileNotFoundError(f"detector description {p} does not exist")
-    props = yaml.safe_load(detector_yaml.read_text())
-    layout = yaml.safe_load(layout_yaml.read_text())
-    return _build(detector_yaml.stem, props, layout, str(layout_yaml))
+    props = read_yaml(detector_yaml, "detector-properties YAML")
+    layout = read_yaml(layout_yaml, "pixel-layout YAML")
+    return _build(detector_yaml.stem, props, layout, str(layout_yaml), str(detector_yaml))
 
 
 def resolve_detector(detector) -> Detector:

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import yaml
 
 from .detector import Detector, module0
+from .errors import ConfigError
 from .hits import N_BACKTRACK, Hits
+from .io import read_yaml
 
 #: larpix-control HDF5 format 2.4 ``packets`` dtype.
 PACKET_DTYPE = np.dtype([
@@ -39,11 +40,20 @@ def _is_disabled(chip: int, channel: int) -> bool:
     return any(chip in chips and channel in channels for chips, channels in _DISABLED)
 
 
+#: Keys of the pixel-layout YAML that the chip/channel map reads.
+CHANNEL_MAP_KEYS = ("chip_channel_to_position", "tile_orientations", "tile_chip_to_io")
+
+
 class ChannelMap:
     """Pixel (I, J) -> (io_group, io_channel, chip, channel) for a multi-tile layout."""
 
     def __init__(self, layout_yaml: str | Path, detector: Detector):
-        layout = yaml.safe_load(Path(layout_yaml).read_text())
+        layout = read_yaml(layout_yaml, "pixel-layout YAML")
+        missing = [k for k in CHANNEL_MAP_KEYS if not isinstance(layout, dict) or k not in layout]
+        if missing:
+            raise ConfigError(f"{layout_yaml}: lacks the key(s) {', '.join(missing)} of the chip/channel map that "
+                              f"LArPix packets need (a full larnd-sim pixel-layout YAML, e.g. "
+                              f"multi_tile_layout-2.2.16.yaml, has them)", file=layout_yaml, field=missing[0])
         self._position_to_key = {tuple(v): int(k) for k, v in layout["chip_channel_to_position"].items()}
         self._orient = {int(k): v for k, v in layout["tile_orientations"].items()}
         self._tile_chip_to_io = {int(t): {int(c): int(io) for c, io in chips.items()}

@@ -11,16 +11,25 @@ frame. Pass ``swap_xz=False`` for files that are already in the simulation frame
 
 Errors
 ------
-Every problem with an input is reported as a :class:`SegmentError` (a ``ValueError``) whose message names the
-file, the dataset and, where it applies, the field and the first offending row. Nothing is dropped silently: rows
-outside every TPC are an error by default, and dropping them on request emits a warning with their count.
+Every problem with an input is reported as a :class:`SegmentError` (a :class:`larnd_diff.errors.InputError`, so a
+``ValueError``) whose message names the file, the dataset and, where it applies, the field and the offending rows.
+Nothing is dropped silently: rows with invalid values (NaN or infinite numbers, values that overflow their field,
+negative dE or dEdx) and rows outside every TPC are errors by default; dropping them on request
+(``invalid="drop"``, ``outside="drop"``) emits one warning with their count.
 """
 from __future__ import annotations
 
+import os
+import tempfile
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
+
+from .errors import (ConfigError, ConfigFileNotFoundError, OutputError, OutputExistsError, SegmentError,
+                     SegmentFileNotFoundError, rows_text)
 
 #: Canonical field layout of the ``segments`` table (larnd-sim cli/dumpTree.py order). Files may order fields
 #: differently and carry extra fields (e.g. n_photons); both are accepted and kept.
@@ -45,15 +54,12 @@ REQUIRED_FIELDS: tuple[str, ...] = (
 #: Fields the simulation writes (times, charge, diffusion widths, TPC index); filled with zeros when absent.
 OPTIONAL_FIELDS: tuple[str, ...] = tuple(n for n in SEGMENT_DTYPE.names if n not in REQUIRED_FIELDS)
 
+#: Fields that must not be negative: the deposited energy (MeV) and the stopping power (MeV/cm). A negative value
+#: would quench into a negative electron count, which larnd-sim's unsigned field wraps to ~4.29e9 electrons.
+NON_NEGATIVE_FIELDS: tuple[str, ...] = ("dE", "dEdx")
+
 _OUTSIDE_MODES = ("error", "drop", "keep")
-
-
-class SegmentError(ValueError):
-    """A segments file or array that cannot be used; the message names file, dataset, field and row."""
-
-
-class SegmentFileNotFoundError(SegmentError, FileNotFoundError):
-    """The segments file does not exist (also a ``FileNotFoundError``)."""
+_INVALID_MODES = ("error", "drop")
 
 
 def swap_xz(segments: np.ndarray) -> np.ndarray:
@@ -92,11 +98,61 @@ def _integer_range_problem(values: np.ndarray, target: np.dtype):
     return None
 
 
+def _value_problems(table: np.ndarray, name: str, target: np.dtype) -> list:
+    """``[(reason, bad-row mask)]`` of the float field ``name`` of ``table`` stored as ``target``: not finite,
+    too large for ``target``, negative (for :data:`NON_NEGATIVE_FIELDS`)."""
+    values = table[name]
+    finite = np.isfinite(values)
+    out = [("is not finite (NaN or inf)", ~finite)]
+    with np.errstate(invalid="ignore"):
+        wide = values.astype(np.float64)
+        out.append((f"overflows {target}", finite & (np.abs(wide) > np.finfo(target).max)))
+        if name in NON_NEGATIVE_FIELDS:
+            out.append(("is negative (energy deposits and stopping powers must be >= 0)", wide < 0))
+    return [(reason, mask) for reason, mask in out if mask.any()]
+
+
+def invalid_rows(table: np.ndarray) -> list:
+    """``[(field, reason, bad-row mask)]`` for the canonical float fields of a structured array: values that are
+    not finite, overflow the canonical float type, or are negative where :data:`NON_NEGATIVE_FIELDS` forbids it.
+    Empty when every row is valid."""
+    out = []
+    for name in SEGMENT_DTYPE.names:
+        if name in table.dtype.names and SEGMENT_DTYPE[name].kind == "f" and table.dtype[name].kind in "iuf":
+            out += [(name, reason, mask) for reason, mask in _value_problems(table, name, SEGMENT_DTYPE[name])]
+    return out
+
+
+def _problem_text(table: np.ndarray, field: str, reason: str, mask: np.ndarray, index: np.ndarray) -> str:
+    bad = np.flatnonzero(mask)
+    return (f"field {field!r} row {index[bad[0]]} is {table[field][bad[0]]} and {reason}; {len(bad)} row(s) of "
+            f"this field affected: {rows_text(index[bad])}")
+
+
+def _apply_invalid_policy(table: np.ndarray, invalid: str, where: str, index: np.ndarray):
+    """``(kept rows, their original row numbers)`` after the ``invalid`` policy: "error" raises a
+    :class:`SegmentError` naming every bad field, its first row and count; "drop" drops the rows with one warning."""
+    problems = invalid_rows(table)
+    if not problems:
+        return table, index
+    texts = [_problem_text(table, field, reason, mask, index) for field, reason, mask in problems]
+    if invalid == "error":
+        raise SegmentError(f"{where}: " + "; ".join(texts) + ". Pass invalid='drop' to drop such rows with a warning",
+                           field=problems[0][0], rows=index[np.flatnonzero(problems[0][2])])
+    bad = np.logical_or.reduce([mask for _, _, mask in problems])
+    if bad.all():
+        raise SegmentError(f"{where}: every one of the {len(table)} segment(s) has an invalid value (" +
+                           "; ".join(texts) + "); nothing left to load", rows=index)
+    warnings.warn(f"{where}: dropped {int(bad.sum())} of {len(table)} segment(s) with invalid values (" +
+                  "; ".join(texts) + ")", UserWarning, stacklevel=3)
+    return table[~bad], index[~bad]
+
+
 def _to_canonical(table: np.ndarray, where: str) -> np.ndarray:
     """Check fields and dtypes of a structured array and return it with the canonical layout plus extra fields.
 
     Canonical fields come first in :data:`SEGMENT_DTYPE` order and dtype; extra fields follow in their original
-    order and dtype; missing optional fields are zero.
+    order and dtype; missing optional fields are zero. Values are not checked here (:func:`invalid_rows`).
     """
     if table.dtype.names is None:
         raise SegmentError(f"{where}: expected a table with named fields (compound dtype), got dtype {table.dtype}")
@@ -123,27 +179,28 @@ def _to_canonical(table: np.ndarray, where: str) -> np.ndarray:
             if problem is not None:
                 row, count = problem
                 raise SegmentError(f"{where}: field {name!r} row {row} has value {values[row]} outside the range "
-                                   f"of {dst} ({count} row(s) affected)")
-        else:
-            finite = np.isfinite(values)
-            if not finite.all():
-                row = int(np.flatnonzero(~finite)[0])
-                raise SegmentError(f"{where}: field {name!r} row {row} is {values[row]} (not finite); "
-                                   f"{int((~finite).sum())} row(s) of this field are NaN or inf")
-            big = np.abs(values.astype(np.float64)) > np.finfo(dst).max
-            if big.any():
-                row = int(np.flatnonzero(big)[0])
-                raise SegmentError(f"{where}: field {name!r} row {row} = {values[row]} overflows {dst}")
+                                   f"of {dst} ({count} row(s) affected)", field=name, rows=[row])
     extras = [(n, table.dtype[n]) for n in names if n not in SEGMENT_DTYPE.names]
     out_dtype = np.dtype([(n, SEGMENT_DTYPE[n]) for n in SEGMENT_DTYPE.names] + extras)
     out = np.zeros(len(table), dtype=out_dtype)
-    for name in names:
-        out[name] = table[name]
+    with np.errstate(over="ignore", invalid="ignore"):   # such values are reported by invalid_rows
+        for name in names:
+            out[name] = table[name]
     return out
 
 
-def _apply_outside_policy(segments: np.ndarray, detector, outside: str, where: str) -> np.ndarray:
-    """Handle rows whose midpoint (simulation frame) lies in no TPC according to ``outside``."""
+def _checked(table: np.ndarray, where: str, invalid: str):
+    """Canonical layout of ``table`` after the ``invalid`` policy: ``(rows kept, their original row numbers)``."""
+    table = np.asarray(table)
+    canonical = _to_canonical(table, where)
+    kept, index = _apply_invalid_policy(table, invalid, where, np.arange(len(table)))
+    return (canonical if len(kept) == len(table) else canonical[index]), index
+
+
+def _apply_outside_policy(segments: np.ndarray, detector, outside: str, where: str,
+                          index: np.ndarray | None = None) -> np.ndarray:
+    """Handle rows whose midpoint (simulation frame) lies in no TPC according to ``outside``; ``index``: the
+    original row number of each row (for the messages), default its position."""
     from .detector import resolve_detector
 
     det = resolve_detector(detector)
@@ -151,13 +208,16 @@ def _apply_outside_policy(segments: np.ndarray, detector, outside: str, where: s
     bad = tpc < 0
     if not bad.any() or outside == "keep":
         return segments
-    count, row = int(bad.sum()), int(np.flatnonzero(bad)[0])
+    index = np.arange(len(segments)) if index is None else index
+    count, first = int(bad.sum()), int(np.flatnonzero(bad)[0])
+    row = int(index[first])
     if outside == "error":
         raise SegmentError(
             f"{where}: {count} of {len(segments)} segment(s) have their midpoint outside every TPC of detector "
-            f"{det.name!r}; first is row {row} at (x, y, z) = ({segments['x'][row]:.4g}, {segments['y'][row]:.4g}, "
-            f"{segments['z'][row]:.4g}) cm in the simulation frame (z = drift). Was the x<->z swap right? "
-            f"Pass outside='drop' to drop them with a warning or outside='keep' to keep them.")
+            f"{det.name!r}; first is row {row} at (x, y, z) = ({segments['x'][first]:.4g}, "
+            f"{segments['y'][first]:.4g}, {segments['z'][first]:.4g}) cm in the simulation frame (z = drift). "
+            f"Was the x<->z swap right? Pass outside='drop' to drop them with a warning or outside='keep' to keep "
+            f"them.", rows=index[bad])
     warnings.warn(f"{where}: dropped {count} of {len(segments)} segment(s) whose midpoint lies outside every TPC "
                   f"of detector {det.name!r} (first was row {row})", UserWarning, stacklevel=3)
     kept = segments[~bad]
@@ -177,22 +237,27 @@ def _list_datasets(h5file) -> list[str]:
 # --------------------------------------------------------------------------------------------------------------
 # public API
 # --------------------------------------------------------------------------------------------------------------
-def validate_segments(segments: np.ndarray, *, detector=None, outside: str = "error",
+def _check_modes(outside: str, invalid: str) -> None:
+    if outside not in _OUTSIDE_MODES:
+        raise ValueError(f"outside must be one of {_OUTSIDE_MODES}, not {outside!r}")
+    if invalid not in _INVALID_MODES:
+        raise ValueError(f"invalid must be one of {_INVALID_MODES}, not {invalid!r}")
+
+
+def validate_segments(segments: np.ndarray, *, detector=None, outside: str = "error", invalid: str = "error",
                       name: str = "segments") -> np.ndarray:
     """Check an in-memory segments array (simulation frame) like :func:`load_segments` checks a file.
 
     Returns the array in canonical layout (see :func:`load_segments`); raises :class:`SegmentError` otherwise.
     """
-    if outside not in _OUTSIDE_MODES:
-        raise ValueError(f"outside must be one of {_OUTSIDE_MODES}, not {outside!r}")
-    segments = np.asarray(segments)
+    _check_modes(outside, invalid)
     where = _where(None, name)
-    out = _to_canonical(segments, where)
-    return _apply_outside_policy(out, detector, outside, where)
+    out, index = _checked(segments, where, invalid)
+    return _apply_outside_policy(out, detector, outside, where, index)
 
 
 def load_segments(path, dataset: str = "segments", swap_xz: bool = True, detector=None,
-                  outside: str = "error") -> np.ndarray:
+                  outside: str = "error", invalid: str = "error") -> np.ndarray:
     """Read a ``segments`` table from an HDF5 file into the simulation frame (z = drift).
 
     Parameters
@@ -210,6 +275,11 @@ def load_segments(path, dataset: str = "segments", swap_xz: bool = True, detecto
         What to do with segments whose midpoint lies in no TPC (:meth:`Detector.tpc_of`, which allows the
         reference's 0.02 cm tolerance): ``"error"`` (default) raises naming the first row and the count;
         ``"drop"`` removes them and emits a :class:`UserWarning` with the count; ``"keep"`` keeps them.
+    invalid : {"error", "drop"}
+        What to do with rows whose values cannot be simulated (:func:`invalid_rows`): a NaN or infinite number in
+        a canonical float field, a value that overflows its float32 field, a negative ``dE`` or ``dEdx``.
+        ``"error"`` (default) raises naming each field, its rows and their count; ``"drop"`` removes those rows
+        and emits one :class:`UserWarning` with the count (row numbers in messages are the file's).
 
     Returns
     -------
@@ -227,13 +297,12 @@ def load_segments(path, dataset: str = "segments", swap_xz: bool = True, detecto
         The file is not HDF5; the dataset is missing (the message lists the datasets present) or not a table;
         a required field (eventID, trackID, pdgId, the start/end/mid positions, dx, dE, dEdx) is missing; a field
         has a non-numeric dtype (string, complex, bool, nested); an integer does not fit its canonical type; a
-        value is NaN or infinite (first row and count named); the table is empty; segments lie outside every TPC
-        (with ``outside="error"``).
+        value is NaN, infinite, too large for float32, or a negative dE / dEdx (with ``invalid="error"``; rows
+        and count named); the table is empty; segments lie outside every TPC (with ``outside="error"``).
     """
     import h5py
 
-    if outside not in _OUTSIDE_MODES:
-        raise ValueError(f"outside must be one of {_OUTSIDE_MODES}, not {outside!r}")
+    _check_modes(outside, invalid)
     path = Path(path)
     where = _where(path, dataset)
     if not path.exists():
@@ -260,10 +329,10 @@ def load_segments(path, dataset: str = "segments", swap_xz: bool = True, detecto
             table = obj[()]
         except (OSError, TypeError, ValueError) as err:
             raise SegmentError(f"{where}: cannot be read ({err})") from err
-    out = _to_canonical(np.asarray(table), where)
+    out, index = _checked(table, where, invalid)
     if swap_xz:
         out = _swap_columns(out)
-    return _apply_outside_policy(out, detector, outside, where)
+    return _apply_outside_policy(out, detector, outside, where, index)
 
 
 def save_segments(path, segments: np.ndarray, dataset: str = "segments", swap_xz: bool = True,
@@ -284,7 +353,8 @@ def save_segments(path, segments: np.ndarray, dataset: str = "segments", swap_xz
         ``True`` (default): write in the edep-sim frame (x = drift), so that ``load_segments`` with its default
         gives back the same array. ``False``: write the simulation frame unchanged.
     overwrite : bool
-        If the dataset already exists: replace it (``True``) or raise ``FileExistsError`` (``False``, default).
+        If the dataset already exists: replace it (``True``) or raise :class:`~larnd_diff.errors.OutputExistsError`
+        (a ``FileExistsError``; ``False``, default).
 
     ``load_segments(path, dataset, swap_xz=s)`` after ``save_segments(path, segs, dataset, swap_xz=s)`` returns an
     array equal to ``segs`` (in canonical layout) bit for bit.
@@ -292,25 +362,130 @@ def save_segments(path, segments: np.ndarray, dataset: str = "segments", swap_xz
     import h5py
 
     path = Path(path)
-    table = _to_canonical(np.asarray(segments), _where(None, dataset))
+    table, _ = _checked(segments, _where(None, dataset), "error")
     if swap_xz:
         table = _swap_columns(table)
     with h5py.File(path, "a") as h5:
         if dataset in h5:
             if not overwrite:
-                raise FileExistsError(f"{path}: dataset {dataset!r} already exists (pass overwrite=True)")
+                raise OutputExistsError(f"{path}: dataset {dataset!r} already exists (pass overwrite=True)",
+                                        file=path)
             del h5[dataset]
         h5.create_dataset(dataset, data=table)
     return path
 
 
+# --------------------------------------------------------------------------------------------------------------
+# output files and YAML inputs
+# --------------------------------------------------------------------------------------------------------------
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (through symbolic and hard links; by resolved path if one is missing)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_output(path, *, overwrite: bool = False, inputs: Iterable = (), what: str = "output") -> Path:
+    """Check, before any work, that ``path`` can be written; returns it as a Path.
+
+    Raises :class:`~larnd_diff.errors.OutputError` when ``path`` is one of ``inputs`` (compared through symbolic
+    and hard links; never allowed, even with ``overwrite``), is a directory, or its folder does not exist or is not
+    writable; :class:`~larnd_diff.errors.OutputExistsError` when it exists and ``overwrite`` is False.
+    """
+    path = Path(path)
+    for source in inputs:
+        if source is not None and _same_file(path, Path(source)):
+            raise OutputError(f"{path}: the {what} would write over the input {source}; choose another file name "
+                              f"(overwrite=True does not allow this)", file=path)
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder; give a file name for the {what}", file=path)
+    folder = Path(os.path.realpath(path)).parent
+    if not folder.is_dir():
+        raise OutputError(f"{path}: cannot write the {what}: folder {folder} does not exist", file=path)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: cannot write the {what}: folder {folder} is not writable", file=path)
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path}: exists; pass overwrite=True to replace it", file=path)
+    return path
+
+
+def check_outputs(paths: Iterable, *, overwrite: bool = False, inputs: Iterable = ()) -> None:
+    """:func:`check_output` for each of ``paths`` (None entries skipped), which must also differ from each other."""
+    paths = [Path(p) for p in paths if p is not None]
+    inputs = list(inputs)
+    for i, path in enumerate(paths):
+        check_output(path, overwrite=overwrite, inputs=inputs)
+        twin = next((p for p in paths[:i] if _same_file(p, path)), None)
+        if twin is not None:
+            raise OutputError(f"{path}: named for two outputs ({twin} too); give each output its own file", file=path)
+
+
+@contextmanager
+def atomic_output(path, *, overwrite: bool = False) -> Iterator[Path]:
+    """Write a file all at once: yields a fresh temporary path in the destination's folder (same suffix), which
+    becomes ``path`` when the block succeeds (``os.replace``: atomic on one file system) and is removed when it
+    fails, so a failure never leaves a partial file and never touches an existing ``path``.
+
+    A symbolic link ``path`` is followed (its target is written). Raises
+    :class:`~larnd_diff.errors.OutputExistsError` if ``path`` appeared meanwhile and ``overwrite`` is False.
+    """
+    target = Path(os.path.realpath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".partial{target.suffix}", dir=target.parent)
+    os.close(fd)
+    os.unlink(tmp)          # a fresh name: writers create the file themselves (with the usual permissions)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        if target.exists() and not overwrite:
+            raise OutputExistsError(f"{path}: appeared while it was being written; pass overwrite=True to "
+                                    f"replace it", file=path)
+        if not tmp.exists():
+            raise OutputError(f"{path}: nothing was written", file=path)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def read_yaml(path, what: str = "YAML file"):
+    """The content of a YAML file; a :class:`~larnd_diff.errors.ConfigError` naming the file (and, for a syntax
+    error, the line and column) when it is missing, unreadable or malformed."""
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        raise ConfigFileNotFoundError(f"{path}: {what} does not exist", file=path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: {what} is not a file", file=path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read the {what} ({err})", file=path) from err
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else f"{path}"
+        problem = " ".join(str(getattr(err, "problem", None) or err).split())
+        context = getattr(err, "context", None)
+        detail = f"{problem} ({' '.join(str(context).split())})" if context else problem
+        raise ConfigError(f"{where}: malformed {what}: {detail}", file=path) from err
+
+
 __all__ = [
+    "NON_NEGATIVE_FIELDS",
     "OPTIONAL_FIELDS",
     "REQUIRED_FIELDS",
     "SEGMENT_DTYPE",
     "SegmentError",
     "SegmentFileNotFoundError",
+    "atomic_output",
+    "check_output",
+    "check_outputs",
+    "invalid_rows",
     "load_segments",
+    "read_yaml",
     "save_segments",
     "swap_xz",
     "validate_segments",

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..detector import TPC_TOLERANCE_CM, VIRTUAL_PLANE_CM, resolve_detector
 from ..params import as_params
+from .quench import truncate_u4
 
 #: pixel_plane of a segment outside every TPC: -1 stored into u4.
 NO_TPC = np.uint32(0xFFFFFFFF)
@@ -65,7 +66,7 @@ def drift(segments: np.ndarray, detector=None, params=None) -> np.ndarray:
     n_e = s["n_electrons"].astype(np.float64) * lifetime_factor(t_drift, p["lifetime"])
     t_full = t_drift + VIRTUAL_PLANE_CM / v
     idx = np.nonzero(inside)[0]
-    out["n_electrons"][idx] = n_e.astype(np.uint32)
+    out["n_electrons"][idx] = truncate_u4(n_e, rows=idx, what="electron count after the lifetime")
     out["long_diff"][idx] = diffusion_sigma(t_full, p["long_diff"])
     out["tran_diff"][idx] = diffusion_sigma(t_full, p["tran_diff"])
     out["t"][idx] = s["t"].astype(np.float64) + t_drift

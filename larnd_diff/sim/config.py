@@ -25,7 +25,8 @@ class Relaxation:
                      (real-valued counts, differentiable); "straight-through" = forward value identical to "round"
                      (integer counts, like real data), gradient that of the continuous value
                      (x + stop_gradient(round(x) - x)). The smooth preset uses "straight-through"; for the fully
-                     continuous ADC (e.g. finite differences of an ADC loss) use SMOOTH.replace(adc="continuous").
+                     continuous ADC (e.g. finite differences of an ADC loss) use SMOOTH.replace(adc="continuous")
+                     or the "smooth-continuous" preset (which also takes the soft onset).
     """
 
     onset_sharpness: Optional[float] = None
@@ -49,22 +50,35 @@ HARD = Relaxation()
 #: The fitting default: every output carries a gradient. The induced current, ADC and time have the reference's
 #: values (hard onset, integer counts, tick times) with straight-through gradients (sigmoid onset of sharpness
 #: 100 as the paper, continuous ADC, interpolated crossing); only the electron counts are continuous in value.
-#: ``SMOOTH.replace(onset="soft", adc="continuous")`` is the fully relaxed simulator whose values are themselves
-#: differentiable functions of the parameters (for finite differences; the paper's forward).
+#: ``SMOOTH.replace(onset="soft", adc="continuous")`` (:data:`SMOOTH_CONTINUOUS`, preset "smooth-continuous") is the
+#: fully relaxed simulator whose values are themselves differentiable functions of the parameters (for finite
+#: differences; the paper's forward).
 SMOOTH = Relaxation(onset_sharpness=100.0, onset="straight-through", charge="continuous", trigger="interpolated",
                     adc="straight-through")
+#: The fully relaxed simulator (the paper's forward): the smooth preset with the sigmoid onset in the value too and
+#: real-valued, unrounded ADC counts, so that every output is a continuous function of the parameters (what central
+#: differences of a loss need; the closure recipe's relaxation). Its values differ from the reference's.
+SMOOTH_CONTINUOUS = SMOOTH.replace(adc="continuous", onset="soft")
 
-PRESETS = {"hard": HARD, "smooth": SMOOTH}
+#: Relaxation presets by name, the same for ``ld.simulate``, ``larnd-diff simulate --relaxation`` and the fit.
+PRESETS = {"hard": HARD, "smooth": SMOOTH, "smooth-continuous": SMOOTH_CONTINUOUS}
 
 
 def as_relaxation(relaxation) -> Relaxation:
+    """A :class:`Relaxation` from a preset name of :data:`PRESETS` or a Relaxation (returned as is)."""
     if isinstance(relaxation, Relaxation):
         return relaxation
     try:
         return PRESETS[relaxation]
-    except KeyError:
+    except (KeyError, TypeError):
         raise ValueError(f"unknown relaxation preset {relaxation!r}; choose one of {sorted(PRESETS)} "
                          "or pass a Relaxation") from None
+
+
+def preset_name(relaxation) -> str | None:
+    """The name of a preset equal to ``relaxation`` (a name or a Relaxation), None for a custom one."""
+    relaxation = as_relaxation(relaxation)
+    return next((name for name, preset in PRESETS.items() if preset == relaxation), None)
 
 
 @dataclass(frozen=True)
