@@ -12,10 +12,11 @@ from larnd_diff.detector import module0
 from larnd_diff.io import SEGMENT_DTYPE
 from larnd_diff.reference import drift, quench, simulate
 from larnd_diff.reference.electronics import digitize, front_end
-from larnd_diff.reference.induce import (AMPLITUDE_A, DELAY_US, E_CHARGE, TAU_B_US, TAU_C_US, charge_density,
-                                         current_model, pad_polynomial, truncated_exponential)
+from larnd_diff.reference.induce import charge_density, current_model, truncated_exponential
+from larnd_diff.reference.scalars import E_CHARGE
 from larnd_diff.reference.pixels import bresenham_pixels, neighbourhood_pixels, pixel_center, pixel_of_point
 from larnd_diff.reference.quench import birks_recombination, box_recombination
+from larnd_diff.response import AMPLITUDE_A, DELAY_US, TAU_B_US, TAU_C_US, pad_polynomial
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 DET = module0()

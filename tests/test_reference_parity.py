@@ -16,7 +16,7 @@ import pytest
 from larnd_diff.detector import module0
 from larnd_diff.io import swap_xz
 from larnd_diff.reference import drift, quench, simulate
-from larnd_diff.reference.induce import E_CHARGE
+from larnd_diff.reference.scalars import E_CHARGE
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 REF = SHARED / "reference"

@@ -21,10 +21,12 @@ from __future__ import annotations
 import numpy as np
 
 from ..hits import Hits
-from .induce import E_CHARGE, first_tick_time, signal_windows
+from ..retarget import numba_cuda
+from .induce import first_tick_time, signal_windows
 from .pipeline import chunk_hits, chunks, prepare, stream_seed
 from .pixels import neighbourhood_radius, segment_pixel_pairs, unique_pixels
 from .rng import create_streams, n_streams
+from .scalars import E_CHARGE
 
 #: Device memory bound (bytes) of one block of pairs: signal rows plus the two running-sum scratch rows (float64).
 PAIR_BLOCK_BYTES = 3 * 2**30
@@ -37,8 +39,7 @@ TICK_THREADS = 128
 def is_available() -> bool:
     """True when numba-cuda can run kernels here (a CUDA GPU with its driver, or the CUDA simulator)."""
     try:
-        from . import cuda_kernels  # noqa: F401  (NumPy compatibility shim, then numba.cuda)
-        from numba import cuda
+        cuda = numba_cuda()
     except Exception:   # numba-cuda missing or broken
         return False
     try:
@@ -49,7 +50,7 @@ def is_available() -> bool:
 
 def _kernels():
     from . import cuda_kernels
-    return cuda_kernels
+    return cuda_kernels.kernels()
 
 
 def _blocks(n, threads):
@@ -65,6 +66,10 @@ def chunk_waveforms_gpu(segs, det, vdrift, single):
     """Device waveforms of one chunk: (unique pixels (n, 2), device array (n, n_stored) C/us or None,
     pair_row, pair_seg). Mirrors :func:`.pipeline.chunk_waveforms` with the pair currents and sums on the GPU."""
     from numba import cuda
+
+    from .cuda_kernels import MAX_POINTS
+    if det.sampled_points > MAX_POINTS:
+        raise ValueError(f"the CUDA kernels sample at most {MAX_POINTS} points per axis, not {det.sampled_points}")
     k = _kernels()
     pitch = det.pixel_pitch
     borders = det.tpc_borders
@@ -136,7 +141,9 @@ def front_end_gpu(waveforms, det, noise, state):
     charges = cuda.device_array((n, el.max_adc_values), np.float64)
     ticks = cuda.device_array((n, el.max_adc_values), np.int64)
     counts = cuda.device_array(n, np.int64)
-    d_states = cuda.to_device(k.host_states(state))
+    from .cuda_kernels import host_states
+
+    d_states = cuda.to_device(host_states(state))
     k.front_end_kernel[_blocks(n, ROW_THREADS), ROW_THREADS](
         waveforms, int(det.n_ticks_event), float(dt), float(el.threshold_e * E_CHARGE), int(el.integration_ticks(dt)),
         float(el.reset_noise_e), float(el.uncorrelated_noise_e), d_states, bool(noise), charges, ticks, counts)

@@ -1,12 +1,8 @@
-"""Floating-point helpers shared by the reference kernels.
+"""numba options of the reference's CPU kernels and the CPU's fused multiply-add.
 
-The reference (larnd-sim on CUDA) mixes float32 and float64 arithmetic (spec 4.8). Here every quantity is held in
-a float64 variable; where larnd-sim computes in float32 we round the float64 result of the same operation to
-float32 (`f32`), which gives the correctly rounded float32 result for +, -, *, / and sqrt. With
-``single=False`` the rounding is skipped and everything stays in double precision.
-
-The GPU compiler also contracts a*b + c into fused multiply-adds (NVVM's default); `fma` emulates that where it
-changes the result measurably (see :mod:`.induce`).
+The reference (larnd-sim on CUDA) mixes float32 and float64 arithmetic and the GPU compiler contracts some
+a*b + c into fused multiply-adds (spec 4.8); :mod:`.scalars` reproduces both. :func:`fma_rn` is its one-rounding
+multiply-add on the CPU (the CUDA kernels bind the hardware instruction under the same name).
 """
 from __future__ import annotations
 
@@ -35,23 +31,6 @@ def _llvm_fma(typingctx, a, b, c):
 
 
 @njit(**JIT)
-def fma(a, b, c):
-    """Fused multiply-add in float64 (one rounding), as the GPU compiler contracts a*b + c."""
+def fma_rn(a, b, c):
+    """a*b + c in float64 with one rounding (round to nearest), as the GPU's fma.rn.f64."""
     return _llvm_fma(np.float64(a), np.float64(b), np.float64(c))
-
-
-@njit(**JIT)
-def f32(x, single):
-    """x rounded to float32 (returned as float64) when ``single``; x unchanged otherwise."""
-    if single:
-        return np.float64(np.float32(x))
-    return x
-
-
-@njit(**JIT)
-def fma_f32(a, b, c, single):
-    """float32 fused multiply-add a*b + c of float32 values (the float64 fma rounded to float32; differs from a
-    true float32 fma only in rare double-rounding ties). Plain float64 a*b + c when not ``single``."""
-    if single:
-        return np.float64(np.float32(fma(a, b, c)))
-    return a * b + c

@@ -12,10 +12,11 @@ from ..params import as_params
 from .backtrack import backtrack_samples, segments_per_pixel
 from .drift import drift
 from .electronics import digitize, front_end
-from .induce import E_CHARGE, accumulate_waveforms, pair_signals, signal_windows
+from .induce import accumulate_waveforms, pair_signals, signal_windows
 from .pixels import neighbourhood_radius, segment_pixel_pairs, unique_pixels
 from .quench import quench
 from .rng import create_streams, n_streams
+from .scalars import E_CHARGE
 
 PRECISIONS = ("larnd-sim", "float64")
 #: Fields of the segment table the simulation reads or writes.
