@@ -1,8 +1,9 @@
 """NumPy adapter: forward-only, CPU-only, the float64 baseline every other backend is compared to.
 
-Gradients, jvp and jit raise ``NotSupported`` (numpy has no autodiff or compiler); ``checkpoint`` is the
-identity. ``erf`` uses scipy when installed and a vectorised ``math.erf`` otherwise, so numpy stays the
-only hard dependency.
+It overrides no transformation, so gradients and jvp raise ``NotSupported`` and jit, checkpoint, custom_vjp and
+scan are the protocol's generic defaults (identity, forward only, a Python loop); host kernels run on its arrays
+directly (``from_numpy`` shares their memory). ``erf`` uses scipy when installed and a vectorised ``math.erf``
+otherwise.
 """
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ class Backend(_Base):
     name = "numpy"
     framework = "numpy"
     pip_extra = ""
-    features = frozenset({"float64"})
+    aliases = ("np",)
+    raw_modules = ("numpy",)
     tensor_type = ep.NumPyTensor
 
     def __init__(self):
@@ -48,7 +50,10 @@ class Backend(_Base):
 
     def _check_device(self, device):
         if device not in (None, "cpu") and str(device) != "cpu":
-            raise ValueError(f"backend 'numpy' runs on the CPU only; got device={device!r}")
+            raise ValueError(f"backend '{self.name}' runs on the CPU only; got device={device!r}")
+
+    def from_numpy(self, array, like):
+        return array
 
     def to_numpy(self, t):
         return np.asarray(unwrap(t))
@@ -130,25 +135,19 @@ class Backend(_Base):
         return out
 
     # ---- transformations -------------------------------------------------------------------
-    def value_and_grad(self, f, params, *args, has_aux=False):
-        self.require("grad", "it is forward-only")
-
-    def jvp(self, f, params, tangents, *args):
-        self.require("jvp", "it is forward-only")
-
     def rng(self, seed, device=None):
         self._check_device(device)
-        return _Rng(np.random.default_rng(seed))
+        return _Rng(np.random.default_rng(seed), self.wrap)
 
 
 class _Rng:
-    """Seeded numpy Generator returning EagerPy tensors of the requested dtype."""
+    """Seeded numpy Generator returning EagerPy tensors (made by ``wrap``) of the requested dtype."""
 
-    def __init__(self, gen):
-        self._gen = gen
+    def __init__(self, gen, wrap):
+        self._gen, self._wrap = gen, wrap
 
     def normal(self, shape, dtype="float64"):
-        return ep.NumPyTensor(self._gen.standard_normal(shape).astype(dtype))
+        return self._wrap(self._gen.standard_normal(shape).astype(dtype))
 
     def uniform(self, shape, dtype="float64"):
-        return ep.NumPyTensor(self._gen.random(shape).astype(dtype))
+        return self._wrap(self._gen.random(shape).astype(dtype))

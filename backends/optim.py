@@ -1,16 +1,18 @@
-"""Optimizer and second-derivative glue for the calibration loop, one small class per framework.
+"""The fit's optimisers and Hessians, framework-free: the protocol, a host-side full-matrix Adam, two dispatchers.
 
-Every fit optimiser here is the framework's own, maintained Adam; this module only adds the two things the
-paper's recipe needs on top of it, the same way on each framework:
+Each framework's own Adam is a method of its adapter (``Backend.adam``: torch.optim, optax, keras); this module
+holds what is the same on every framework:
 
-* **global-norm gradient clipping** (``clip_norm``; the paper uses 1) through the framework's own clipping:
-  ``torch.nn.utils.clip_grad_norm_``, ``optax.clip_by_global_norm``, keras' ``global_clipnorm``;
-* **exponential learning-rate decay per epoch** (``lr * lr_decay ** epoch``; the paper uses 5e-2 and 0.95)
-  through ``torch.optim.lr_scheduler.ExponentialLR``, ``optax.inject_hyperparams`` (the learning rate is a
-  hyper-parameter in the optimiser state) and the keras optimiser's learning-rate variable.
+* :class:`Optimizer`, the protocol of the calibration loop, and the helpers that make an optimiser's state a flat,
+  checkpointable ``dict[str, numpy.ndarray]`` (:func:`numeric_entries`, :func:`restore_entries`, :func:`entry`);
+* :class:`FullMatrixAdam` (state on the host, any framework with gradients);
+* :func:`make_optimizer` and :func:`hessian`, thin dispatchers to the backend (with the finite-difference
+  fallback of the Hessian).
 
-The exact update rules therefore are the frameworks' (tests/test_fit.py checks each against a hand-computed
-step):
+The framework Adams add the two things the paper's recipe needs on top of Adam, the same way on each framework:
+**global-norm gradient clipping** (``clip_norm``; the paper uses 1) through the framework's own clipping, and
+**exponential learning-rate decay per epoch** (``lr * lr_decay ** epoch``; the paper uses 5e-2 and 0.95). Their
+exact update rules are therefore the frameworks' (tests/test_fit.py checks each against a hand-computed step):
 
 =========== ================================================ ===================================================
 framework   clipping factor for global norm ``n > c``        Adam denominator (eps = 1e-8 everywhere)
@@ -23,18 +25,12 @@ tensorflow  ``c / n``                                        ``sqrt(v) + eps`` w
 =========== ================================================ ===================================================
 
 The parameters are scalars (the fit's normalised parameters, value / nominal) held in the framework's own
-containers (leaf tensors, a pytree, ``tf.Variable``). ``state()`` returns a picklable snapshot (parameters and
-optimiser state, bit-exact) and ``load_state()`` restores it, which is what checkpoint/resume needs.
-NumPy has no autodiff, so :func:`make_optimizer` raises ``NotSupported`` for it.
-
-:func:`hessian` gives the Hessian of a scalar function of the parameters: forward-over-reverse (a jvp of the
-gradient, one pass per parameter: ``torch.func.jvp(torch.func.grad)``, ``jax.jvp(jax.grad)``,
-``tf.autodiff.ForwardAccumulator`` around a ``GradientTape``) where that works through the function, else central
-finite differences of reverse-mode gradients (``method`` tells which was used).
+containers. ``state()`` returns parameters and optimiser state as a flat mapping of plain-string keys to numeric
+NumPy arrays (scalars as 0-d arrays), which round-trips bit-exactly through ``np.savez`` and
+``np.load(..., allow_pickle=False)``; ``load_state()`` restores it into an optimiser made with the same settings.
 """
 from __future__ import annotations
 
-import copy
 import math
 import warnings
 from typing import Any, Callable, Dict, Mapping, Tuple
@@ -47,7 +43,7 @@ from .base import NotSupported
 BETA_1, BETA_2, EPSILON = 0.9, 0.999, 1e-8
 
 __all__ = ["make_optimizer", "Optimizer", "FullMatrixAdam", "METHODS", "hessian", "global_norm", "BETA_1", "BETA_2",
-           "EPSILON"]
+           "EPSILON", "numeric_entries", "restore_entries", "entry"]
 
 
 def global_norm(grads: Mapping[str, Any]) -> float:
@@ -64,12 +60,61 @@ def _check_settings(lr: float, lr_decay: float, clip_norm: float | None) -> None
         raise ValueError(f"clip_norm must be > 0 or None, got {clip_norm}")
 
 
+# ============================================================================================== checkpointable state
+_SCALARS = (bool, int, float, np.bool_, np.integer, np.floating)
+
+
+def _is_numeric(value: Any) -> bool:
+    if isinstance(value, _SCALARS):
+        return True
+    return isinstance(value, (list, tuple)) and len(value) > 0 and all(isinstance(v, _SCALARS) for v in value)
+
+
+def numeric_entries(prefix: str, mapping: Mapping[str, Any]) -> Dict[str, np.ndarray]:
+    """The numeric entries of a framework's state dict (numbers and lists/tuples of numbers) as arrays under
+    ``"<prefix>/<key>"``. Other entries (None, strings) are configuration that the constructor rebuilds."""
+    return {f"{prefix}/{k}": np.array(v) for k, v in mapping.items() if _is_numeric(v)}
+
+
+def _like(template: Any, value: np.ndarray) -> Any:
+    """``value`` in the Python type of ``template`` (a number, or a list/tuple of numbers)."""
+    if isinstance(template, (list, tuple)):
+        items = value.reshape(-1).tolist()
+        if len(items) != len(template):
+            raise ValueError(f"checkpointed optimiser state has {len(items)} entries where {len(template)} belong")
+        return type(template)(type(t)(v) for t, v in zip(template, items))
+    return type(template)(value.item())
+
+
+def restore_entries(prefix: str, template: Mapping[str, Any], state: Mapping[str, np.ndarray]) -> Dict[str, Any]:
+    """``template`` (the live state dict of an optimiser made with the same settings) with its numeric entries
+    replaced by those :func:`numeric_entries` wrote under ``prefix``, in the template's Python types."""
+    return {k: (_like(v, entry(state, f"{prefix}/{k}")) if _is_numeric(v) else v) for k, v in template.items()}
+
+
+def entry(state: Mapping[str, np.ndarray], key: str) -> np.ndarray:
+    """``state[key]`` as a NumPy array, or a KeyError that says the checkpoint does not match this optimiser."""
+    if key not in state:
+        raise KeyError(f"checkpointed optimiser state lacks {key!r}: it was written by another optimiser or with "
+                       f"other parameters")
+    return np.asarray(state[key])
+
+
+def _check_flat(state: Dict[str, Any]) -> Dict[str, np.ndarray]:
+    for k, v in state.items():
+        if not isinstance(k, str) or not isinstance(v, np.ndarray) or v.dtype.kind not in "biuf":
+            raise TypeError(f"optimiser state entry {k!r} is not a numeric NumPy array")
+    return state
+
+
+# ============================================================================================== protocol
 class Optimizer:
     """Adam over named scalar parameters, with per-epoch exponential decay and global-norm clipping.
 
     ``params()`` gives the current values as raw framework tensors (what ``Backend.value_and_grad`` takes),
     ``values()`` as Python floats; ``step(grads)`` applies one clipped Adam update; ``set_epoch(e)`` sets the
-    learning rate to ``lr * lr_decay ** e`` (call it before the first step of every epoch, or after a resume).
+    learning rate to ``lr * lr_decay ** e`` (call it before the first step of every epoch, or after a resume);
+    ``clamp(lower, upper)`` projects onto bounds; ``state()`` / ``load_state()`` checkpoint (module docstring).
     """
 
     backend = "abstract"
@@ -101,10 +146,19 @@ class Optimizer:
     def lr(self) -> float:
         raise NotImplementedError
 
-    def state(self) -> Dict[str, Any]:
+    def state(self) -> Dict[str, np.ndarray]:
+        """Parameters and optimiser state: plain-string keys, numeric NumPy arrays (copies), scalars 0-d."""
+        return _check_flat({**self._state(), "epoch": np.array(self.epoch, np.int64)})
+
+    def load_state(self, state: Mapping[str, np.ndarray]) -> None:
+        """Restore what :meth:`state` returned (also after ``np.savez`` / ``np.load``), bit for bit."""
+        self._load_state(state)
+        self.epoch = int(entry(state, "epoch"))
+
+    def _state(self) -> Dict[str, np.ndarray]:
         raise NotImplementedError
 
-    def load_state(self, state: Mapping[str, Any]) -> None:
+    def _load_state(self, state: Mapping[str, np.ndarray]) -> None:
         raise NotImplementedError
 
     def _ordered(self, grads: Mapping[str, Any]):
@@ -114,210 +168,9 @@ class Optimizer:
         return [grads[n] for n in self.names]
 
 
-def _raw(x):
+def raw(x):
+    """The raw tensor of an EagerPy tensor; anything else unchanged."""
     return getattr(x, "raw", x)
-
-
-# ============================================================================================== torch
-class _TorchAdam(Optimizer):
-    backend = "torch"
-
-    def __init__(self, values, lr, lr_decay, clip_norm, dtype, device):
-        super().__init__(values, lr, lr_decay, clip_norm, dtype, device)
-        import torch
-
-        self._torch = torch
-        dev = torch.device(device) if device is not None else torch.device("cpu")
-        self._tensors = {n: torch.tensor(float(v), dtype=getattr(torch, dtype), device=dev)
-                         for n, v in values.items()}
-        # foreach=False: the plain per-tensor loop (deterministic and identical on every device)
-        self._opt = torch.optim.Adam(list(self._tensors.values()), lr=lr, betas=(BETA_1, BETA_2), eps=EPSILON,
-                                     foreach=False)
-        self._sched = torch.optim.lr_scheduler.ExponentialLR(self._opt, gamma=lr_decay)
-
-    def params(self):
-        return dict(self._tensors)
-
-    def values(self):
-        return {n: float(t.item()) for n, t in self._tensors.items()}
-
-    @property
-    def lr(self):
-        return float(self._opt.param_groups[0]["lr"])
-
-    def set_epoch(self, epoch):
-        if epoch < self._sched.last_epoch:
-            raise ValueError(f"cannot go back from epoch {self._sched.last_epoch} to {epoch}")
-        with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended at epoch 0
-            warnings.simplefilter("ignore", UserWarning)
-            while self._sched.last_epoch < epoch:
-                self._sched.step()
-        self.epoch = epoch
-
-    def step(self, grads):
-        torch = self._torch
-        params = list(self._tensors.values())
-        for p, g in zip(params, self._ordered(grads)):
-            p.grad = torch.as_tensor(_raw(g), dtype=p.dtype, device=p.device).detach().reshape(p.shape).clone()
-        if self.clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(params, self.clip_norm, foreach=False)
-        self._opt.step()
-        for p in params:
-            p.grad = None
-
-    def clamp(self, lower, upper):
-        with self._torch.no_grad():
-            for n in lower:
-                self._tensors[n].clamp_(float(lower[n]), float(upper[n]))
-
-    def state(self):
-        return {"values": {n: t.detach().cpu().clone() for n, t in self._tensors.items()},
-                # deep copies: state_dict() shares the live moment tensors, which later steps update in place
-                "optimizer": copy.deepcopy(self._opt.state_dict()),
-                "scheduler": copy.deepcopy(self._sched.state_dict()), "epoch": self.epoch}
-
-    def load_state(self, state):
-        with self._torch.no_grad():
-            for n, t in self._tensors.items():
-                t.copy_(state["values"][n])
-        self._opt.load_state_dict(copy.deepcopy(state["optimizer"]))
-        self._sched.load_state_dict(copy.deepcopy(state["scheduler"]))
-        self.epoch = state["epoch"]
-
-
-# ============================================================================================== jax
-class _OptaxAdam(Optimizer):
-    backend = "jax"
-
-    def __init__(self, values, lr, lr_decay, clip_norm, dtype, device):
-        super().__init__(values, lr, lr_decay, clip_norm, dtype, device)
-        import jax
-        import jax.numpy as jnp
-        import optax
-
-        from larnd_diff.ops import get_backend
-
-        self._jax, self._jnp = jax, jnp
-        b = get_backend("jax")  # turns on jax_enable_x64 when float64 is asked for
-        self._params = {n: b.raw_asarray(float(v), dtype, device) for n, v in values.items()}
-        adam = optax.inject_hyperparams(optax.adam)(learning_rate=lr, b1=BETA_1, b2=BETA_2, eps=EPSILON)
-        parts = ([optax.clip_by_global_norm(clip_norm)] if clip_norm is not None else []) + [adam]
-        self._tx = optax.chain(*parts)
-        self._state = self._tx.init(self._params)
-        self._set_lr(lr)
-
-    def _hyper(self, state=None):
-        return (state or self._state)[-1].hyperparams
-
-    def _set_lr(self, value: float) -> None:
-        hp = self._hyper()
-        hp["learning_rate"] = self._jnp.asarray(value, dtype=hp["learning_rate"].dtype)
-
-    def params(self):
-        return dict(self._params)
-
-    def values(self):
-        return {n: float(v) for n, v in self._params.items()}
-
-    @property
-    def lr(self):
-        return float(self._hyper()["learning_rate"])
-
-    def set_epoch(self, epoch):
-        self._set_lr(self.lr0 * self.lr_decay ** epoch)
-        self.epoch = epoch
-
-    def step(self, grads):
-        import optax
-
-        g = {n: self._jnp.asarray(_raw(v), dtype=self._params[n].dtype).reshape(self._params[n].shape)
-             for n, v in zip(self.names, self._ordered(grads))}
-        updates, self._state = self._tx.update(g, self._state, self._params)
-        self._params = optax.apply_updates(self._params, updates)
-
-    def clamp(self, lower, upper):
-        for n in lower:
-            self._params[n] = self._jnp.clip(self._params[n], float(lower[n]), float(upper[n]))
-
-    def state(self):
-        to_np = lambda t: self._jax.tree_util.tree_map(np.asarray, t)  # noqa: E731
-        return {"values": to_np(self._params), "optimizer": to_np(self._state), "epoch": self.epoch}
-
-    def load_state(self, state):
-        to_jnp = lambda t: self._jax.tree_util.tree_map(self._jnp.asarray, t)  # noqa: E731
-        self._params = to_jnp(dict(state["values"]))
-        self._state = to_jnp(state["optimizer"])
-        self.epoch = state["epoch"]
-
-
-# ============================================================================================== tensorflow
-class _KerasAdam(Optimizer):
-    backend = "tensorflow"
-
-    def __init__(self, values, lr, lr_decay, clip_norm, dtype, device):
-        super().__init__(values, lr, lr_decay, clip_norm, dtype, device)
-        import keras
-        import tensorflow as tf
-
-        if keras.backend.backend() != "tensorflow":
-            raise RuntimeError(f"the tensorflow fit backend needs keras on its tensorflow backend, but "
-                               f"KERAS_BACKEND is {keras.backend.backend()!r}; unset it or set it to 'tensorflow'")
-        self._tf = tf
-        with tf.device(device) if device is not None else _null():
-            self._vars = {n: tf.Variable(np.asarray(float(v), dtype=dtype), name=f"fit_{n}")
-                          for n, v in values.items()}
-        self._opt = keras.optimizers.Adam(learning_rate=lr, beta_1=BETA_1, beta_2=BETA_2, epsilon=EPSILON,
-                                          global_clipnorm=clip_norm)
-        self._opt.build(list(self._vars.values()))
-
-    def params(self):
-        return {n: v.read_value() for n, v in self._vars.items()}
-
-    def values(self):
-        return {n: float(v.numpy()) for n, v in self._vars.items()}
-
-    @property
-    def lr(self):
-        return float(np.asarray(self._opt.learning_rate))
-
-    def set_epoch(self, epoch):
-        self._opt.learning_rate = self.lr0 * self.lr_decay ** epoch
-        self.epoch = epoch
-
-    def step(self, grads):
-        tf = self._tf
-        pairs = [(tf.reshape(tf.cast(_raw(g), v.dtype), v.shape), v)
-                 for v, g in zip(self._vars.values(), self._ordered(grads))]
-        self._opt.apply_gradients(pairs)
-
-    def clamp(self, lower, upper):
-        for n in lower:
-            v = self._vars[n]
-            v.assign(self._tf.clip_by_value(v, float(lower[n]), float(upper[n])))
-
-    def state(self):
-        return {"values": {n: v.numpy() for n, v in self._vars.items()},
-                "optimizer": [np.asarray(v.numpy()) for v in self._opt.variables], "epoch": self.epoch}
-
-    def load_state(self, state):
-        for n, v in self._vars.items():
-            v.assign(state["values"][n])
-        if len(state["optimizer"]) != len(self._opt.variables):
-            raise ValueError("checkpointed keras optimiser state does not match this optimiser's variables")
-        for var, value in zip(self._opt.variables, state["optimizer"]):
-            var.assign(value)
-        self.epoch = state["epoch"]
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-_OPTIMIZERS = {"torch": _TorchAdam, "jax": _OptaxAdam, "tensorflow": _KerasAdam}
 
 
 # ============================================================================================== full-matrix Adam
@@ -345,7 +198,7 @@ class FullMatrixAdam(Optimizer):
 
     backend = "host"
 
-    def __init__(self, values, lr, lr_decay, clip_norm, dtype, device, framework: str = "torch",
+    def __init__(self, values, lr, lr_decay, clip_norm, dtype, device, framework: Any = "torch",
                  rel_eps: float = 1e-6, beta1: float = BETA_1, beta2: float = BETA_2):
         super().__init__(values, lr, lr_decay, clip_norm, dtype, device)
         from larnd_diff.ops import get_backend
@@ -402,7 +255,7 @@ class FullMatrixAdam(Optimizer):
         return q @ (inv * (q.T @ m_hat))
 
     def step(self, grads):
-        g = np.array([float(np.asarray(self._b.to_numpy(_raw(v)) if not isinstance(v, (int, float)) else v)
+        g = np.array([float(np.asarray(self._b.to_numpy(raw(v)) if not isinstance(v, (int, float)) else v)
                             .reshape(())) for v in self._ordered(grads)], dtype=np.float64)
         if self.clip_norm is not None:
             norm = float(np.sqrt(np.sum(g * g)))
@@ -418,105 +271,56 @@ class FullMatrixAdam(Optimizer):
             i = self.names.index(n)
             self._x[i] = min(max(self._x[i], float(lower[n])), float(upper[n]))
 
-    def state(self):
-        return {"values": self._x.copy(), "m": self._m.copy(), "v": self._v.copy(), "t": self._t,
-                "lr": self._lr, "epoch": self.epoch, "factors": self._factors.copy()}
+    def _state(self):
+        return {"values": self._x.copy(), "m": self._m.copy(), "v": self._v.copy(), "t": np.array(self._t, np.int64),
+                "lr": np.array(self._lr, np.float64), "factors": self._factors.copy()}
 
-    def load_state(self, state):
-        self._x = np.array(state["values"], dtype=np.float64)
-        self._m = np.array(state["m"], dtype=np.float64)
-        self._v = np.array(state["v"], dtype=np.float64)
-        self._t, self._lr, self.epoch = int(state["t"]), float(state["lr"]), int(state["epoch"])
-        self._factors = np.array(state.get("factors", np.ones(len(self.names))), dtype=np.float64)
+    def _load_state(self, state):
+        n = len(self.names)
+        parts = {k: np.array(entry(state, k), dtype=np.float64) for k in ("values", "m", "v", "factors")}
+        if parts["values"].shape != (n,) or parts["v"].shape != (n, n):
+            raise ValueError(f"checkpointed full-matrix Adam state is for {parts['values'].size} parameters, "
+                             f"this optimiser holds {n}")
+        self._x, self._m, self._v, self._factors = parts["values"], parts["m"], parts["v"], parts["factors"]
+        self._t, self._lr = int(entry(state, "t")), float(entry(state, "lr"))
 
 
+# ============================================================================================== dispatchers
 #: Optimiser methods of :func:`make_optimizer`.
 METHODS = ("adam", "adam-full")
 
 
-def make_optimizer(backend: str, values: Mapping[str, float], *, lr: float = 5e-2, lr_decay: float = 0.95,
+def _gradient_backend(backend: Any, why: str):
+    from larnd_diff.ops import get_backend
+
+    b = get_backend(backend)
+    if not b.supports("grad"):
+        raise NotSupported(b.name, "grad", f"it is forward-only, and {why}", b._alternatives("grad"))
+    return b
+
+
+def make_optimizer(backend: Any, values: Mapping[str, float], *, lr: float = 5e-2, lr_decay: float = 0.95,
                    clip_norm: float | None = 1.0, dtype: str = "float64", device: Any = None,
                    method: str = "adam", **options) -> Optimizer:
-    """An optimiser over the named scalar ``values``: ``method="adam"`` the framework's own Adam (see the
-    module docstring for the exact rules), ``"adam-full"`` :class:`FullMatrixAdam` (host state, any framework;
-    ``options``: its beta1, beta2, rel_eps)."""
-    name = getattr(backend, "name", backend)
-    name = {"pytorch": "torch", "tf": "tensorflow", "np": "numpy"}.get(name, name)
-    if name == "numpy":
-        raise NotSupported("numpy", "grad", "fitting needs gradients and NumPy is forward-only",
-                           ["torch", "jax", "tensorflow"])
-    if name not in _OPTIMIZERS:
-        raise ValueError(f"no fit optimiser for backend {name!r}; available: {sorted(_OPTIMIZERS)}")
+    """An optimiser over the named scalar ``values``: ``method="adam"`` the framework's own Adam
+    (``Backend.adam``; see the module docstring for the exact rules), ``"adam-full"`` :class:`FullMatrixAdam`
+    (host state, any framework with gradients; ``options``: its beta1, beta2, rel_eps). ``backend``: a name or
+    a Backend."""
+    b = _gradient_backend(backend, "fitting needs gradients")
     if method == "adam-full":
-        return FullMatrixAdam(dict(values), lr, lr_decay, clip_norm, dtype, device, framework=name, **options)
+        return FullMatrixAdam(dict(values), lr, lr_decay, clip_norm, dtype, device, framework=b, **options)
     if method != "adam":
         raise ValueError(f"unknown optimiser method {method!r}; choose one of {METHODS}")
     if options:
         raise TypeError(f"the framework Adam takes no options {sorted(options)} (its betas are the paper's)")
-    return _OPTIMIZERS[name](dict(values), lr, lr_decay, clip_norm, dtype, device)
+    return b.adam(dict(values), lr=lr, lr_decay=lr_decay, clip_norm=clip_norm, dtype=dtype, device=device)
 
 
-# ============================================================================================== Hessian
-def _hessian_torch(f, names, x0, dtype, device):
-    import torch
-    from torch.func import grad, jvp
-
-    dev = torch.device(device) if device is not None else torch.device("cpu")
-    x = torch.tensor(x0, dtype=getattr(torch, dtype), device=dev)
-
-    def flat(v):
-        return _raw(f({n: v[i] for i, n in enumerate(names)})).reshape(())
-
-    g = grad(flat)
-    cols = [jvp(g, (x,), (torch.eye(len(names), dtype=x.dtype, device=dev)[j],))[1] for j in range(len(names))]
-    return torch.stack(cols, 1).detach().cpu().numpy()
-
-
-def _hessian_jax(f, names, x0, dtype, device):
-    import jax
-    import jax.numpy as jnp
-
-    from larnd_diff.ops import get_backend
-
-    x = get_backend("jax").raw_asarray(np.asarray(x0), dtype, device)
-
-    def flat(v):
-        return jnp.reshape(_raw(f({n: v[i] for i, n in enumerate(names)})), ())
-
-    g = jax.grad(flat)
-    eye = jnp.eye(len(names), dtype=x.dtype)
-    cols = [jax.jvp(g, (x,), (eye[j],))[1] for j in range(len(names))]
-    return np.asarray(jnp.stack(cols, 1))
-
-
-def _hessian_tf(f, names, x0, dtype, device):
-    import tensorflow as tf
-
-    x = tf.constant(np.asarray(x0, dtype=dtype))
-    eye = np.eye(len(names), dtype=dtype)
-    cols = []
-    for j in range(len(names)):
-        with tf.autodiff.ForwardAccumulator(x, tf.constant(eye[j])) as acc:
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                value = tf.reshape(_raw(f({n: x[i] for i, n in enumerate(names)})), ())
-            g = tape.gradient(value, x)
-        cols.append(acc.jvp(g, unconnected_gradients=tf.UnconnectedGradients.ZERO))
-    return tf.stack(cols, 1).numpy()
-
-
-_FWD_OVER_REV = {"torch": _hessian_torch, "jax": _hessian_jax, "tensorflow": _hessian_tf}
-
-
-def _hessian_fd(backend, f, names, x0, dtype, device, step):
+def _hessian_fd(b, f, names, x0, dtype, device, step):
     """Central differences of reverse-mode gradients: column j = (g(x + h e_j) - g(x - h e_j)) / 2h."""
-    from larnd_diff.ops import get_backend
-
-    b = get_backend(backend)
-
     def grad_at(x):
         params = {n: b.raw_asarray(x[i], dtype, device) for i, n in enumerate(names)}
-        _, grads = b.value_and_grad(lambda p: f({n: _raw(p[n]) for n in names}), params)
+        _, grads = b.value_and_grad(lambda p: f({n: raw(p[n]) for n in names}), params)
         return np.array([float(b.to_numpy(grads[n])) for n in names])
 
     n = len(names)
@@ -528,34 +332,31 @@ def _hessian_fd(backend, f, names, x0, dtype, device, step):
     return h
 
 
-def hessian(backend: str, f: Callable[[Dict[str, Any]], Any], values: Mapping[str, float], *,
+def hessian(backend: Any, f: Callable[[Dict[str, Any]], Any], values: Mapping[str, float], *,
             method: str = "auto", step: float = 1e-3, dtype: str = "float64", device: Any = None
             ) -> Tuple[np.ndarray, str]:
     """Hessian of the scalar ``f({name: raw scalar tensor})`` at ``values``; returns ``(H, method_used)``.
 
-    ``method``: "fwd_over_rev" (jvp of the gradient, exact to rounding), "fd" (central differences of
-    gradients with step ``step`` in the parameters' units; O(step^2) truncation error), or "auto" (forward-over-
-    reverse, falling back to "fd" when the framework cannot push tangents through ``f``: e.g. a simulator step
-    that leaves autodiff for NumPy, or data-dependent shapes under jax tracing). The result is symmetrised,
-    (H + H^T) / 2, which for "fwd_over_rev" only removes rounding noise.
+    ``method``: "fwd_over_rev" (``Backend.hessian``: a jvp of the gradient, exact to rounding), "fd" (central
+    differences of gradients with step ``step`` in the parameters' units; O(step^2) truncation error), or "auto"
+    (forward-over-reverse, falling back to "fd" when the backend has none or cannot push tangents through ``f``:
+    e.g. a simulator step that leaves autodiff for NumPy, or data-dependent shapes under jax tracing). The result
+    is symmetrised, (H + H^T) / 2, which for "fwd_over_rev" only removes rounding noise.
     """
-    name = getattr(backend, "name", backend)
     if method not in ("auto", "fwd_over_rev", "fd"):
         raise ValueError(f"method must be 'auto', 'fwd_over_rev' or 'fd', got {method!r}")
-    if name == "numpy":
-        raise NotSupported("numpy", "grad", "the Hessian needs derivatives and NumPy is forward-only",
-                           ["torch", "jax", "tensorflow"])
+    b = _gradient_backend(backend, "the Hessian needs derivatives")
     names = list(values)
     x0 = np.array([float(values[n]) for n in names], dtype=np.float64)
-    if method in ("auto", "fwd_over_rev") and name in _FWD_OVER_REV:
+    if method == "fwd_over_rev" or (method == "auto" and b.implements("hessian")):
         try:
-            h = _FWD_OVER_REV[name](f, names, x0, dtype, device)
+            h = b.hessian(f, names, x0, dtype, device)
             return (h + h.T) / 2, "fwd_over_rev"
         except Exception as exc:
             if method == "fwd_over_rev":
                 raise
-            warnings.warn(f"forward-over-reverse Hessian failed on {name} ({type(exc).__name__}: "
+            warnings.warn(f"forward-over-reverse Hessian failed on {b.name} ({type(exc).__name__}: "
                           f"{str(exc)[:200]}); using finite differences of gradients", RuntimeWarning,
                           stacklevel=2)
-    h = _hessian_fd(name, f, names, x0, dtype, device, step)
+    h = _hessian_fd(b, f, names, x0, dtype, device, step)
     return (h + h.T) / 2, "fd"

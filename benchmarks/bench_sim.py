@@ -223,7 +223,7 @@ def main(argv=None):
     ap.add_argument("--fit-batches", type=int, default=0, metavar="N",
                     help="also: forward + gradient on each of the fit's first N 100 cm batches, one call each")
     ap.add_argument("--compile", default="auto", choices=("auto", "always", "never"),
-                    help="SimConfig.compile: fuse the per-pair inputs with the framework's compiler (torch.compile)")
+                    help="SimConfig.compile: compile the per-pair inputs with the framework's compiler (torch.compile)")
     ap.add_argument("--out", default=None, help="JSON file for the results")
     ap.add_argument("--input", default=None, help="segments (.npy structured array in the simulation frame, or an "
                     "edep-sim .h5 file) instead of generated muons")

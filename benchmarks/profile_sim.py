@@ -26,8 +26,8 @@ STAGES = (
     ("larnd_diff.sim.induce", "fused_charge"),
     ("larnd_diff.sim.electronics", "electronics"),
 )
-#: Functions that ``Backend.fused`` may compile: labelled as they are handed to it (compiled or not).
-FUSABLE = (
+#: Functions that ``Backend.compiled_glue`` may compile: labelled as they are handed to it (compiled or not).
+COMPILABLE = (
     ("larnd_diff.sim.pipeline", "_event_pair_inputs"),
     ("larnd_diff.sim.electronics", "running_integral"),
     ("larnd_diff.sim.electronics", "_gather_samples"),
@@ -44,16 +44,16 @@ def _labelled(fn, label):
 
 
 def _label_stages(backend):
-    """Label the stages; the fusable functions by their result from ``backend.fused`` (or, unfused, the
+    """Label the stages; the compilable functions by their result from ``backend.compiled_glue`` (or, uncompiled, the
     ``functools.partial`` the modules bind), so that a compiled function is timed as a whole, not traced."""
     import importlib
 
     for module, name in STAGES:
         mod = importlib.import_module(module)
         setattr(mod, name, _labelled(getattr(mod, name), name))
-    fused = backend.fused
-    names = {getattr(importlib.import_module(m), n): n for m, n in FUSABLE}
-    backend.fused = lambda fn, **static: _labelled(fused(fn, **static), names.get(fn, fn.__name__))
+    compiled_glue = backend.compiled_glue
+    names = {getattr(importlib.import_module(m), n): n for m, n in COMPILABLE}
+    backend.compiled_glue = lambda fn, **static: _labelled(compiled_glue(fn, **static), names.get(fn, fn.__name__))
     for module in ("larnd_diff.sim.pipeline", "larnd_diff.sim.electronics"):
         importlib.import_module(module).functools = _PartialLabels(names)
 

@@ -3,133 +3,172 @@
 The simulator's stage modules import no framework (DESIGN principle 1). They use ``ep.*`` and, for what
 EagerPy 0.30 lacks, the functions below. Each takes EagerPy tensors (raw framework tensors are accepted
 too; then a raw tensor comes back, foolbox-style), finds the adapter from the tensor's type and keeps
-dtype and device. All work forward on numpy, torch, jax and tensorflow, and under autodiff, ``jax.jit``
-and ``tf.function`` on the three differentiable ones. An op an adapter cannot do raises ``NotSupported``.
+dtype and device. All work forward on every backend, and under autodiff, ``jax.jit`` and ``tf.function`` on
+the differentiable ones. An op an adapter cannot do raises ``NotSupported``.
 
-Registry: ``get_backend("torch")`` / ``get_backend(tensor)`` returns the adapter instance. Built-in
-adapters are imported only when first asked for (``import larnd_diff`` imports no framework);
-third-party adapters are found through the entry-point group ``larnd_diff.backends``.
-Importing this module applies the EagerPy compat patches (``larnd_diff.backends._compat``).
+Registry: ``get_backend(name)`` / ``get_backend(tensor)`` returns the adapter instance. The adapters are the
+modules of ``larnd_diff.backends`` listed in ``larnd_diff.backends.BUILTIN`` and the classes declared in the
+entry-point group ``larnd_diff.backends``. Reading a class (its name, aliases, raw tensor modules, features)
+imports no framework; the framework is imported when the adapter is first instantiated (``import larnd_diff``
+imports none). Importing this module applies the EagerPy compat patches (``larnd_diff.backends._compat``),
+among them the one that lets ``ep.astensor`` wrap a third-party framework's tensors through this registry.
 """
 from __future__ import annotations
 
+import functools
 import importlib
-import importlib.util
-import sys
 from importlib.metadata import entry_points
 from typing import Any, Dict, List
 
 import eagerpy as ep
 import numpy as np
 
-from larnd_diff.backends import _compat
-from larnd_diff.backends.base import Backend, BackendUnavailable, NotSupported, unwrap
+from larnd_diff.backends import BUILTIN, _compat
+from larnd_diff.backends.base import KNOWN_FEATURES, Backend, BackendUnavailable, NotSupported, unwrap
 
 __all__ = [
     "Backend", "NotSupported", "BackendUnavailable", "get_backend", "backend_of", "available_backends",
-    "known_backends", "erf", "log_ndtr", "sigmoid", "floor", "ceil", "round_half_even", "logcumsumexp", "cumsum",
-    "scatter_add", "segment_sum", "gather", "take_along_axis", "searchsorted", "stop_gradient", "cast",
-    "asarray", "to_numpy", "linspace", "einsum", "nan_to_num", "index_set", "dtype_name",
+    "known_backends", "gradient_backends", "backends_with", "backend_class", "erf", "log_ndtr", "sigmoid", "floor",
+    "ceil", "round_half_even", "logcumsumexp", "cumsum", "scatter_add", "segment_sum", "gather", "take_along_axis",
+    "searchsorted", "stop_gradient", "cast", "asarray", "to_numpy", "linspace", "einsum", "nan_to_num", "index_set",
+    "dtype_name",
 ]
-
-_compat.apply()
 
 ENTRY_POINT_GROUP = "larnd_diff.backends"
 
-# Built-in adapters: registry name -> (module, framework module, pip extra)
-_BUILTIN = {
-    "numpy": ("larnd_diff.backends.numpy", "numpy", ""),
-    "torch": ("larnd_diff.backends.torch", "torch", "torch"),
-    "jax": ("larnd_diff.backends.jax", "jax", "jax"),
-    "tensorflow": ("larnd_diff.backends.tensorflow", "tensorflow", "tensorflow"),
-}
-_ALIASES = {"pytorch": "torch", "tf": "tensorflow", "np": "numpy"}
-
-# EagerPy wrapper class -> registry name (for dispatch without importing anything)
-_EP_TYPES = {ep.NumPyTensor: "numpy", ep.PyTorchTensor: "torch", ep.JAXTensor: "jax",
-             ep.TensorFlowTensor: "tensorflow"}
-# top-level module of a raw tensor's type -> registry name
-_RAW_MODULES = {"numpy": "numpy", "torch": "torch", "jax": "jax", "jaxlib": "jax", "tensorflow": "tensorflow"}
-
-# The only mutable module state: adapters instantiated so far (name -> instance) and the
-# type -> instance map the facade uses for fast dispatch. Both are pure caches.
+# The only mutable module state: adapters instantiated so far (name -> instance) and the EagerPy type ->
+# instance map the facade uses for fast dispatch. Both are pure caches.
 _INSTANCES: Dict[str, Backend] = {}
 _BY_TYPE: Dict[type, Backend] = {}
 
 
 # ============================================================================== registry
 def _entry_points() -> Dict[str, Any]:
-    """Third-party adapters declared in the entry-point group (name -> EntryPoint)."""
+    """Adapters declared in the entry-point group (name -> EntryPoint)."""
     return {e.name: e for e in entry_points(group=ENTRY_POINT_GROUP)}
 
 
 def known_backends() -> List[str]:
-    """Every backend name larnd_diff knows of (built-in and entry points), installed or not."""
-    return sorted(set(_BUILTIN) | set(_entry_points()))
+    """Every backend name larnd_diff knows of, installed or not: the built-in ones in their order, then the
+    entry points' names sorted."""
+    return list(BUILTIN) + sorted(set(_entry_points()) - set(BUILTIN))
+
+
+def _check_class(name: str, cls: Any) -> type:
+    if not (isinstance(cls, type) and issubclass(cls, Backend)):
+        raise TypeError(f"entry point {name!r} in group {ENTRY_POINT_GROUP!r} must name a subclass of "
+                        f"larnd_diff.backends.base.Backend, got {cls!r}")
+    return cls
+
+
+@functools.lru_cache(maxsize=None)
+def _builtin_class(name: str) -> type:
+    return importlib.import_module(f"larnd_diff.backends.{name}").Backend
+
+
+@functools.lru_cache(maxsize=None)
+def _builtin_tables():
+    """(alias -> name, EagerPy type -> name, raw tensor module -> name) of the built-in adapters' classes."""
+    classes = {n: _builtin_class(n) for n in BUILTIN}
+    aliases = {a: n for n, c in classes.items() for a in c.aliases}
+    ep_types = {c.tensor_type: n for n, c in classes.items()}
+    raw_modules = {m: n for n, c in classes.items() for m in c.raw_modules}
+    return aliases, ep_types, raw_modules
 
 
 def _canonical(name: str) -> str:
     key = name.strip().lower()
-    return _ALIASES.get(key, key)
+    return _builtin_tables()[0].get(key, key)
 
 
-def _load_builtin(name: str) -> type:
-    module, framework, extra = _BUILTIN[name]
-    if importlib.util.find_spec(framework) is None:
-        how = f"pip install larnd-diff[{extra}]" if extra else f"pip install {framework}"
-        raise BackendUnavailable(f"backend '{name}' needs the '{framework}' package, which is not installed; "
-                                 f"install it with: {how}")
-    return importlib.import_module(module).Backend
-
-
-def _load_entry_point(name: str) -> type:
+def backend_class(name: str) -> type:
+    """The adapter class of a backend name (built-in or entry point); imports no framework of a built-in one."""
+    name = _canonical(name)
+    if name in BUILTIN:
+        return _builtin_class(name)
     eps = _entry_points()
     if name not in eps:
+        aliases = _builtin_tables()[0]
         raise ValueError(f"unknown backend {name!r}; known backends: {', '.join(known_backends())} "
-                         f"(aliases: {', '.join(f'{a}={b}' for a, b in sorted(_ALIASES.items()))})")
-    cls = eps[name].load()
-    if not (isinstance(cls, type) and issubclass(cls, Backend)):
-        raise TypeError(f"entry point {name!r} in group {ENTRY_POINT_GROUP!r} must name a subclass of "
-                        f"larnd_diff.backends.base.Backend, got {cls!r}")
-    if not cls.is_available():
-        extra = f"pip install larnd-diff[{cls.pip_extra}]" if cls.pip_extra else f"pip install {cls.framework}"
-        raise BackendUnavailable(f"backend '{name}' needs the '{cls.framework}' package, which is not installed; "
-                                 f"install it with: {extra}")
-    return cls
+                         f"(aliases: {', '.join(f'{a}={b}' for a, b in sorted(aliases.items()))})")
+    return _check_class(name, eps[name].load())
+
+
+def backends_with(feature: str) -> List[str]:
+    """Known backends whose adapter class offers ``feature`` (``Backend.has_feature``), installed or not; a
+    third-party adapter that fails to load is left out."""
+    if feature not in KNOWN_FEATURES:
+        raise ValueError(f"unknown feature {feature!r}; known: {sorted(KNOWN_FEATURES)}")
+    out = []
+    for name in known_backends():
+        try:
+            if backend_class(name).has_feature(feature):
+                out.append(name)
+        except Exception:  # a broken third-party plugin must not break discovery of the others
+            continue
+    return out
+
+
+def gradient_backends() -> List[str]:
+    """Known backends (installed or not) whose adapter computes gradients: the choices of the fit."""
+    return backends_with("grad")
 
 
 def _instance(name: str) -> Backend:
     inst = _INSTANCES.get(name)
     if inst is None:
-        cls = _load_builtin(name) if name in _BUILTIN else _load_entry_point(name)
+        cls = backend_class(name)
+        if not cls.is_available():
+            how = f"pip install larnd-diff[{cls.pip_extra}]" if cls.pip_extra else f"pip install {cls.framework}"
+            raise BackendUnavailable(f"backend '{name}' needs the '{cls.framework}' package, which is not "
+                                     f"installed; install it with: {how}")
         inst = _INSTANCES[name] = cls()
-        owner = _EP_TYPES.get(inst.tensor_type)
+        owner = _builtin_tables()[1].get(inst.tensor_type)
         if owner in (None, name) and inst.tensor_type is not ep.Tensor:
             _BY_TYPE[inst.tensor_type] = inst  # a plugin reusing a built-in tensor type must not steal dispatch
     return inst
 
 
+def _plugin_of(tensor: Any):
+    """The third-party adapter a tensor belongs to: those already instantiated (their EagerPy types, subclasses
+    too, and ``is_raw``), else the one whose class names the module of the tensor's type in ``raw_modules``."""
+    for inst in list(_INSTANCES.values()):
+        if inst.name in BUILTIN:
+            continue
+        if (inst.tensor_type is not ep.Tensor and isinstance(tensor, inst.tensor_type)) or inst.is_raw(tensor):
+            return inst.name
+    module = type(tensor).__module__.split(".")[0]
+    for name in _entry_points():
+        if name in BUILTIN:
+            continue
+        try:
+            if module in backend_class(name).raw_modules:
+                return name
+        except Exception:
+            continue
+    return None
+
+
 def backend_of(tensor: Any) -> str:
     """Name of the backend a tensor (EagerPy or raw) belongs to; imports no framework."""
-    name = _EP_TYPES.get(type(tensor))
+    inst = _BY_TYPE.get(type(tensor))
+    if inst is not None:
+        return inst.name
+    _, ep_types, raw_modules = _builtin_tables()
+    name = ep_types.get(type(tensor)) or raw_modules.get(type(tensor).__module__.split(".")[0]) \
+        or _plugin_of(tensor)
     if name is not None:
         return name
-    for t, inst in _BY_TYPE.items():  # third-party EagerPy tensor types
-        if isinstance(tensor, t) and t is not ep.Tensor:
-            return inst.name
-    name = _RAW_MODULES.get(type(tensor).__module__.split(".")[0])
-    if name is not None:
-        return name
-    for inst in list(_INSTANCES.values()):  # third-party raw tensors
-        if inst.is_raw(tensor):
-            return inst.name
+    for t, builtin in ep_types.items():  # subclasses of the built-in EagerPy types
+        if t is not ep.Tensor and isinstance(tensor, t):
+            return builtin
     raise TypeError(f"cannot tell the backend of a {type(tensor).__module__}.{type(tensor).__qualname__}; "
-                    f"expected an EagerPy tensor or a numpy/torch/jax/tensorflow tensor")
+                    f"expected an EagerPy tensor or a tensor of {', '.join(known_backends())}")
 
 
 def get_backend(name_or_tensor: Any) -> Backend:
-    """The adapter for a backend name ("numpy", "torch"/"pytorch", "jax", "tensorflow"/"tf", or an
-    entry-point name) or for the backend a tensor belongs to. Instances are cached."""
+    """The adapter for a backend name (a built-in name or alias, or an entry-point name) or for the backend a
+    tensor belongs to. Instances are cached."""
     if isinstance(name_or_tensor, Backend):
         return name_or_tensor
     name = _canonical(name_or_tensor) if isinstance(name_or_tensor, str) else backend_of(name_or_tensor)
@@ -138,16 +177,23 @@ def get_backend(name_or_tensor: Any) -> Backend:
 
 def available_backends() -> List[str]:
     """Names of the backends whose framework is importable here (checked without importing it)."""
-    names = [n for n, (_, fw, _) in _BUILTIN.items() if importlib.util.find_spec(fw) is not None]
-    for n, e in _entry_points().items():
-        if n in _BUILTIN:
-            continue
+    names = []
+    for name in known_backends():
         try:
-            if e.load().is_available():
-                names.append(n)
+            if backend_class(name).is_available():
+                names.append(name)
         except Exception:  # a broken third-party plugin must not break discovery of the others
             continue
     return names
+
+
+def wrap_foreign(raw: Any) -> ep.Tensor:
+    """A raw tensor EagerPy does not know, wrapped by the adapter it belongs to (what ``ep.astensor`` falls back
+    to, see ``larnd_diff.backends._compat``); TypeError when no adapter claims it."""
+    return _instance(backend_of(raw)).wrap(raw)
+
+
+_compat.apply(wrap_foreign)
 
 
 # ============================================================================== dispatch
@@ -347,6 +393,3 @@ def einsum(subscripts: str, *xs):
     b, r, w = _dispatch(xs[0])
     return w(b.einsum(subscripts, r, *(unwrap(x) for x in xs[1:])))
 
-
-def _loaded_frameworks() -> List[str]:  # for diagnostics/tests: which frameworks are imported now
-    return [n for n in ("torch", "jax", "tensorflow") if n in sys.modules]

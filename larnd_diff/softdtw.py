@@ -1,8 +1,9 @@
 """Soft-DTW (Cuturi & Blondel 2017) and its divergence (Blondel, Mensch & Vert 2021), exact and batched.
 
-Written once with EagerPy tensors; no framework is imported here. The per-framework pieces are two small tools
-in ``larnd_diff.backends.custom_vjp``: ``custom_vjp`` (hand-written backward as a differentiable op) and
-``scan`` (a sequential loop that a tracing compiler does not unroll).
+Written once with EagerPy tensors; no framework is imported here. The per-framework pieces are methods of the
+backend (``larnd_diff.backends.base.Backend``): ``custom_vjp`` (hand-written backward as a differentiable op),
+``scan`` (a sequential loop that a tracing compiler does not unroll) and ``host_vjp`` (the Numba loops of
+:mod:`larnd_diff.softdtw_host` as a differentiable op).
 
 Definitions (gamma > 0, cost matrix C of shape (n, m), 1-based cells)::
 
@@ -41,7 +42,8 @@ Zero-length items have no alignment: their sdtw is +inf with gradient 0; the div
 items is 0, of one empty and one non-empty +inf. gamma is a Python float, passed to the op as a 0-d
 tensor (one compiled program for every gamma) and not differentiated.
 
-Compiled backends (jax, tensorflow) get their inputs padded to a few bucket sizes per octave (``_bucket``),
+Backends whose loops compile per input shape (``Backend.compiles_loops``: jax, tensorflow) get their inputs padded
+to a few bucket sizes per octave (``_bucket``),
 so that new lengths rarely mean a new compilation. Devices: everything is created on the inputs' device
 (``ep.*_like``, ``ops.asarray(like, ...)``); on a GPU each step is ~30 small kernels (torch) or one fused
 while-loop body (jax/XLA), so short sequences are launch-bound there.
@@ -55,7 +57,6 @@ import eagerpy as ep
 import numpy as np
 
 from larnd_diff import ops
-from larnd_diff.backends import custom_vjp as glue
 
 __all__ = ["soft_dtw", "soft_dtw_divergence", "soft_dtw_cost_matrix", "pairwise_cost"]
 
@@ -195,7 +196,7 @@ def _end_cells(nx: ep.Tensor, ny: ep.Tensor, w: int) -> Tuple[ep.Tensor, ep.Tens
     return ep.logical_and(rows[None, :] == nx[:, None], item_ok[:, None]), nx + ny
 
 
-def _forward(backend: str, c: ep.Tensor, nx: ep.Tensor, ny: ep.Tensor, gamma: ep.Tensor, keep: bool):
+def _forward(backend, c: ep.Tensor, nx: ep.Tensor, ny: ep.Tensor, gamma: ep.Tensor, keep: bool):
     """Forward DP. Returns (R[n_b, m_b] / gamma per item, skewed P table (N+M-1, B, N+1) or None)."""
     batch, n, m = c.shape
     read = _diagonal_reader(c, nx, ny, gamma)
@@ -213,11 +214,11 @@ def _forward(backend: str, c: ep.Tensor, nx: ep.Tensor, ny: ep.Tensor, gamma: ep
         return (prev1, r, val), p
 
     ks = ep.arange(nx, 2, n + m + 1)
-    (_, _, val), p_table = glue.scan(backend, step, (r0, big, val0), ks, keep=keep)
+    (_, _, val), p_table = backend.scan(step, (r0, big, val0), ks, keep=keep)
     return val, p_table
 
 
-def _backward(backend: str, c: ep.Tensor, p_table: ep.Tensor, nx: ep.Tensor, ny: ep.Tensor, gamma: ep.Tensor,
+def _backward(backend, c: ep.Tensor, p_table: ep.Tensor, nx: ep.Tensor, ny: ep.Tensor, gamma: ep.Tensor,
               g: ep.Tensor) -> ep.Tensor:
     """E recursion by anti-diagonals, seeded with the cotangent ``g`` (B,) at (n_b, m_b): dvalue/dC (B, N, M)."""
     batch, n, m = c.shape
@@ -239,7 +240,7 @@ def _backward(backend: str, c: ep.Tensor, p_table: ep.Tensor, nx: ep.Tensor, ny:
 
     init = (zero, zero, zero, zero, zero, zero)
     ks = ep.arange(nx, 2, n + m + 1)
-    _, e_table = glue.scan(backend, step, init, (p_table, ks), reverse=True)
+    _, e_table = backend.scan(step, init, (p_table, ks), reverse=True)
     return _unskew(e_table, n, m)
 
 
@@ -252,41 +253,44 @@ def _finish(value_scaled: ep.Tensor, nx: ep.Tensor, ny: ep.Tensor, gamma: ep.Ten
 @lru_cache(maxsize=16)
 def _xy_op(backend: str, kind: str) -> Callable:
     """Differentiable raw op (x, y, nx, ny, gamma) -> (B,) for a built-in cost; gamma a 0-d tensor (no
-    derivative), so that jax compiles one program per shape, not one per gamma."""
-    keep = backend != "numpy"
+    derivative), so that jax compiles one program per shape, not one per gamma. The forward keeps its table for
+    the backward only where there are gradients."""
+    b = ops.get_backend(backend)
+    keep = b.supports("grad")
 
     def forward(x_raw, y_raw, nx_raw, ny_raw, g_raw):
         x, y, nx, ny, gamma = (ep.astensor(v) for v in (x_raw, y_raw, nx_raw, ny_raw, g_raw))
-        val, p_table = _forward(backend, pairwise_cost(x, y, kind), nx, ny, gamma, keep)
+        val, p_table = _forward(b, pairwise_cost(x, y, kind), nx, ny, gamma, keep)
         res = (x_raw, y_raw, nx_raw, ny_raw, g_raw) + ((p_table.raw,) if keep else ())
         return _finish(val, nx, ny, gamma).raw, res
 
     def backward(res, cot_raw):
         x, y, nx, ny, gamma, p_table = (ep.astensor(v) for v in res)
-        e = _backward(backend, pairwise_cost(x, y, kind), p_table, nx, ny, gamma, ep.astensor(cot_raw))
+        e = _backward(b, pairwise_cost(x, y, kind), p_table, nx, ny, gamma, ep.astensor(cot_raw))
         gx, gy = _cost_vjp(x, y, e, kind)
         return gx.raw, gy.raw, None, None, None
 
-    return glue.custom_vjp(backend, forward, backward)
+    return b.custom_vjp(forward, backward)
 
 
 @lru_cache(maxsize=16)
 def _matrix_op(backend: str) -> Callable:
     """Differentiable raw op (C, nx, ny, gamma) -> (B,) on a precomputed cost matrix."""
-    keep = backend != "numpy"
+    b = ops.get_backend(backend)
+    keep = b.supports("grad")
 
     def forward(c_raw, nx_raw, ny_raw, g_raw):
         c, nx, ny, gamma = (ep.astensor(v) for v in (c_raw, nx_raw, ny_raw, g_raw))
-        val, p_table = _forward(backend, c, nx, ny, gamma, keep)
+        val, p_table = _forward(b, c, nx, ny, gamma, keep)
         res = (c_raw, nx_raw, ny_raw, g_raw) + ((p_table.raw,) if keep else ())
         return _finish(val, nx, ny, gamma).raw, res
 
     def backward(res, cot_raw):
         c, nx, ny, gamma, p_table = (ep.astensor(v) for v in res)
-        e = _backward(backend, c, p_table, nx, ny, gamma, ep.astensor(cot_raw))
+        e = _backward(b, c, p_table, nx, ny, gamma, ep.astensor(cot_raw))
         return e.raw, None, None, None
 
-    return glue.custom_vjp(backend, forward, backward)
+    return b.custom_vjp(forward, backward)
 
 
 def _gamma_tensor(like: ep.Tensor, gamma: float) -> ep.Tensor:
@@ -324,10 +328,6 @@ def _check_gamma(gamma: float) -> float:
     return gamma
 
 
-#: Backends that compile per input shape: their inputs are padded up to a few bucket sizes (see _bucket).
-_COMPILED = ("jax", "tensorflow")
-
-
 def _bucket(n: int) -> int:
     """Round a size up to one of 4 steps per octave (8, 10, 12, 14, 16, 20, 24, 28, 32, 40, ...), <= 25 % extra.
 
@@ -353,8 +353,9 @@ def _pad_to(t: ep.Tensor, size: int, axis: int) -> ep.Tensor:
 def _use_host(kernel: str, like: ep.Tensor) -> bool:
     """Whether the DP runs as host loops (:mod:`larnd_diff.softdtw_host`) rather than as the wavefront.
 
-    "auto": on the host whenever numba is there and the data is in host memory, or on a torch GPU (the cost
-    matrix is copied: a few MB for a fit's hit sequences, far cheaper than n + m launches of ~30 kernels).
+    "auto": on the host whenever numba is there and the data is in host memory, or on a GPU of a backend whose
+    loops run op by op (``Backend.compiles_loops`` False, e.g. torch: the cost matrix is copied, a few MB for a
+    fit's hit sequences, far cheaper than n + m launches of ~30 kernels).
     """
     from larnd_diff import softdtw_host
 
@@ -368,16 +369,16 @@ def _use_host(kernel: str, like: ep.Tensor) -> bool:
         return False
     if kernel == "host":
         return True
-    b = ops.get_backend(ops.backend_of(like))
-    return b.name in ("numpy", "torch") or "cpu" in str(b.device_of(like)).lower()
+    b = ops.get_backend(like)
+    return b.on_host(like) or not b.compiles_loops
 
 
 def _host_matrix(c: ep.Tensor, nx: ep.Tensor, ny: ep.Tensor, gamma: float) -> ep.Tensor:
     """Differentiable (w.r.t. c) host Soft-DTW values of cost matrices (B, N, M), inf for empty items."""
     from larnd_diff import softdtw_host as host
 
-    op = glue.host_vjp(ops.backend_of(c), lambda cc, a, b: host.sdtw_values(cc, a, b, gamma),
-                       lambda cc, a, b, g: host.sdtw_grad(cc, a, b, gamma, g), (c.shape[0],))
+    op = ops.get_backend(c).host_vjp(lambda cc, a, b: host.sdtw_values(cc, a, b, gamma),
+                                     lambda cc, a, b, g: host.sdtw_grad(cc, a, b, gamma, g), (c.shape[0],))
     return ep.astensor(op(c.raw, nx.raw, ny.raw))
 
 
@@ -392,7 +393,7 @@ def _sdtw(x: ep.Tensor, y: ep.Tensor, nx: ep.Tensor, ny: ep.Tensor, gamma: float
         y = _sanitize(y, _valid_mask(ny, ny, y.shape[1]))
         c = cost(x, y) if callable(cost) else pairwise_cost(x, y, cost)
         return _host_matrix(c, nx, ny, gamma)
-    if backend in _COMPILED:
+    if ops.get_backend(backend).compiles_loops:
         pb = 1 << max(batch - 1, 0).bit_length()  # batch: next power of two
         x = _pad_to(_pad_to(x, _bucket(x.shape[1]), 1), pb, 0)
         y = _pad_to(_pad_to(y, _bucket(y.shape[1]), 1), pb, 0)

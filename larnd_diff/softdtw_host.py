@@ -4,7 +4,7 @@ The wavefront formulation of :mod:`larnd_diff.softdtw` is what a GPU wants, but 
 steps is a few dozen small framework operations: on a CPU (and for the hit sequences of a fit, a few hundred to
 a few thousand long, on a GPU too) that per-step overhead dominates - 0.3-0.7 s per loss for ~1,000 hits.
 The same recursions as plain loops over the cost matrix take milliseconds. Used by ``soft_dtw(...,
-kernel="host")`` (the default where it applies) through :func:`larnd_diff.backends.custom_vjp.host_vjp`.
+kernel="host")`` (the default where it applies) through the backend's ``host_vjp``.
 
 Definitions as in :mod:`larnd_diff.softdtw`; the backward is Cuturi & Blondel's Algorithm 2:
 E[i, j] = E[i+1, j] a + E[i, j+1] b + E[i+1, j+1] c with a = exp((R[i+1, j] - R[i, j] - C[i+1, j]) / gamma)

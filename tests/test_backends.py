@@ -24,7 +24,9 @@ def _needs_autodiff(backend):
 
 # ============================================================================== registry
 def test_import_larnd_diff_imports_no_framework():
-    code = ("import sys, larnd_diff, larnd_diff.ops as o; o.get_backend('numpy'); "
+    # reading the registry (every adapter class, its features) imports no framework either
+    code = ("import sys, larnd_diff, larnd_diff.ops as o; o.get_backend('numpy'); o.gradient_backends(); "
+            "o.available_backends(); [o.backend_class(n) for n in o.known_backends()]; "
             "print(sorted(m for m in ('torch', 'jax', 'tensorflow') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
@@ -46,13 +48,6 @@ def test_unknown_backend_lists_known_ones():
         ops.get_backend("mxnet")
 
 
-def test_missing_framework_names_the_pip_extra(monkeypatch):
-    monkeypatch.setitem(ops._BUILTIN, "paddle", ("larnd_diff.backends.paddle", "no_such_framework_xyz", "paddle"))
-    with pytest.raises(BackendUnavailable, match=r"pip install larnd-diff\[paddle\]"):
-        ops.get_backend("paddle")
-    assert "paddle" not in ops.available_backends()
-
-
 _PLUGIN = textwrap.dedent('''
     from larnd_diff.backends.numpy import Backend as NumpyBackend
 
@@ -64,6 +59,11 @@ _PLUGIN = textwrap.dedent('''
         def erf(self, x):
             return 0 * x + 42.0
 
+    class Paddle(NumpyBackend):
+        name = "paddle"
+        framework = "no_such_framework_xyz"
+        pip_extra = "paddle"
+
     NotABackend = object
 ''')
 
@@ -74,6 +74,7 @@ def plugin(tmp_path, monkeypatch):
     (tmp_path / "larnd_plugin_dummy.py").write_text(_PLUGIN)
     monkeypatch.syspath_prepend(str(tmp_path))
     eps = [EntryPoint("dummy", "larnd_plugin_dummy:Backend", ops.ENTRY_POINT_GROUP),
+           EntryPoint("paddle", "larnd_plugin_dummy:Paddle", ops.ENTRY_POINT_GROUP),
            EntryPoint("broken", "larnd_plugin_dummy:NotABackend", ops.ENTRY_POINT_GROUP)]
     monkeypatch.setattr(ops, "entry_points", lambda group: [e for e in eps if e.group == group])
     monkeypatch.setattr(ops, "_INSTANCES", dict(ops._INSTANCES))  # leave the real cache untouched
@@ -98,6 +99,12 @@ def test_entry_point_must_be_a_backend(plugin):
         ops.get_backend("broken")
 
 
+def test_missing_framework_names_the_pip_extra(plugin):
+    with pytest.raises(BackendUnavailable, match=r"pip install larnd-diff\[paddle\]"):
+        ops.get_backend("paddle")
+    assert "paddle" in ops.known_backends() and "paddle" not in ops.available_backends()
+
+
 def test_backend_of_eagerpy_and_raw(backend):
     b = ops.get_backend(backend)
     t = b.asarray(np.arange(3.0), "float64")
@@ -112,10 +119,63 @@ def test_supports(backend):
     expected = backend in DIFFERENTIABLE
     for feature in ("grad", "jvp", "jit", "checkpoint"):
         assert b.supports(feature) is expected
+        assert type(b).has_feature(feature) is expected
+    assert b.supports("compile") is (backend == "torch")
+    assert b.supports("device_kernels") is (backend == "torch")
     assert b.supports("float64")
     assert b.supports("gpu") in (True, False)
+    assert type(b).has_feature("gpu") is expected
     with pytest.raises(ValueError, match="unknown feature"):
         b.supports("quantum")
+
+
+def test_features_come_from_overridden_methods():
+    class Eager(Backend):
+        name = "eager"
+
+    class WithGradients(Eager):
+        def value_and_grad(self, f, params, *args, has_aux=False):
+            return None
+
+    class Float32Only(Eager):
+        float_dtypes = ("float32",)
+
+    assert not any(Eager.has_feature(f) for f in ("grad", "jvp", "jit", "compile", "checkpoint", "gpu"))
+    assert WithGradients.has_feature("grad") and not WithGradients.has_feature("jvp")
+    assert Eager().supports("float64") and not Float32Only().supports("float64")
+    assert not Eager().supports("gpu")  # gpu_count() is 0 by default
+    assert ops.gradient_backends() == [n for n in ops.known_backends() if ops.backend_class(n).has_feature("grad")]
+    assert {"torch", "jax", "tensorflow"} <= set(ops.gradient_backends()) and "numpy" not in ops.gradient_backends()
+
+
+def test_generic_defaults_of_the_protocol():
+    """A backend that overrides no transformation: forward-only custom_vjp and host_vjp, a Python-loop scan,
+    identity checkpoint and compile_glue, no device kernels, no optimiser."""
+    b = ops.get_backend("numpy")
+    x = np.array([1.0, 2.0])
+    op = b.custom_vjp(lambda v: (v * 2.0, (v,)), lambda res, g: (g * 2.0,))
+    np.testing.assert_array_equal(op(x), [2.0, 4.0])
+    host = b.host_vjp(lambda v, k: v * k, lambda v, k, g: g * k, (2,))
+    np.testing.assert_array_equal(host(x, np.array([3.0, 3.0])), [3.0, 6.0])
+    carry, ys = b.scan(lambda c, v: (c + v, c * v), b.asarray(np.array(0.0)), b.asarray(np.arange(4.0)))
+    assert float(carry.raw) == 6.0 and ys.raw.tolist() == [0.0, 0.0, 2.0, 9.0]
+    _, ys = b.scan(lambda c, v: (c + v, c), b.asarray(np.array(0.0)), b.asarray(np.arange(4.0)), reverse=True)
+    assert ys.raw.tolist() == [6.0, 5.0, 3.0, 0.0]
+    assert b.compile_glue(np.sin) is np.sin and b.gpu_count() == 0
+    for call in (lambda: b.device_vjp(None, None, (1,)), lambda: b.scratch_zeros("cuda:0"),
+                 lambda: b.adam({"a": 1.0}, lr=0.1, lr_decay=1.0, clip_norm=None, dtype="float64", device=None),
+                 lambda: b.hessian(None, ["a"], np.zeros(1), "float64", None)):
+        with pytest.raises(NotSupported, match="backend 'numpy' cannot do"):
+            call()
+
+    class GradsButNoHostKernels(Backend):
+        name = "half"
+
+        def value_and_grad(self, f, params, *args, has_aux=False):
+            return None
+
+    with pytest.raises(NotSupported, match="backend 'half' cannot do 'host_vjp'.*lose them"):
+        GradsButNoHostKernels().host_vjp(None, None, (1,))
 
 
 def test_numpy_not_supported_messages(backend):

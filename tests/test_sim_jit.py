@@ -3,8 +3,8 @@
 jax: the host plan is recomputed every call, but the differentiable blocks have padded shapes (a small ladder of
 sizes), so a second batch whose blocks pad to the same sizes reuses the compiled blocks: the trace counter of
 the jitted block function does not move.
-torch: the per-pair inputs compiled with dynamic shapes (``SimConfig.compile``, ``Backend.fuse``) compile once for
-batches of any size, and give the eager implementation's hits and gradients.
+torch: the per-pair inputs compiled with dynamic shapes (``SimConfig.compile``, ``Backend.compile_glue``) compile once
+for batches of any size, and give the eager implementation's hits and gradients.
 
 The tests take the ``backend`` fixture (so that tox's framework environments select them) and run for their own
 framework only.

@@ -141,7 +141,7 @@ def _default_cycles(max_samples: int, noise: bool) -> int:
 # ---------------------------------------------------------------------------------------------- front end
 def electronics(charge_per_tick, detector, relaxation="hard", *, noise: bool = False, rng=None,
                 active_ticks=None, max_cycles: int | None = None, trigger_search: str = "auto",
-                fuse: bool = False) -> Samples:
+                compile_glue: bool = False) -> Samples:
     """Self-triggered readout of pixel waveforms: (adc, time, charge), each (n_rows, 10), NaN in empty slots.
 
     charge_per_tick  EagerPy tensor (n_rows, n_ticks) of induced charge in electrons per 0.1 us tick, tick n at
@@ -172,8 +172,8 @@ def electronics(charge_per_tick, detector, relaxation="hard", *, noise: bool = F
                      masked EagerPy passes over all ticks per cycle (traceable); "auto" = host when the values are
                      concrete (eager tensors, autodiff tracers with a concrete primal), else vectorized. Both
                      make the same comparisons in the same precision: identical outputs.
-    fuse             with the search on the GPU: the running integral before it and the sample gathering and
-                     digitisation after it compiled into a few fused kernels by the backend (``Backend.fused``;
+    compile_glue     with the search on the GPU: the running integral before it and the sample gathering and
+                     digitisation after it compiled into a few kernels by the backend (``Backend.compiled_glue``;
                      the simulator sets it from ``SimConfig.compile``). Same values.
     """
     relaxation = as_relaxation(relaxation)
@@ -189,7 +189,7 @@ def electronics(charge_per_tick, detector, relaxation="hard", *, noise: bool = F
         raise ValueError(f"unknown trigger_search {trigger_search!r}; choose 'auto', 'host' or 'vectorized'")
     on_gpu = trigger_search != "vectorized" and _gpu_search(charge_per_tick)
     charge_host = None if trigger_search == "vectorized" or on_gpu else _host_value(charge_per_tick)
-    bind = ops.get_backend(charge_per_tick).fused if fuse and on_gpu else functools.partial
+    bind = ops.get_backend(charge_per_tick).compiled_glue if compile_glue and on_gpu else functools.partial
     if on_gpu:
         # nothing comes to the host before the search: the NaN-safe charge and the NaN count are always taken
         q, nan_count, clean = bind(running_integral, count_dtype="int64")(charge_per_tick)
@@ -325,9 +325,10 @@ def _host_cycles(nan_host, q, q_disc, clean, last_tick, noise_draws, threshold, 
 
 
 def _gpu_search(x) -> bool:
-    """Whether the trigger search can run on the GPU in place: torch tensors on a CUDA device, numba-cuda usable."""
-    raw = x.raw if isinstance(x, ep.Tensor) else x
-    if type(raw).__module__.split(".")[0] != "torch" or not getattr(raw, "is_cuda", False):
+    """Whether the trigger search can run on the GPU in place: tensors on a CUDA device of a backend that hands its
+    tensors to foreign kernels (the feature "device_kernels"), numba-cuda usable."""
+    b = ops.get_backend(x)
+    if not (b.supports("device_kernels") and b.on_cuda(x)):
         return False
     from larnd_diff.sim import trigger_cuda
 
@@ -336,13 +337,13 @@ def _gpu_search(x) -> bool:
 
 def _gpu_cycles(q, q_disc, clean, nan_count, last_tick, noise_draws, threshold, window, dead_ticks, n_slots,
                 n_cycles):
-    """The search of :mod:`larnd_diff.sim.trigger_cuda` on detached torch GPU tensors; its outputs stay on the
-    GPU (EagerPy tensors, ``window_nan`` bool)."""
-    from larnd_diff.backends.custom_vjp import torch_zeros
+    """The search of :mod:`larnd_diff.sim.trigger_cuda` on detached GPU tensors (``Backend.device_array``, scratch
+    from ``Backend.scratch_zeros``); its outputs stay on the GPU (EagerPy tensors, ``window_nan`` bool)."""
     from larnd_diff.sim import trigger_cuda
 
-    raw = lambda t: ops.stop_gradient(t).raw.contiguous()  # noqa: E731
-    zeros = torch_zeros(raw(q).device)
+    b = ops.get_backend(q)
+    raw = lambda t: b.device_array(ops.stop_gradient(t).raw)  # noqa: E731
+    zeros = b.scratch_zeros(b.device_of(q))
     draws = None if noise_draws is None else [raw(t) for t in noise_draws]
     out = trigger_cuda.self_trigger_cycles(raw(q), raw(q_disc), raw(clean), raw(nan_count), raw(last_tick),
                                            threshold, window, dead_ticks, n_slots, n_cycles, noise=draws,
@@ -354,7 +355,7 @@ def _gpu_cycles(q, q_disc, clean, nan_count, last_tick, noise_draws, threshold, 
 
 def _samples_at(search, q, clean, *, gather) -> Samples:
     """The samples of the trigger search ``search`` (NumPy arrays from the host search, or tensors on ``q``'s
-    device from the GPU search): its integers as tensors, then ``gather`` (:func:`_gather_samples`, fused or not)."""
+    device from the GPU search): its integers as tensors, then ``gather`` (:func:`_gather_samples`, compiled or not)."""
     kinds = dict(start="int64", trig="int64", end="int64", count="int64", baseline=ops.dtype_name(q),
                  conversion=ops.dtype_name(q), window_nan="bool")
     found = {k: (ops.asarray(q, a, kinds[k]) if isinstance(a, np.ndarray) else a)

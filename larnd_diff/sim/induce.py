@@ -319,7 +319,6 @@ def fused_pair_waveforms(backend_name, pairf, rows, *, n_pairs, width, dt, sharp
     rows: int tensors pair, i, j, n_z, n_win and float valid, t0 per row (no gradient). ``straight_through``:
     the value with the hard stop, the gradient with the sigmoid onset of ``sharpness``.
     """
-    from larnd_diff.backends import custom_vjp as glue
     from larnd_diff.sim import fused
 
     args, value_args = _kernel_args(dt, sharpness, k_fast, k_slow, straight_through)
@@ -332,7 +331,7 @@ def fused_pair_waveforms(backend_name, pairf, rows, *, n_pairs, width, dt, sharp
     def backward(x, pair, i, j, valid, n_z, n_win, t0, g):
         return fused.pair_backward(x, fused.RowLayout(pair, n_z, n_win, t0, n_pairs, width), i, j, valid, *args, g)
 
-    op = glue.host_vjp(backend_name, forward, backward, (n_pairs, width))
+    op = ops.get_backend(backend_name).host_vjp(forward, backward, (n_pairs, width))
     return ep.astensor(op(pairf.raw, *consts))
 
 
@@ -350,7 +349,6 @@ def fused_charge(backend_name, pairf, table, t0, groups, *, n_rows, n_ticks, dt,
     (:func:`larnd_diff.sim.fused_cuda.charge_forward`), the host integers copied to the GPU once per call.
     ``straight_through``: the value with the hard stop, the gradient with the sigmoid onset of ``sharpness``.
     """
-    from larnd_diff.backends import custom_vjp as glue
     from larnd_diff.sim import fused
 
     args, value_args = _kernel_args(dt, sharpness, k_fast, k_slow, straight_through)
@@ -361,9 +359,9 @@ def fused_charge(backend_name, pairf, table, t0, groups, *, n_rows, n_ticks, dt,
         from larnd_diff.sim import fused_cuda
 
         layout = fused_cuda.EventLayout(table, t0, upload=lambda a: ops.asarray(pairf, a).raw)
-        op = glue.cuda_vjp(backend_name, lambda x, out: fused_cuda.charge_forward(x, layout, *value_args, out),
-                           lambda x, g, dx: fused_cuda.charge_backward(x, layout, *args, g, dx),
-                           (int(n_rows), int(n_ticks)))
+        op = ops.get_backend(backend_name).device_vjp(
+            lambda x, out: fused_cuda.charge_forward(x, layout, *value_args, out),
+            lambda x, g, dx: fused_cuda.charge_backward(x, layout, *args, g, dx), (int(n_rows), int(n_ticks)))
         return ep.astensor(op(pairf.raw))
 
     def forward(x):
@@ -372,7 +370,7 @@ def fused_charge(backend_name, pairf, table, t0, groups, *, n_rows, n_ticks, dt,
     def backward(x, g):
         return fused.charge_backward(x, table, t0, groups, *args, g)
 
-    op = glue.host_vjp(backend_name, forward, backward, (int(n_rows), int(n_ticks)))
+    op = ops.get_backend(backend_name).host_vjp(forward, backward, (int(n_rows), int(n_ticks)))
     return ep.astensor(op(pairf.raw))
 
 

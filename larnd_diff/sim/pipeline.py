@@ -3,10 +3,11 @@
 The integer structure (pixels, pairs, windows, sample counts) is planned on the host from detached float64
 values each call (:mod:`larnd_diff.sim.pixels`); the differentiable arithmetic runs on the chosen backend in
 blocks of (segment, pixel) pairs sized to ``SimConfig.memory_budget_bytes``, each block checkpointed on the
-differentiable backends and jitted on jax. Block shapes are padded to a small ladder of sizes so that compiled
-backends see few distinct shapes. With the fused CPU kernels on an eagerly executing backend (numpy, torch,
-tensorflow), the framework computes the per-pair inputs of all pairs at once and one host call does the rest
-(:func:`larnd_diff.sim.induce.fused_charge`): no per-row tensor, no padding, no scatter in the framework.
+differentiable backends and jitted where the backend prefers it (``Backend.prefers_jit``: jax). Block shapes are
+padded to a small ladder of sizes so that compiled backends see few distinct shapes. With the fused (Numba) kernels
+on an eagerly executing backend (numpy, torch, tensorflow), the framework computes the per-pair inputs of all pairs
+at once and one host (or GPU) call does the rest (:func:`larnd_diff.sim.induce.fused_charge`): no per-row tensor,
+no padding, no scatter in the framework.
 """
 from __future__ import annotations
 
@@ -201,18 +202,19 @@ def _pair_dict(seg, vdrift, pair_seg, pair_consts):
 def _event_pair_inputs(t, params, seg_consts, pair_seg, pair_consts, *, detector, relaxation, tilt, link_vdrift,
                        grid):
     """Stacked per-pair inputs (n_pairs, len(induce.PAIR_FIELDS)) of the whole event from the segments' tensors:
-    quench, drift, z ordering, gather to the pairs, pair geometry. A pure function of tensors (fused on GPUs)."""
+    quench, drift, z ordering, gather to the pairs, pair geometry. A pure function of tensors (compiled by the
+    backend on GPUs, ``SimConfig.compile``)."""
     *seg, vdrift = _segment_inputs(t, params, seg_consts, detector=detector, relaxation=relaxation, tilt=tilt,
                                    link_vdrift=link_vdrift)
     return induce.stack_pair_inputs(_pair_dict(seg, vdrift, pair_seg, pair_consts), grid=grid)
 
 
-def _wants_fuse(mode: str, b, like) -> bool:
-    """SimConfig.compile: fuse the per-pair inputs on GPU tensors ("auto"), always or never (where the backend
-    can)."""
-    if mode == "never" or not b.supports("fuse"):
+def _wants_compile(mode: str, b, like) -> bool:
+    """SimConfig.compile: compile the glue (per-pair inputs, electronics' gathering) on GPU tensors ("auto"),
+    always or never (where the backend can: the feature "compile")."""
+    if mode == "never" or not b.supports("compile"):
         return False
-    return mode == "always" or "cuda" in str(b.device_of(like)).lower()
+    return mode == "always" or b.on_cuda(like)
 
 
 # ---------------------------------------------------------------------------------------------- blocks
@@ -320,17 +322,17 @@ def _block_inputs(plan, pair_idx, multiple):
     return gather, rows, n_p, n_r, len(r_pair)
 
 
-def _block_fn(backend, grad_capable: bool, fused):
-    """The per-block evaluation, jitted on jax (cached) and checkpointed on differentiable backends (the EagerPy
-    entry loop). The fused CPU kernels (jax's route to them) take the per-pair inputs and expand the rows
-    themselves: the framework's graph is per pair only."""
-    key = (backend.name, grad_capable, fused)
+def _block_fn(backend, grad_capable: bool, kernel_target):
+    """The per-block evaluation, jitted where the backend prefers it (cached) and checkpointed on differentiable
+    backends (the EagerPy entry loop). The fused CPU kernels (a jitting backend's route to them) take the per-pair
+    inputs and expand the rows themselves: the framework's graph is per pair only."""
+    key = (backend.name, grad_capable, kernel_target)
     fn = _JIT_CACHE.get(key)
     if fn is None:
         def run(g, rows, *, n_pairs, n_rows, n_z, width, grid, sharpness, k_fast, k_slow, dtype, straight):
             common = dict(n_pairs=n_pairs, width=width, dt=grid[2], sharpness=sharpness, k_fast=k_fast,
                           k_slow=k_slow, straight_through=straight)
-            if fused == "cpu":
+            if kernel_target == "cpu":
                 # per-pair inputs in the framework, rows expanded inside the host kernels (value and gradient)
                 return induce.fused_pair_waveforms(backend.name, induce.stack_pair_inputs(g, grid=grid), rows,
                                                    **common)
@@ -342,7 +344,7 @@ def _block_fn(backend, grad_capable: bool, fused):
                 body = backend.checkpoint(body)
             return body(g, rows)
 
-        if backend.name == "jax":
+        if backend.prefers_jit:
             fn = backend.jit(run, static_argnames=("n_pairs", "n_rows", "n_z", "width", "grid", "sharpness", "k_fast",
                                                    "k_slow", "dtype", "straight"))
         else:
@@ -353,28 +355,29 @@ def _block_fn(backend, grad_capable: bool, fused):
 
 def fused_target(kernel: str, backend, like):
     """Where a block's hot loop runs: "cpu" (fused Numba kernels on host tensors), "cuda" (fused numba-cuda
-    kernels on torch GPU tensors) or None (the EagerPy implementation). ``kernel``: SimConfig.kernel ("auto"
-    picks a fused target when one fits the tensors' device and its numba flavour is importable; "fused" also
-    sends jax GPU arrays to the host kernels through jax.pure_callback)."""
+    kernels on the GPU tensors of a backend with the feature "device_kernels", e.g. torch) or None (the EagerPy
+    implementation). ``kernel``: SimConfig.kernel ("auto" picks a fused target when one fits the tensors' device
+    and its numba flavour is importable; "fused" also sends GPU arrays to the host kernels where the backend's
+    host callbacks take them, ``Backend.host_callbacks_on_device``: jax.pure_callback)."""
     from larnd_diff.sim import fused
 
     if kernel not in ("auto", "fused", "eager"):
         raise ValueError(f"unknown kernel {kernel!r}; choose 'auto', 'fused' or 'eager'")
     if kernel == "eager":
         return None
-    device = str(backend.device_of(like)).lower()
-    if backend.name == "numpy" or "cpu" in device:
+    if backend.on_host(like):
         target = "cpu" if fused.available() else None
-    elif backend.name == "torch" and "cuda" in device:
+    elif backend.supports("device_kernels") and backend.on_cuda(like):
         from larnd_diff.sim import fused_cuda
         target = "cuda" if fused_cuda.is_available() else None
-    elif backend.name == "jax" and kernel == "fused" and fused.available():
-        target = "cpu"      # GPU arrays through jax.pure_callback to the host kernels (copies both ways)
+    elif kernel == "fused" and backend.host_callbacks_on_device and fused.available():
+        target = "cpu"      # GPU arrays through the backend's host callbacks to the host kernels (copies both ways)
     else:
         target = None
     if kernel == "fused" and target is None:
-        raise ValueError(f"SimConfig(kernel='fused') has no kernel for {backend.name} tensors on {device} (CPU: "
-                         "numba; GPU: torch with numba-cuda); use kernel='eager' or 'auto'")
+        raise ValueError(f"SimConfig(kernel='fused') has no kernel for {backend.name} tensors on "
+                         f"{backend.device_of(like)} (CPU: numba; GPU: a backend with device kernels and numba-cuda, "
+                         "or host callbacks); use kernel='eager' or 'auto'")
     return target
 
 
@@ -405,7 +408,7 @@ def simulate(segments, backend: str = "numpy", device=None, params=None, relaxat
     dtype = dtype or config.dtype
     detector = resolve_detector(detector)
     b = ops.get_backend(backend)
-    grad_capable = b.name != "numpy"
+    grad_capable = b.supports("grad")
     params = as_params(params, nominal=detector.nominal)
     fields = _fields(segments)
     for name in POSITION_FIELDS + TIME_FIELDS + ("dE", "dEdx", "eventID"):
@@ -424,11 +427,12 @@ def simulate(segments, backend: str = "numpy", device=None, params=None, relaxat
     t = _segment_tensors(b, fields, dtype, device)
     like = t["x"]
     asarr = lambda a, dt_=dtype: ops.asarray(like, np.asarray(a), dt_)  # noqa: E731
-    fused = fused_target(config.kernel, b, like)
-    one_call = fused in ("cpu", "cuda") and b.name != "jax"
-    fuse_glue = _wants_fuse(config.compile, b, like)
-    fuse = one_call and fuse_glue
-    bparams = _param_tensors(b, params, dtype, device, upload_floats=fuse)
+    kernel_target = fused_target(config.kernel, b, like)
+    # the fused kernels in one call close over host data: not inside the jitted blocks of a backend that jits them
+    one_call = kernel_target is not None and not b.prefers_jit
+    compile_glue = _wants_compile(config.compile, b, like)
+    compile_inputs = one_call and compile_glue
+    bparams = _param_tensors(b, params, dtype, device, upload_floats=compile_inputs)
     flat = host["z_start"] == host["z_end"]
     seg_consts = asarr(np.stack([host["z_start"] < host["z_end"] + tilt * flat, flat]).astype(np.float64))
     pair_consts = _pair_constants(plan, host, tilt, detector)
@@ -439,7 +443,7 @@ def simulate(segments, backend: str = "numpy", device=None, params=None, relaxat
     itemsize = 8 if dtype == "float64" else 4
     n_corr = 2 * (k_fast + k_slow)
     compute = ~plan.nan_pair if sharp is None else np.ones(plan.n_pairs, bool)
-    blocks = _blocks(plan, compute, config.memory_budget_bytes, n_corr, itemsize, fused is not None)
+    blocks = _blocks(plan, compute, config.memory_budget_bytes, n_corr, itemsize, kernel_target is not None)
     n_ticks = 1
     ends = plan.placement + plan.n_win
     if plan.n_pairs:
@@ -448,7 +452,7 @@ def simulate(segments, backend: str = "numpy", device=None, params=None, relaxat
     sharpness = None if sharp is None else float(sharp)
     straight = sharp is not None and relax.onset == "straight-through"
     if one_call:
-        # every pair in one kernel call (host or GPU): per-pair inputs in the framework (fused into a few
+        # every pair in one kernel call (host or GPU): per-pair inputs in the framework (compiled into a few
         # kernels on a GPU), the rest (rows, waveforms, placement on the rows' ticks) in the kernels
         if not blocks:
             charge = ep.zeros(like, (n_rows, n_ticks))
@@ -457,20 +461,21 @@ def simulate(segments, backend: str = "numpy", device=None, params=None, relaxat
             groups = _host_groups(plan, blocks, config.memory_budget_bytes)
             table = np.stack([plan.ix0[pairs], plan.iy0[pairs], plan.nx[pairs], plan.ny[pairs], plan.n_z[pairs],
                               plan.n_win[pairs], plan.out_row[pairs], plan.placement[pairs]], axis=1)
-            bind = b.fused if fuse else functools.partial
+            bind = b.compiled_glue if compile_inputs else functools.partial
             inputs = bind(_event_pair_inputs, detector=detector, grid=grid, **static)
             pairf = inputs(t, bparams, seg_consts, asarr(plan.seg[pairs], "int64"), asarr(pair_consts[pairs]))
             charge = induce.fused_charge(b.name, pairf, table, plan.eval_start[pairs], groups, n_rows=n_rows,
                                          n_ticks=n_ticks, dt=grid[2], sharpness=sharpness, k_fast=k_fast,
-                                         k_slow=k_slow, target=fused, straight_through=straight)
+                                         k_slow=k_slow, target=kernel_target, straight_through=straight)
     else:
         *seg, vdrift = _segment_inputs(t, bparams, seg_consts, detector=detector, **static)
         if isinstance(vdrift, (int, float)):
             vdrift = asarr(vdrift)
         pair_tensors = lambda gather: _pair_dict(seg, vdrift, asarr(plan.seg[gather], "int64"),  # noqa: E731
                                                  asarr(pair_consts[gather]))
-        charge = _blocks_charge(_block_fn(b, grad_capable, fused), plan, blocks, pair_tensors, asarr, like,
-                                n_rows, n_ticks, config, grid, sharpness, k_fast, k_slow, dtype, fused, straight)
+        charge = _blocks_charge(_block_fn(b, grad_capable, kernel_target), plan, blocks, pair_tensors, asarr, like,
+                                n_rows, n_ticks, config, grid, sharpness, k_fast, k_slow, dtype, kernel_target,
+                                straight)
     if sharp is None and plan.nan_pair.any():
         charge = _nan_overlay(charge, plan, n_ticks, asarr)
 
@@ -478,8 +483,7 @@ def simulate(segments, backend: str = "numpy", device=None, params=None, relaxat
     from larnd_diff.sim.electronics import electronics
 
     rng = b.rng(seed, device) if noise else None
-    adc, time, q = electronics(charge, detector, relax, noise=noise, rng=rng,
-                               fuse=fuse_glue)
+    adc, time, q = electronics(charge, detector, relax, noise=noise, rng=rng, compile_glue=compile_glue)
     adc_host = _concrete(ops.stop_gradient(adc))
     if adc_host is None:
         raise ValueError("simulate needs concrete values to select the rows with samples; under jax.jit call it "
@@ -496,7 +500,7 @@ def simulate(segments, backend: str = "numpy", device=None, params=None, relaxat
 
 
 def _blocks_charge(fn, plan, blocks, pair_tensors, asarr, like, n_rows, n_ticks, config, grid, sharpness, k_fast,
-                   k_slow, dtype, fused, straight):
+                   k_slow, dtype, kernel_target, straight):
     """Induced charge (n_rows, n_ticks) block by block (``fn`` = :func:`_block_fn`: jitted on jax, padded
     shapes), scatter-added onto the rows' tick axis."""
     waves, flat_idx, keep_masks = [], [], []
@@ -505,7 +509,7 @@ def _blocks_charge(fn, plan, blocks, pair_tensors, asarr, like, n_rows, n_ticks,
         g = pair_tensors(gather)
         rows_t = {k: asarr(v, "int64") for k, v in rows.items() if k not in ("valid", "t0")}
         rows_t["valid"] = asarr(rows["valid"])
-        rows_t["t0"] = asarr(rows["t0"], "float64" if fused else dtype)
+        rows_t["t0"] = asarr(rows["t0"], "float64" if kernel_target else dtype)
         wave = fn(g, rows_t, n_pairs=n_p, n_rows=n_r, n_z=n_z, width=width, grid=grid, sharpness=sharpness,
                   k_fast=k_fast, k_slow=k_slow, dtype=dtype, straight=straight)
         real = len(pair_idx)
