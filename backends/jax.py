@@ -398,12 +398,12 @@ class _Adam(Optimizer):
         flat, treedef = tree_util.tree_flatten_with_path(state)
         return [("optax" + tree_util.keystr(path), leaf) for path, leaf in flat], treedef
 
-    def _state(self):
+    def _save_state(self):
         out = {f"values/{n}": np.array(v) for n, v in self._params.items()}
         out.update({key: np.array(leaf) for key, leaf in self._state_paths(self._state)[0]})
         return out
 
-    def _load_state(self, state):
+    def _restore_state(self, state):
         jnp = self._jnp
         self._params = {n: jnp.asarray(entry(state, f"values/{n}")) for n in self.names}
         paths, treedef = self._state_paths(self._tx.init(self._params))

@@ -148,17 +148,17 @@ class Optimizer:
 
     def state(self) -> Dict[str, np.ndarray]:
         """Parameters and optimiser state: plain-string keys, numeric NumPy arrays (copies), scalars 0-d."""
-        return _check_flat({**self._state(), "epoch": np.array(self.epoch, np.int64)})
+        return _check_flat({**self._save_state(), "epoch": np.array(self.epoch, np.int64)})
 
     def load_state(self, state: Mapping[str, np.ndarray]) -> None:
         """Restore what :meth:`state` returned (also after ``np.savez`` / ``np.load``), bit for bit."""
-        self._load_state(state)
+        self._restore_state(state)
         self.epoch = int(entry(state, "epoch"))
 
-    def _state(self) -> Dict[str, np.ndarray]:
+    def _save_state(self) -> Dict[str, np.ndarray]:
         raise NotImplementedError
 
-    def _load_state(self, state: Mapping[str, np.ndarray]) -> None:
+    def _restore_state(self, state: Mapping[str, np.ndarray]) -> None:
         raise NotImplementedError
 
     def _ordered(self, grads: Mapping[str, Any]):
@@ -271,11 +271,11 @@ class FullMatrixAdam(Optimizer):
             i = self.names.index(n)
             self._x[i] = min(max(self._x[i], float(lower[n])), float(upper[n]))
 
-    def _state(self):
+    def _save_state(self):
         return {"values": self._x.copy(), "m": self._m.copy(), "v": self._v.copy(), "t": np.array(self._t, np.int64),
                 "lr": np.array(self._lr, np.float64), "factors": self._factors.copy()}
 
-    def _load_state(self, state):
+    def _restore_state(self, state):
         n = len(self.names)
         parts = {k: np.array(entry(state, k), dtype=np.float64) for k in ("values", "m", "v", "factors")}
         if parts["values"].shape != (n,) or parts["v"].shape != (n, n):

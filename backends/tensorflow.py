@@ -460,14 +460,14 @@ class _Adam(Optimizer):
             v = self._vars[n]
             v.assign(self._tf.clip_by_value(v, float(lower[n]), float(upper[n])))
 
-    def _state(self):
+    def _save_state(self):
         """Values and every keras optimiser variable by position ("keras/<i>": iterations, learning rate, moments;
         keras' variable names carry a per-process counter, so they do not identify a variable across runs)."""
         out = {f"values/{n}": np.array(v.numpy()) for n, v in self._vars.items()}
         out.update({f"keras/{i}": np.array(v.numpy()) for i, v in enumerate(self._opt.variables)})
         return out
 
-    def _load_state(self, state):
+    def _restore_state(self, state):
         saved = sum(1 for k in state if k.startswith("keras/"))
         if saved != len(self._opt.variables):
             raise ValueError("checkpointed keras optimiser state does not match this optimiser's variables")

@@ -463,7 +463,7 @@ class _Adam(Optimizer):
             for n in lower:
                 self._tensors[n].clamp_(float(lower[n]), float(upper[n]))
 
-    def _state(self):
+    def _save_state(self):
         """Values; per parameter i every tensor of torch's Adam state ("adam/<i>/exp_avg" ...); the numbers of the
         parameter group and of the scheduler."""
         out = {f"values/{n}": np.array(t.detach().cpu().numpy()) for n, t in self._tensors.items()}
@@ -474,7 +474,7 @@ class _Adam(Optimizer):
         out.update(numeric_entries("scheduler", self._sched.state_dict()))
         return out
 
-    def _load_state(self, state):
+    def _restore_state(self, state):
         torch = self._torch
         with torch.no_grad():
             for n, t in self._tensors.items():
