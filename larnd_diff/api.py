@@ -23,7 +23,14 @@ def simulate(segments, backend: str = "reference", *, device=None, params=None, 
     precision   reference only: "larnd-sim" (float32 map of the real code) or "float64".
     dtype       framework backends: "float64" or "float32".
     chunk_size  segments per processing chunk within an event (larnd-sim's 600; None = whole events).
+
+    Before simulating, the inputs are checked alike for every backend (:mod:`larnd_diff.checks`): parameters
+    outside their physical domain, missing fields, NaN or infinite values, negative dE or dEdx, and electron counts
+    beyond larnd-sim's 32-bit field raise a :class:`~larnd_diff.errors.InputError` naming what and where;
+    degenerate segments (zero length, parallel to the anode, x_start = x_end) are counted in one warning.
     """
+    params = _checked_inputs(segments, backend, params, detector,
+                             relaxation if config is None else config.relaxation)
     if backend == "reference":
         from .reference import simulate as reference_simulate
 
@@ -40,6 +47,25 @@ def simulate(segments, backend: str = "reference", *, device=None, params=None, 
         config = SimConfig(relaxation=relaxation, dtype=dtype, chunk_size=chunk_size)
     return sim_simulate(segments, backend=backend, device=device, params=params, detector=detector,
                         noise=noise, seed=seed, config=config)
+
+
+def _checked_inputs(segments, backend, params, detector, relaxation):
+    """The parameters as a checked :class:`~larnd_diff.params.Params` after :mod:`larnd_diff.checks`' checks of the
+    segments (the warning about degenerate segments points at the caller of ``simulate``)."""
+    from .checks import READ_FIELDS, check_simulation_inputs
+    from .detector import resolve_detector
+    from .params import as_params
+
+    det = resolve_detector(detector)
+    params = as_params(params, nominal=det.nominal)
+    required = READ_FIELDS
+    if backend == "reference":
+        from .reference.pipeline import REQUIRED_FIELDS
+
+        required = REQUIRED_FIELDS
+    check_simulation_inputs(segments, backend, params=params, detector=det, relaxation=relaxation,
+                            required=required, stacklevel=4)
+    return params
 
 
 def value_and_grad(loss_fn, params: dict, *args, backend: str = "torch", has_aux: bool = False):
