@@ -11,9 +11,10 @@ from __future__ import annotations
 import re
 from typing import Iterable, Optional, Sequence
 
-__all__ = ["InputError", "SegmentError", "SegmentFileNotFoundError", "MissingFieldError", "ParameterError",
-           "UnknownParameterError", "ConfigError", "ConfigFileNotFoundError", "OutputError", "OutputExistsError",
-           "ElectronCountError", "KEYWORD_FLAGS", "cli_spelling", "rows_text"]
+__all__ = ["InputError", "InputFileNotFoundError", "MissingDataError", "SegmentError", "SegmentFileNotFoundError",
+           "MissingFieldError", "ElectronCountError", "ParameterError", "UnknownParameterError", "ConfigError",
+           "ConfigFileNotFoundError", "OutputError", "OutputExistsError", "KEYWORD_FLAGS", "cli_spelling",
+           "rows_text"]
 
 
 class InputError(ValueError):
@@ -36,11 +37,21 @@ class InputError(ValueError):
         return self.message
 
 
+class InputFileNotFoundError(InputError, FileNotFoundError):
+    """An input file that does not exist (also a ``FileNotFoundError``)."""
+
+
+class MissingDataError(InputError, KeyError):
+    """A file without the group or dataset asked for (also a ``KeyError``)."""
+
+    __str__ = InputError.__str__   # KeyError would quote the message
+
+
 class SegmentError(InputError):
     """A segments file or array that cannot be used; the message names file, dataset, field and row(s)."""
 
 
-class SegmentFileNotFoundError(SegmentError, FileNotFoundError):
+class SegmentFileNotFoundError(SegmentError, InputFileNotFoundError):
     """The segments file does not exist (also a ``FileNotFoundError``)."""
 
 
@@ -68,7 +79,7 @@ class ConfigError(InputError):
     """A detector, layout or other configuration file that cannot be used (malformed YAML, missing key)."""
 
 
-class ConfigFileNotFoundError(ConfigError, FileNotFoundError):
+class ConfigFileNotFoundError(ConfigError, InputFileNotFoundError):
     """A configuration file that does not exist (also a ``FileNotFoundError``)."""
 
 

@@ -89,13 +89,23 @@ def _np(x):
     return np.asarray(raw)
 
 
-def save_hits(path, hits: Hits, group: str = "hits", mode: str = "a", attrs: dict | None = None) -> None:
-    """Write hits to an HDF5 group (one dataset per field; NaN marks empty slots)."""
+def save_hits(path, hits: Hits, group: str = "hits", mode: str = "a", attrs: dict | None = None,
+              overwrite: bool = False) -> None:
+    """Write hits to an HDF5 group (one dataset per field; NaN marks empty slots).
+
+    ``mode``: "a" adds the group to the file (created if absent), "w" truncates the file first. An existing group
+    is replaced only with ``overwrite=True``; otherwise :class:`~larnd_diff.errors.OutputExistsError`.
+    """
     import h5py
+
+    from .errors import OutputExistsError
 
     h = hits.numpy()
     with h5py.File(path, mode) as f:
         if group in f:
+            if not overwrite:
+                raise OutputExistsError(f"{path}: group {group!r} already exists (pass overwrite=True to replace it)",
+                                        file=path)
             del f[group]
         g = f.create_group(group)
         for fld in fields(h):
@@ -107,11 +117,22 @@ def save_hits(path, hits: Hits, group: str = "hits", mode: str = "a", attrs: dic
 
 
 def load_hits(path, group: str = "hits") -> Hits:
-    """Read hits written by :func:`save_hits`."""
+    """Read hits written by :func:`save_hits`; input errors name the file (and the groups it has)."""
+    from pathlib import Path
+
     import h5py
 
-    with h5py.File(path, "r") as f:
+    from .errors import InputError, InputFileNotFoundError, MissingDataError
+
+    if not Path(path).exists():
+        raise InputFileNotFoundError(f"{path}: hits file does not exist", file=path)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise InputError(f"{path}: cannot be opened as an HDF5 file ({err})", file=path) from err
+    with f:
         if group not in f:
-            raise KeyError(f"{path} has no group {group!r} (it has {sorted(f.keys())})")
+            raise MissingDataError(f"{path} has no group {group!r} (it has {sorted(f.keys())})", file=path,
+                                   field=group)
         g = f[group]
         return Hits(**{fld.name: (g[fld.name][()] if fld.name in g else None) for fld in fields(Hits)})

@@ -125,8 +125,9 @@ def invalid_rows(table: np.ndarray) -> list:
 
 def _problem_text(table: np.ndarray, field: str, reason: str, mask: np.ndarray, index: np.ndarray) -> str:
     bad = np.flatnonzero(mask)
-    return (f"field {field!r} row {index[bad[0]]} is {table[field][bad[0]]} and {reason}; {len(bad)} row(s) of "
-            f"this field affected: {rows_text(index[bad])}")
+    value = float(table[field][bad[0]])
+    return (f"field {field!r} row {index[bad[0]]} is {value:g} and {reason}; {len(bad)} row(s) of this field "
+            f"affected: {rows_text(index[bad])}")
 
 
 def _apply_invalid_policy(table: np.ndarray, invalid: str, where: str, index: np.ndarray):
