@@ -90,6 +90,8 @@ def _fit_keywords(args, options) -> dict:
         from .toy import toy_loss, toy_simulator
 
         kw.update(simulator=toy_simulator, loss=toy_loss, loss_options={})
+        kw.setdefault("target_simulator", "same")  # the toy's target is the toy's own hits
+        kw.setdefault("target_noise", False)
     return kw
 
 
@@ -129,7 +131,7 @@ def add_fit_commands(subparsers) -> None:
     c.add_argument("--no-swap", action="store_true", help="--segments are already in the simulation frame")
     c.add_argument("--json", type=Path, required=True, help="write the closure summary here")
     c.add_argument("--tolerance", type=float, default=0.01, help="for iterations_to_1pct (default 0.01)")
-    c.add_argument("--self-consistent", dest="recipe", action="store_const", const="closure",
+    c.add_argument("--self-consistent", dest="recipe", action="store_const", const="closure", default=argparse.SUPPRESS,
                    help="the self-consistent closure (= --recipe closure: target simulated by the fit's own "
                         "simulator without noise; a debugging aid, not evidence)")
     c.set_defaults(func=cmd_closure, options=_add_common(c, "data", ("checkpoint_dir", "checkpoint_every",
