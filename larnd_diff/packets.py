@@ -24,7 +24,10 @@ This is the inverse of :mod:`larnd_diff.export` (spec 2.5 and 4.7) and reads wha
   when the file has it: for evaluation only, the reconstruction never reads it.
 
 Only safe readers are used (h5py datasets, ``yaml`` safe loading). Problems with a file raise
-:class:`PacketError` (a ``ValueError``) naming the file, the dataset and, where it applies, the row.
+:class:`PacketError` (an :class:`~larnd_diff.errors.InputError`, hence a ``ValueError``) naming the file, the
+dataset and, where it applies, the row (also in its ``file`` and ``rows`` attributes); a missing file raises
+:class:`PacketFileNotFoundError`, a file without the dataset :class:`MissingPacketsError`, a bad layout YAML a
+:class:`~larnd_diff.errors.ConfigError`.
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ import numpy as np
 import yaml
 
 from .detector import Detector, resolve_detector
+from .errors import ConfigError, InputError, InputFileNotFoundError, MissingDataError
 from .hits import N_BACKTRACK, Hits
 
 #: larpix-control packet types (larpix.packet.Packet_v2).
@@ -54,8 +58,16 @@ TRIGGER_MERGE_TICKS = 20
 _READ_BLOCK = 1 << 18
 
 
-class PacketError(ValueError):
+class PacketError(InputError):
     """A packets file that cannot be read; the message names the file, the dataset and, where known, the row."""
+
+
+class PacketFileNotFoundError(PacketError, InputFileNotFoundError):
+    """The packets file does not exist (also a ``FileNotFoundError``)."""
+
+
+class MissingPacketsError(PacketError, MissingDataError):
+    """The file has no ``packets`` dataset: not a LArPix packets file (also a ``KeyError``)."""
 
 
 @dataclass(frozen=True)
@@ -124,11 +136,12 @@ def _read_layout(layout_yaml: Path) -> dict:
     try:
         layout = yaml.load(layout_yaml.read_text(), Loader=loader)
     except (OSError, yaml.YAMLError) as err:
-        raise PacketError(f"{layout_yaml}: cannot be read as a pixel-layout YAML ({err})") from err
+        raise ConfigError(f"{layout_yaml}: cannot be read as a pixel-layout YAML ({err})", file=layout_yaml) from err
     missing = [k for k in ("chip_channel_to_position", "tile_chip_to_io", "tile_orientations")
                if not isinstance(layout, dict) or k not in layout]
     if missing:
-        raise PacketError(f"{layout_yaml}: not a larnd-sim multi-tile pixel layout (missing {', '.join(missing)})")
+        raise ConfigError(f"{layout_yaml}: not a larnd-sim multi-tile pixel layout (missing {', '.join(missing)})",
+                          file=layout_yaml)
     return layout
 
 
@@ -148,7 +161,8 @@ def _cached_lookup(layout_path: str, det: Detector) -> PixelLookup:
     for tile, chips in layout["tile_chip_to_io"].items():
         tile = int(tile)
         if tile not in places:
-            raise PacketError(f"{layout_path}: tile {tile} of tile_chip_to_io is not in the detector's tile map")
+            raise ConfigError(f"{layout_path}: tile {tile} of tile_chip_to_io is not in the detector's tile map",
+                              file=layout_path)
         plane, tx, ty = places[tile]
         flip_y, flip_x = (float(s) < 0 for s in layout["tile_orientations"][tile][1:3])
         for chip, io in chips.items():
@@ -176,8 +190,8 @@ def _open_error(path: Path, dataset: str, err: OSError) -> PacketError:
     m = re.search(r"truncated file: eof = (\d+).*stored_eof = (\d+)", text)
     if m:
         return PacketError(f"{path}: cannot read dataset {dataset!r}: the file is truncated ({m.group(1)} of "
-                           f"{m.group(2)} bytes present), so no row of it can be read")
-    return PacketError(f"{path}: cannot be opened as an HDF5 file to read dataset {dataset!r} ({text})")
+                           f"{m.group(2)} bytes present), so no row of it can be read", file=path)
+    return PacketError(f"{path}: cannot be opened as an HDF5 file to read dataset {dataset!r} ({text})", file=path)
 
 
 def _read_table(h5, path: Path, name: str) -> np.ndarray:
@@ -186,10 +200,10 @@ def _read_table(h5, path: Path, name: str) -> np.ndarray:
 
     obj = h5[name]
     if not isinstance(obj, h5py.Dataset):
-        raise PacketError(f"{path}: {name!r} is a group, not a dataset")
+        raise PacketError(f"{path}: {name!r} is a group, not a dataset", file=path)
     if obj.dtype.names is None or obj.ndim != 1:
         raise PacketError(f"{path}:{name}: expected a 1-D table with named fields (larpix-control format), "
-                          f"got dtype {obj.dtype} and shape {obj.shape}")
+                          f"got dtype {obj.dtype} and shape {obj.shape}", file=path)
     out = np.empty(obj.shape, obj.dtype)
     for lo in range(0, len(obj), _READ_BLOCK):
         hi = min(lo + _READ_BLOCK, len(obj))
@@ -197,7 +211,7 @@ def _read_table(h5, path: Path, name: str) -> np.ndarray:
             out[lo:hi] = obj[lo:hi]
         except (OSError, ValueError, TypeError) as err:
             raise PacketError(f"{path}:{name}: rows {lo}-{hi - 1} cannot be read ({err}); the file is damaged or "
-                              f"truncated from row {lo} on") from err
+                              f"truncated from row {lo} on", file=path, rows=(lo,)) from err
     return out
 
 
@@ -205,18 +219,20 @@ def _check_packet_fields(packets: np.ndarray, path: Path, dataset: str) -> None:
     missing = [f for f in REQUIRED_PACKET_FIELDS if f not in packets.dtype.names]
     if missing:
         raise PacketError(f"{path}:{dataset}: not a larpix-control packets table: missing field(s) "
-                          f"{', '.join(missing)} (present: {', '.join(packets.dtype.names)})")
+                          f"{', '.join(missing)} (present: {', '.join(packets.dtype.names)})", file=path,
+                          field=missing[0])
     for name in REQUIRED_PACKET_FIELDS:
         if packets.dtype[name].kind not in "iu":
             raise PacketError(f"{path}:{dataset}: field {name!r} has dtype {packets.dtype[name]}, expected an "
-                              f"unsigned integer (larpix-control format); row 0 holds {packets[name][:1]!r}")
+                              f"unsigned integer (larpix-control format); row 0 holds {packets[name][:1]!r}",
+                              file=path, field=name, rows=(0,))
 
 
 def _read_file(path: Path, dataset: str, assn_dataset: str):
     import h5py
 
     if not path.exists():
-        raise PacketError(f"{path}: packets file does not exist")
+        raise PacketFileNotFoundError(f"{path}: packets file does not exist", file=path)
     try:
         h5 = h5py.File(path, "r")
     except OSError as err:
@@ -225,19 +241,19 @@ def _read_file(path: Path, dataset: str, assn_dataset: str):
         if dataset not in h5:
             found: list[str] = []
             h5.visititems(lambda n, o: found.append(n) if isinstance(o, h5py.Dataset) else None)
-            raise PacketError(f"{path}: has no dataset {dataset!r} (not a LArPix packets file); datasets present: "
-                              f"{', '.join(found) or 'none'}")
+            raise MissingPacketsError(f"{path}: has no dataset {dataset!r} (not a LArPix packets file); datasets "
+                                      f"present: {', '.join(found) or 'none'}", file=path)
         packets = _read_table(h5, path, dataset)
         assn = _read_table(h5, path, assn_dataset) if assn_dataset in h5 else None
     _check_packet_fields(packets, path, dataset)
     if assn is not None:
         if "track_ids" not in assn.dtype.names:
             raise PacketError(f"{path}:{assn_dataset}: has no field 'track_ids' "
-                              f"(fields: {', '.join(assn.dtype.names)})")
+                              f"(fields: {', '.join(assn.dtype.names)})", file=path, field="track_ids")
         if len(assn) != len(packets):
             row = min(len(assn), len(packets))
             raise PacketError(f"{path}:{assn_dataset}: has {len(assn)} rows but {dataset} has {len(packets)}; the "
-                              f"two tables part from row {row} on (one of them is truncated)")
+                              f"two tables part from row {row} on (one of them is truncated)", file=path, rows=(row,))
     return packets, assn
 
 
@@ -266,7 +282,7 @@ def _caller_t0_ticks(event_t0, data_ts: np.ndarray, detector: Detector, path: Pa
     if event_t0 is None:
         raise PacketError(f"{path}: the packets table has no trigger packets (packet_type {TRIGGER_PACKET}), so the "
                           f"event t0 is unknown: pass event_t0 (absolute times in us, one per event) or "
-                          f"event_t0='slots' (larnd-sim's one 600 us slot per event)")
+                          f"event_t0='slots' (larnd-sim's one 600 us slot per event)", file=path)
     if isinstance(event_t0, str):
         if event_t0 != "slots":
             raise ValueError(f"event_t0 must be a sequence of times in us or 'slots', not {event_t0!r}")
@@ -314,7 +330,8 @@ def read_packets(path: str | Path, layout_yaml: str | Path, *, detector=None, ev
         raise PacketError(f"{path}:{dataset}: row {int(data_rows[bad])} is a data packet of chip key "
                           f"{int(p['io_group'])}-{int(p['io_channel'])}-{int(p['chip_id'])} channel "
                           f"{int(p['channel_id'])}, which the pixel layout {lookup.layout_path} does not have "
-                          f"({int((~known).sum())} data packet(s) affected): wrong layout or a foreign file")
+                          f"({int((~known).sum())} data packet(s) affected): wrong layout or a foreign file",
+                          file=path, rows=(int(data_rows[bad]),))
     ts = data["timestamp"].astype(np.int64)
     if is_trigger.any():
         t0_ticks, source = _trigger_t0_ticks(packets["timestamp"][is_trigger]), "trigger packets"
@@ -371,7 +388,7 @@ def file_kind(path: str | Path) -> set[str]:
 
     path = Path(path)
     if not path.exists():
-        raise PacketError(f"{path}: file does not exist")
+        raise PacketFileNotFoundError(f"{path}: file does not exist", file=path)
     try:
         with h5py.File(path, "r") as h5:
             return {k for k in ("packets", "hits", "segments") if k in h5}
@@ -397,10 +414,11 @@ def load_target(path: str | Path, layout_yaml: str | Path | None = None, *, dete
         return load_hits(path)
     if "packets" in kind:
         raise PacketError(f"{path}: is a LArPix packets file; reading it needs the pixel layout (layout_yaml / "
-                          f"--layout-yaml) for the channel -> pixel map")
+                          f"--layout-yaml) for the channel -> pixel map", file=path)
     raise PacketError(f"{path}: holds neither a 'packets' dataset nor a 'hits' group (found: "
-                      f"{', '.join(sorted(kind)) or 'nothing usable'})")
+                      f"{', '.join(sorted(kind)) or 'nothing usable'})", file=path)
 
 
-__all__ = ["CLOCK_US", "DATA_PACKET", "MAX_SAMPLES", "PacketError", "PacketEvents", "PixelLookup",
+__all__ = ["CLOCK_US", "DATA_PACKET", "MAX_SAMPLES", "MissingPacketsError", "PacketError", "PacketEvents",
+           "PacketFileNotFoundError", "PixelLookup",
            "TRIGGER_PACKET", "build_pixel_lookup", "file_kind", "load_packets", "load_target", "read_packets"]

@@ -31,32 +31,36 @@ def _truth(args, packets_path: Path):
     return load_segments(packets_path, dataset="tracks", swap_xz=False, outside="keep") if has_tracks else None
 
 
+def _read_input(args, det):
+    """(hits, description of the source) of a packets file or a hits file."""
+    from larnd_diff.packets import PacketError, file_kind, read_packets
+
+    kind = file_kind(args.input)
+    if "packets" in kind and args.layout_yaml is not None:
+        read = read_packets(args.input, args.layout_yaml, detector=det, event_t0=_event_t0(args.event_t0))
+        return read.hits, f"packets, event t0 from {read.t0_source}", kind
+    if "hits" in kind:
+        from larnd_diff.hits import load_hits
+
+        return load_hits(args.input), "hits group (times from each event's t0)", kind
+    if "packets" in kind:
+        raise SystemExit("a packets file needs the pixel layout: --layout-yaml FILE")
+    raise PacketError(f"{args.input}: holds neither LArPix 'packets' nor a 'hits' group", file=args.input)
+
+
 def cmd_reco(args) -> int:
     import numpy as np
 
     from larnd_diff.cli import _detector
-    from larnd_diff.io import save_segments
-    from larnd_diff.packets import PacketError, file_kind, read_packets
+    from larnd_diff.io import atomic_output, check_output, check_outputs, save_segments
     from larnd_diff.reco import reconstruct
 
+    inputs = (args.input, args.layout_yaml, args.detector_yaml, args.truth)
+    check_output(args.output, overwrite=args.overwrite, inputs=inputs)
+    check_outputs((args.output, args.plot, args.report), overwrite=args.overwrite, inputs=inputs)
     det = _detector(args)
     t_start = time.perf_counter()
-    try:
-        kind = file_kind(args.input)
-        if "packets" in kind:
-            if args.layout_yaml is None:
-                raise SystemExit("larnd-diff reco: a packets file needs the pixel layout: --layout-yaml FILE")
-            read = read_packets(args.input, args.layout_yaml, detector=det, event_t0=_event_t0(args.event_t0))
-            hits, source = read.hits, f"packets, event t0 from {read.t0_source}"
-        elif "hits" in kind:
-            from larnd_diff.hits import load_hits
-
-            hits, source = load_hits(args.input), "hits group (times from each event's t0)"
-        else:
-            raise PacketError(f"{args.input}: holds neither LArPix 'packets' nor a 'hits' group")
-    except PacketError as err:
-        print(f"larnd-diff reco: error: {err}", file=sys.stderr)
-        return 2
+    hits, source, kind = _read_input(args, det)
     segments, report = reconstruct(hits, det, vdrift=args.vdrift)
     wall = time.perf_counter() - t_start
     counts = report.counts()
@@ -66,7 +70,8 @@ def cmd_reco(args) -> int:
     if len(segments) == 0:
         print("larnd-diff reco: error: no track was reconstructed; no segments file written", file=sys.stderr)
         return 1
-    save_segments(args.output, segments, overwrite=args.overwrite)
+    with atomic_output(args.output, overwrite=args.overwrite) as tmp:
+        save_segments(tmp, segments)
     print(f"segments (edep-sim frame, x = drift) -> {args.output}")
     if args.report:
         args.report.write_text(json.dumps({"input": str(args.input), "source": source, "vdrift": report.vdrift,
@@ -101,6 +106,6 @@ def add_reco_command(sub) -> argparse.ArgumentParser:
     r.add_argument("--truth", type=Path, default=None,
                    help="true segments for the figure (default: the packets file's 'tracks' dataset, if any)")
     r.add_argument("--report", type=Path, default=None, help="JSON list of the tracks")
-    r.add_argument("--overwrite", action="store_true", help="replace an existing segments dataset")
+    r.add_argument("--overwrite", action="store_true", help="replace existing output files")
     r.set_defaults(func=cmd_reco)
     return r

@@ -39,21 +39,21 @@ def plot_event(report, path: str | Path, *, event: int | None = None, truth: np.
             start = np.column_stack([seg["x_start"], seg["y_start"], seg["z_start"]])
             end = np.column_stack([seg["x_end"], seg["y_end"], seg["z_end"]])
             for s0, s1 in zip(start, end):
-                ax.plot([s0[a], s1[a]], [s0[1], s1[1]], color="black", lw=0.6, alpha=0.7)
-            ax.plot([], [], color="black", lw=0.6, label="true segments")
+                ax.plot([s0[a], s1[a]], [s0[1], s1[1]], color="black", lw=3.5, alpha=0.25, solid_capstyle="butt")
+            ax.plot([], [], color="black", lw=3.5, alpha=0.25, label="true segments")
         for i, t in enumerate(report.tracks):
             if t.event_id != event:
                 continue
             mine = report.point_track == i
             colour = _COLOURS[t.category]
-            ax.scatter(pts.xyz[mine, a], pts.xyz[mine, 1], s=3, color=colour, alpha=0.4)
-            ax.plot(t.nodes[:, a], t.nodes[:, 1], color=colour, lw=1.8)
+            ax.scatter(pts.xyz[mine, a], pts.xyz[mine, 1], s=2, color=colour, alpha=0.35)
+            ax.plot(t.nodes[:, a], t.nodes[:, 1], color=colour, lw=1.0)
             if t.stops:
                 ax.plot(t.end[a], t.end[1], marker="x", color=colour, ms=8)
                 ax.annotate(t.species, (t.end[a], t.end[1]), fontsize=8, color=colour)
         ax.set_xlabel(label)
     for cat, colour in _COLOURS.items():
-        axes[1].plot([], [], color=colour, lw=1.8, label=f"reco: {cat}")
+        axes[1].plot([], [], color=colour, lw=1.0, label=f"reco: {cat}")
     axes[0].set_ylabel("y (cm)")
     axes[1].legend(fontsize=7, loc="best")
     fig.suptitle(f"event {event}: reconstructed tracks (x = stop) over hits" + (" and true segments" if truth is not
