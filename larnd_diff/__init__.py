@@ -48,6 +48,8 @@ _LAZY = {
     "Relaxation": "sim.config", "SimConfig": "sim.config",
     "get_backend": "ops",
     "write_packets": "export",
+    "load_packets": "packets", "read_packets": "packets", "load_target": "packets", "PacketError": "packets",
+    "reconstruct": "reco", "RecoConfig": "reco", "generate_tracks": "generate",
     "fit": "fit", "FitResult": "fit", "closure": "fit",
 }
 
