@@ -6,8 +6,9 @@ instantiates it, so the registry can read every class (names, aliases, features)
 
 Everything framework-specific is a method of that class (ops, gradients, jit, custom gradients, host and GPU
 kernels as differentiable ops, scans, device count, placement, peak memory, the optimiser, Hessians), with
-generic defaults in ``base.py``. Nothing outside this package tests a framework's name. So adding a framework
-is one module with a subclass of ``larnd_diff.backends.base.Backend`` named ``Backend``, registered
+generic defaults in ``base.py``; the simulator, Soft-DTW, the comparison and the fit ask the backend (its methods,
+``supports(feature)``) instead of testing a framework's name. So adding a framework is one module with a subclass
+of ``larnd_diff.backends.base.Backend`` named ``Backend``, registered
 
 * from another package: by one entry point in the group ``larnd_diff.backends``, e.g. in its setup.cfg::
 

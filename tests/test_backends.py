@@ -412,7 +412,7 @@ def test_compat_patches_are_idempotent():
 
 
 def test_compat_fixes(backend):
-    """Each EagerPy 0.30 breakage from notes/eagerpy-compat.md that the patches fix, on this backend."""
+    """Each EagerPy 0.30 breakage that the patches of larnd_diff/backends/_compat.py fix, on this backend."""
     b = ops.get_backend(backend)
     x64 = b.asarray(np.array([1.0, 2.0, 3.0]), "float64")
     x32 = b.asarray(np.array([1.0, 2.0, 3.0]), "float32")

@@ -1,6 +1,7 @@
-"""Front-end electronics (larnd_diff.sim.electronics) against spec 4.5.
+"""Front-end electronics (larnd_diff.sim.electronics) against the larnd-sim front end.
 
-* a scalar, tick-by-tick model of the reference front end written in this file (spec 4.5 steps 1-7),
+* a scalar, tick-by-tick model of the reference front end written in this file (the steps of the module docstring
+  of larnd_diff/sim/electronics.py),
   compared exactly on synthetic waveforms (threshold, double count, dead ticks, failed conversions, NaN,
   10-sample cap, truncated window, padded inputs);
 * the real larnd-sim waveforms of test_inputs chunks 0 and 1 (../shared/reference): trigger ticks, converted

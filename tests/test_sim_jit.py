@@ -67,7 +67,7 @@ def test_jax_grad_through_simulate(backend):
     assert np.isfinite(float(g)) and float(g) != 0.0
 
 
-def test_torch_fused_inputs_compile_once_and_match_eager(backend, record_property):
+def test_torch_compiled_inputs_compile_once_and_match_eager(backend, record_property):
     """torch.compile'd per-pair inputs (``compile="always"``: on the CPU here, by default only on a GPU): a second
     batch of another size reuses the compiled graph, and hits and six gradients equal the eager implementation's."""
     torch = _only(backend, "torch")
@@ -84,10 +84,10 @@ def test_torch_fused_inputs_compile_once_and_match_eager(backend, record_propert
     second = small_segments(n_seg=13, seed=5)
     h, g = run(second, "always")
     record_property("graphs_compiled_for_second_batch", counters["stats"]["unique_graphs"] - graphs)
-    assert counters["stats"]["unique_graphs"] == graphs, "a batch of another size recompiled the fused inputs"
+    assert counters["stats"]["unique_graphs"] == graphs, "a batch of another size recompiled the compiled inputs"
     h0, g0 = run(second, "never")
     assert len(h) == len(h0) > 0
     assert torch.equal(torch.nan_to_num(h.adc, -1.0), torch.nan_to_num(h0.adc, -1.0))
     assert torch.equal(torch.nan_to_num(h.time, -1.0), torch.nan_to_num(h0.time, -1.0))
-    # the same arithmetic in another order (fused kernels): float64 rounding only
+    # the same arithmetic in another order (compiled kernels): float64 rounding only
     np.testing.assert_allclose(g.numpy(), g0.numpy(), rtol=1e-9, atol=0)

@@ -1,4 +1,4 @@
-"""LArPix front-end electronics: discrimination, integration and digitisation of pixel waveforms (spec 4.5).
+"""LArPix front-end electronics: discrimination, integration and digitisation of pixel waveforms.
 
 The input is the induced charge per 0.1 us tick, in electrons, on the event tick axis (tick n <-> n x 0.1 us).
 Per pixel the reference front end (larnd-sim ``fee.py``) does, in conversion cycles:

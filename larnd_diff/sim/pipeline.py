@@ -36,7 +36,7 @@ PAIR_CONSTANTS = ("x_p", "y_p", "x_first_is_a", "branch", "n_z", "sgn_x", "sgn_y
 #: Ticks kept after the last charge of a pixel so that a trigger there can still integrate its 18 ticks.
 TAIL_TICKS = 24
 #: Smooth preset: cm added to z_end of segments parallel to the anode (z_start = z_end), which the reference
-#: turns into NaN (spec 4.4.3 (Q)); the tilted line has a finite, tiny z extent and the right xy footprint.
+#: (larnd_diff/reference) turns into NaN; the tilted line has a finite, tiny z extent and the right xy footprint.
 FLAT_TILT_CM = 1e-4
 
 _JIT_CACHE: Dict[Any, Any] = {}
@@ -527,7 +527,7 @@ def _blocks_charge(fn, plan, blocks, pair_tensors, asarr, like, n_rows, n_ticks,
 
 
 def _nan_overlay(charge, plan, n_ticks, asarr):
-    """Reference quirk (spec 4.4.3): a segment parallel to the anode makes its pixels' current NaN over its window."""
+    """Reference quirk: a segment parallel to the anode makes its pixels' current NaN over its window."""
     mask = np.zeros(charge.shape, bool)
     for p in np.flatnonzero(plan.nan_pair):
         a = plan.placement[p]
