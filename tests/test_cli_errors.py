@@ -255,3 +255,19 @@ def test_the_installed_entry_point(tmp_path, seg_file):
     assert proc.stderr.strip().splitlines() == [
         f"larnd-diff simulate: error: {seg_file}: the output would write over the input {seg_file}; choose another "
         "file name (--overwrite does not allow this)"]
+
+
+def test_save_and_load_hits_name_the_problem(tmp_path):
+    from larnd_diff.errors import InputFileNotFoundError, MissingDataError
+    from larnd_diff.hits import Hits, load_hits, save_hits
+
+    path = tmp_path / "h.h5"
+    save_hits(path, Hits.empty())
+    with pytest.raises(OutputExistsError, match="group 'hits' already exists"):
+        save_hits(path, Hits.empty())
+    save_hits(path, Hits.empty(), overwrite=True)
+    with pytest.raises(MissingDataError, match="has no group 'other'") as err:
+        load_hits(path, group="other")
+    assert isinstance(err.value, KeyError)
+    with pytest.raises(InputFileNotFoundError, match="hits file does not exist"):
+        load_hits(tmp_path / "nope.h5")

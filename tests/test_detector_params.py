@@ -82,3 +82,30 @@ def test_params_container():
 def test_mobility_model(efield, vdrift):
     assert drift_velocity(efield, 87.17) == pytest.approx(vdrift, abs=1e-5)
     assert Params({"eField": efield}, link_vdrift=True).vdrift_value == pytest.approx(vdrift, abs=1e-5)
+
+
+def test_yaml_errors_name_the_file_line_and_key(tmp_path, shared):
+    from larnd_diff.errors import ConfigError, ConfigFileNotFoundError
+    from larnd_diff.export import ChannelMap
+
+    layout = shared / "data" / "multi_tile_layout-2.2.16.yaml"
+    detector = shared / "data" / "module0.yaml"
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("drift_length: 30\ntpc_centers: [[0, 0, 0]\n")
+    with pytest.raises(ConfigError, match=r"broken\.yaml:3:1: malformed detector-properties YAML: ") as err:
+        load_detector(broken, layout)
+    assert "\n" not in str(err.value) and err.value.file == str(broken)
+    partial = tmp_path / "partial.yaml"
+    partial.write_text("drift_length: 30\n")
+    with pytest.raises(ConfigError, match=r"partial\.yaml: lacks the key\(s\) tpc_centers"):
+        load_detector(partial, layout)
+    with pytest.raises(ConfigError, match=r"partial\.yaml: lacks the key\(s\) pixel_pitch, tile_positions"):
+        load_detector(detector, partial)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("just text\n")
+    with pytest.raises(ConfigError, match="expected a YAML mapping"):
+        load_detector(scalar, layout)
+    with pytest.raises(ConfigFileNotFoundError):
+        load_detector(tmp_path / "nope.yaml", layout)
+    with pytest.raises(ConfigError, match=r"partial\.yaml: lacks the key\(s\) chip_channel_to_position"):
+        ChannelMap(partial, module0())

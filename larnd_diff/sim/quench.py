@@ -39,6 +39,9 @@ def quench(dE, dEdx, params, relaxation="hard", model: str = "birks"):
     n = R(dEdx) x dE x MeVToElectrons with R from the Birks (default, the one larnd-sim uses) or Box model.
     ``relaxation.charge``: "truncate" stores floor(max(n, 0)) like larnd-sim's unsigned-integer field (no
     gradient through the count); "continuous" returns n itself (differentiable in every parameter).
+    Inputs whose count the reference cannot store (negative dE or dEdx, more than 2^32 - 1 electrons) are rejected
+    before any backend runs (:mod:`larnd_diff.checks`, called by :func:`larnd_diff.simulate`), so both simulators
+    see the same inputs; this function itself does not check values (they may be traced).
     """
     relaxation = as_relaxation(relaxation)
     if model == "birks":
