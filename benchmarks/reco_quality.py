@@ -13,11 +13,11 @@ them back (event t0 from the trigger packets), reconstruct, and compare with the
 * endpoints: for each found true track, its best reconstructed track (most samples); the two ends paired with the
   true ends (the pairing with the smaller sum); distances in cm; the stop of stopping tracks separately; the
   signed drift-coordinate offset of the ends.
-* dE/dx: for reconstructed stopping tracks whose true track is a muon or proton that stops (truth.py: contained
-  end with a Bragg rise), each segment's dE/dx against the true dE/dx over the same stretch of the true track
-  (the segment's length at the true residual range of its midpoint). Bias = median ratio - 1, width = half the
-  16-84 % interval of the ratio; also the ratio of summed energies. Through-going muons: the assumed dE/dx against
-  the true mean dE/dx of the track.
+* dE/dx: for reconstructed stopping tracks whose true track is a muon or proton (or pion, JSON only) that stops
+  (truth.py: contained end with a Bragg rise), each segment's dE/dx against the true dE/dx over the same stretch
+  of the true track (the segment's length at the true residual range of its midpoint). Bias = median ratio - 1,
+  width = half the 16-84 % interval of the ratio; also the ratio of summed energies. Through-going muons: the
+  assumed dE/dx against the true mean dE/dx of the track.
 * hypothesis: confusion of the true class against the reconstructed species for stopping tracks.
 
     python benchmarks/reco_quality.py                      # full: 100 Geant4 events + 60 generated, noise off/on
@@ -40,6 +40,7 @@ from larnd_diff.export import write_packets
 from larnd_diff.generate import generate_tracks
 from larnd_diff.packets import read_packets
 from larnd_diff.reco import reconstruct
+from larnd_diff.reco.plot import busiest_event, plot_event
 from larnd_diff.reco.truth import (CLASSES, TRACK_PDGS, compare_dedx, match_tracks, point_truth, true_class,
                                    true_tracks)
 
@@ -97,7 +98,7 @@ def simulated_hits(segs: np.ndarray, *, name: str, noise: bool, seed: int, cache
 
 
 def evaluate(segs: np.ndarray, *, name: str, noise: bool, layout: Path, min_samples: int, min_length: float,
-             seed: int, cache: Path | None = None) -> dict:
+             seed: int, cache: Path | None = None, figure: Path | None = None) -> dict:
     det = ld.module0()
     hits, t_sim = simulated_hits(segs, name=name, noise=noise, seed=seed, cache=cache)
     with tempfile.TemporaryDirectory() as tmp:
@@ -112,6 +113,9 @@ def evaluate(segs: np.ndarray, *, name: str, noise: bool, layout: Path, min_samp
     t_reco = time.perf_counter() - t0
 
     event_of = dict(enumerate(np.unique(segs["eventID"]).tolist()))   # export numbers events in this order
+    if figure is not None:
+        event = busiest_event(report)
+        plot_event(report, figure, event=event, truth=segs, truth_event=event_of[event])
     truth, key_of_row = true_tracks(segs, det)
     labels, from_backtrack = point_truth(report, loaded, segs, key_of_row, event_of)
     match = match_tracks(report.point_track, labels, len(report.tracks), len(truth))
@@ -145,11 +149,12 @@ def evaluate(segs: np.ndarray, *, name: str, noise: bool, layout: Path, min_samp
             stop_dist.append(float(np.linalg.norm(rt.end - t.end)))
 
     # dE/dx -------------------------------------------------------------------------------------------------------
-    ratios = {"mu": [], "p": []}
-    energy = {"mu": [0.0, 0.0], "p": [0.0, 0.0]}
-    correct_ratios = {"mu": [], "p": []}
+    ratios = {"mu": [], "p": [], "pi": []}
+    energy = {"mu": [0.0, 0.0], "p": [0.0, 0.0], "pi": [0.0, 0.0]}
+    correct_ratios = {"mu": [], "p": [], "pi": []}
     through = []
-    confusion = {c: Counter() for c in CLASSES}
+    confusion = {c: Counter() for c in CLASSES}          # truth stops
+    selection = {c: Counter() for c in CLASSES}          # every reconstructed stopping track
     category_vs_truth = Counter()
     for i, rt in enumerate(report.tracks):
         k = match.true_key[i]
@@ -158,7 +163,9 @@ def evaluate(segs: np.ndarray, *, name: str, noise: bool, layout: Path, min_samp
         t = truth[k]
         category_vs_truth[(rt.category, "stops" if t.stops else "does not stop")] += 1
         if rt.stops:
-            confusion[t.cls][rt.species] += 1
+            selection[t.cls][rt.species] += 1
+            if t.stops:
+                confusion[t.cls][rt.species] += 1
         good = match.purity[i] >= 0.8 and match.completeness[i] >= 0.8
         own = reco_segs[(reco_segs["eventID"] == rt.event_id) & (reco_segs["trackID"] == rt.track_id)]
         if rt.stops and t.stops and t.cls in ratios and good and len(own):
@@ -168,7 +175,7 @@ def evaluate(segs: np.ndarray, *, name: str, noise: bool, layout: Path, min_samp
             ratios[t.cls] += ratio.tolist()
             energy[t.cls][0] += float(np.sum(own["dE"][ok]))
             energy[t.cls][1] += float(np.sum(c["true"][ok] * own["dx"][ok]))
-            if rt.species == {"mu": "mu-", "p": "proton"}[t.cls]:
+            if rt.species == {"mu": "mu-", "p": "proton", "pi": "pi+"}[t.cls]:
                 correct_ratios[t.cls] += ratio.tolist()
         if rt.category == "through-going" and t.cls == "mu" and good and len(own):
             seg = segs[t.rows]
@@ -209,9 +216,12 @@ def evaluate(segs: np.ndarray, *, name: str, noise: bool, layout: Path, min_samp
                  "stopping_protons": dedx_stats(ratios["p"], energy["p"]),
                  "stopping_muons_right_hypothesis": dedx_stats(correct_ratios["mu"]),
                  "stopping_protons_right_hypothesis": dedx_stats(correct_ratios["p"]),
+                 "stopping_pions": dedx_stats(ratios["pi"], energy["pi"]),
                  "through_going_muons": dedx_stats(through)},
-        "hypothesis_confusion": {c: {s: confusion[c][s] for s in SPECIES_COLUMNS} for c in CLASSES
-                                 if sum(confusion[c].values())},
+        "hypothesis_confusion_true_stopping": {c: {s: confusion[c][s] for s in SPECIES_COLUMNS} for c in CLASSES
+                                               if sum(confusion[c].values())},
+        "stopping_selection_by_true_class": {c: {s: selection[c][s] for s in SPECIES_COLUMNS} for c in CLASSES
+                                             if sum(selection[c].values())},
         "category_vs_truth": {f"{a} / {b}": n for (a, b), n in sorted(category_vs_truth.items())},
         "seconds": {"simulate": round(t_sim, 1), "read_packets": round(t_read, 2), "reconstruct": round(t_reco, 2)},
     }
@@ -241,16 +251,17 @@ def markdown(results: list[dict]) -> str:
             f"{fmt(e['distance_q16_50_84'][1])} / {fmt(e['distance_q16_50_84'][2])} | "
             f"{fmt(e['stop_distance_q16_50_84'][1])} | {fmt(e['drift_offset_q16_50_84'][1])} | "
             f"{dd(d['stopping_muons'])} | {dd(d['stopping_protons'])} | {dd(d['through_going_muons'])} |")
-    lines.append("")
-    lines.append("Hypothesis of reconstructed stopping tracks (rows: true class; columns: μ / π / p):")
-    lines.append("")
-    lines.append("| sample | noise | " + " | ".join(f"true {c}" for c in ("mu", "pi", "p", "e/gamma", "other")) + " |")
-    lines.append("|---|---|---|---|---|---|---|")
-    for r in results:
-        conf = r["hypothesis_confusion"]
-        cells = [" / ".join(str(conf[c][s]) for s in SPECIES_COLUMNS) if c in conf else "–"
-                 for c in ("mu", "pi", "p", "e/gamma", "other")]
-        lines.append(f"| {r['sample']} | {'on' if r['noise'] else 'off'} | " + " | ".join(cells) + " |")
+    for key, title in (("hypothesis_confusion_true_stopping", "Hypothesis of reconstructed stopping tracks whose "
+                        "true particle stops"),
+                       ("stopping_selection_by_true_class", "Every reconstructed stopping track, by the class of "
+                        "its majority true particle")):
+        lines += ["", f"{title} (reconstructed as μ / π / p):", ""]
+        lines.append("| sample | noise | " + " | ".join(f"true {c}" for c in CLASSES) + " |")
+        lines.append("|---|---|" + "---|" * len(CLASSES))
+        for r in results:
+            conf = r[key]
+            cells = [" / ".join(str(conf[c][s]) for s in SPECIES_COLUMNS) if c in conf else "–" for c in CLASSES]
+            lines.append(f"| {r['sample']} | {'on' if r['noise'] else 'off'} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -265,6 +276,8 @@ def main(argv=None) -> int:
     p.add_argument("--min-length", type=float, default=3.0,
                    help="visible length (cm) a true track needs to count (the reconstruction's smallest track)")
     p.add_argument("--cache", type=Path, default=None, help="keep the simulated hits in this folder and reuse them")
+    p.add_argument("--figure", type=Path, default=None,
+                   help="figure of the busiest event of the first sample with noise on (or the last noise setting)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "reco_quality.json")
     args = p.parse_args(argv)
@@ -277,10 +290,11 @@ def main(argv=None) -> int:
     if args.generated:
         samples.append(("generated stopping μ + p", stopping_sample(args.generated, args.seed)))
     results = []
-    for name, segs in samples:
+    for k, (name, segs) in enumerate(samples):
         for noise in noises:
+            figure = args.figure if k == 0 and noise == noises[-1] else None
             r = evaluate(segs, name=name, noise=noise, layout=args.layout, min_samples=args.min_samples,
-                         min_length=args.min_length, seed=args.seed, cache=args.cache)
+                         min_length=args.min_length, seed=args.seed, cache=args.cache, figure=figure)
             print(f"[{name}, noise {'on' if noise else 'off'}] {json.dumps(r['tracks'])} {r['seconds']}", flush=True)
             results.append(r)
     out = {"command": "python benchmarks/reco_quality.py " + " ".join(argv or []),
