@@ -1,7 +1,8 @@
 """The ``larnd-diff`` command line.
 
 An input error (a bad file, field, row, parameter or output path) ends with one line on stderr naming what and
-where, and exit status 2; ``--debug`` (or ``LARND_DIFF_DEBUG=1``) shows the traceback instead.
+where, and exit status 2; ``--debug`` (or ``LARND_DIFF_DEBUG=1``) shows the traceback instead. Warnings (rows
+dropped on request, degenerate segments) are one line each too.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from .errors import InputError, ParameterError, cli_spelling
@@ -250,6 +252,14 @@ def error_line(exc: BaseException) -> str:
     return cli_spelling(" ".join(text.split()) or type(exc).__name__)
 
 
+def _one_line_warning(prog: str):
+    """A ``warnings.showwarning`` that prints ``<prog>: warning: <message>`` on one line (flags for API hints)."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"{prog}: warning: {error_line(Warning(str(message)))}", file=file or sys.stderr)
+
+    return show
+
+
 #: Errors that mean the input or the command line is wrong: one line, exit status 2.
 USAGE_ERRORS = (InputError, OSError, ValueError, KeyError)
 
@@ -261,7 +271,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     prog = f"larnd-diff {args.command}"
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning(prog)
+            return args.func(args)
     except SystemExit as exc:
         if not isinstance(exc.code, str):   # an exit status: pass it on
             raise

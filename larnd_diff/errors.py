@@ -92,7 +92,8 @@ class OutputExistsError(OutputError, FileExistsError):
 
 
 #: API keyword -> command-line flag, for the hints in error messages.
-KEYWORD_FLAGS = {"outside": "--outside", "invalid": "--invalid", "resume": "--resume", "overwrite": "--overwrite"}
+KEYWORD_FLAGS = {"outside": "--outside", "invalid": "--invalid", "resume": "--resume", "overwrite": "--overwrite",
+                 "relaxation": "--relaxation"}
 
 _QUOTED = re.compile(r"\b(?P<key>[A-Za-z_]\w*)=(?P<q>['\"])(?P<value>[^'\"]*)(?P=q)")
 _TRUE = re.compile(r"\b(?P<key>[A-Za-z_]\w*)=True\b")

@@ -198,9 +198,23 @@ def test_invalid_drop_on_the_command_line(seg_file, tmp_path, capsys):
     path = tmp_path / "nan.h5"
     with h5py.File(path, "w") as f:
         f.create_dataset("segments", data=ld.io.swap_xz(seg))
-    with pytest.warns(UserWarning, match="dropped 1 of 40"):
-        rc, stdout, _ = run(capsys, "simulate", path, "-o", tmp_path / "o.h5", "-q", "--invalid", "drop")
+    rc, stdout, err = run(capsys, "simulate", path, "-o", tmp_path / "o.h5", "-q", "--invalid", "drop")
     assert rc == 0 and "from 39 segments" in stdout
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("larnd-diff simulate: warning: ") and "dropped 1 of 40" in lines[0]
+
+
+def test_warnings_are_one_line_each(seg_file, tmp_path, capsys):
+    seg = ld.load_segments(seg_file)
+    seg["z_end"][4] = seg["z"][4] = seg["z_start"][4]
+    path = tmp_path / "flat.h5"
+    save_segments(path, seg)
+    rc, _, err = run(capsys, "simulate", path, "-o", tmp_path / "o.h5", "-q")
+    assert rc == 0 and err.strip().splitlines() == [
+        "larnd-diff simulate: warning: simulate: 1 degenerate segment(s) inside a TPC (of 40): 1 parallel to the "
+        "anode (z_start = z_end; row 4): under the reference their pixels' current is NaN over the segment's time "
+        "window (larnd-sim's behaviour, spec 4.4.3), so those pixels record no hits there, other segments' charge "
+        "on them included (the differentiable simulator with --relaxation smooth tilts them and keeps those hits)"]
 
 
 def test_relaxation_presets_on_the_command_line(seg_file, tmp_path, capsys):
