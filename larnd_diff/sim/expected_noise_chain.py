@@ -1,0 +1,200 @@
+"""Markov chain over conversion cycles: the expected readout of the noisy front end (expected_noise.expected_readout).
+
+A cycle is set by its start tick and baseline type (900 e- after a reset, 500 e- after a failed conversion); given
+them it is independent of the past. Per row the chain's states are the initial cycle (tick 0, 900 e-) and a
+cycle of each type at every restart tick that can still trigger (expected_noise_plan.row_windows); a trigger at
+n restarts at n + 21 (stored sample, 900 e-) or n + 20 (failed, 500 e-), restarts after the row's charge are
+absorbing. Per sample slot the mass over states is closed under failures (each moves the restart >= 20 ticks
+on, so the series terminates: exact), then moved on by the stored samples.
+"""
+from __future__ import annotations
+
+import math
+
+import eagerpy as ep
+import numpy as np
+
+from larnd_diff import ops
+from larnd_diff.sim import expected_noise as en
+from larnd_diff.sim import expected_noise_cycles as cyc
+from larnd_diff.sim import expected_noise_plan as plan_mod
+
+#: ADC counts are accumulated about this count (moments about a fixed centre, so slots can be summed).
+_ADC_CENTRE = 128.0
+#: Elements (cycles x explicit ticks x nodes) per chunk of rows.
+CHUNK_ELEMENTS = 4_000_000
+
+
+#: Slot sums per region: P(filled), E[(ADC - centre)^k 1{filled}] k = 1..4, E[tau^k 1{filled}] k = 1..4.
+N_SUMS = 9
+
+
+def _about(moments, shift):
+    """Moments E[(X + shift)^k 1{.}], k = 1 .. K, from moments = [P, E[X 1{.}], ..., E[X^K 1{.}]] (binomial
+    expansion; shift without gradient)."""
+    out = []
+    for k in range(1, len(moments)):
+        term = moments[k]
+        for j in range(k):
+            term = term + math.comb(k, j) * shift ** (k - j) * moments[j]
+        out.append(term)
+    return out
+
+
+def _cycle_outputs(t, blk, nd, log_w, fee, like, dtype):
+    """Per cycle of a block: stored / failed probability at each explicit tick (P, W) and the slot sums
+    (P, 2, N_SUMS), for a trigger at an explicit tick (pulse) and in the tail: P(stored),
+    E[(ADC - centre)^k 1{stored}] and E[tau^k 1{stored}], k = 1..4, tau = trigger tick - the row's first
+    explicit tick (orders 3 and 4 of tau: pulse only, 0 for the tail)."""
+    op = cyc.open_cycles(t, blk, nd, fee, like, dtype)
+    asarr = lambda a: ops.asarray(like, np.asarray(a, np.float64), dtype)  # noqa: E731
+    w = ep.exp(log_w)
+    sigma_c = fee.uncorrelated_noise_e
+    p_trig = ep.exp(op.log_trig) * w[None, None, :]
+    p_store, p_fail, adc_m, ref = en.adc_moments(op.mean, fee, sigma_c, orders=4)
+    centred = _about([p_store] + adc_m, ref - _ADC_CENTRE)
+    stored_t = ep.sum(p_trig * p_store, axis=2)
+    failed_t = ep.sum(p_trig * p_fail, axis=2)
+    tau = asarr(blk.ticks - blk.first[:, None])
+    pulse = [ep.sum(stored_t, axis=1)] + [ep.sum(p_trig * m, axis=(1, 2)) for m in centred]
+    pulse += [ep.sum(stored_t * tau ** k, axis=1) for k in range(1, 5)]
+
+    p_tail = ep.exp(op.log_tail_trig) * w[None, :]
+    t_store, _, t_adc, t_ref = en.adc_moments(op.tail_mean, fee, sigma_c, orders=4)
+    t_centred = _about([t_store] + t_adc, t_ref - _ADC_CENTRE)
+    offset_mean, offset_var = en.tail_trigger_tick_moments(op.log_tail_tick, asarr(blk.tail)[:, None])
+    tail_tau = asarr(np.maximum(blk.start, blk.last + 1) - blk.first)[:, None] + offset_mean
+    tail_stored = p_tail * t_store
+    zero = ep.zeros_like(pulse[0])
+    tail = [ep.sum(tail_stored, axis=1)] + [ep.sum(p_tail * m, axis=1) for m in t_centred]
+    tail += [ep.sum(tail_stored * tail_tau, axis=1), ep.sum(tail_stored * (tail_tau * tail_tau + offset_var), axis=1),
+             zero, zero]
+    return stored_t, failed_t, ep.stack([ep.stack(pulse, axis=1), ep.stack(tail, axis=1)], axis=1)
+
+
+def _restart_gather(per_tick, blk, first, n_restart, width_restart, dead_ticks):
+    """(P, width_restart): probability mass of each cycle going to restart index r' (tick first + r') through a
+    trigger at tick first + r' - 1 - dead_ticks - window (stored: 21 ticks before the restart, failed: 20)."""
+    like = per_tick
+    r = np.arange(width_restart)[None, :]
+    t = r + first[:, None] - dead_ticks - blk.lo[:, None]
+    valid = (t >= 0) & (t < blk.length[:, None]) & (r < n_restart[:, None])
+    idx = np.clip(t, 0, per_tick.shape[1] - 1)
+    picked = ops.take_along_axis(per_tick, ops.asarray(like, idx.astype(np.int64), "int64"), axis=1)
+    return picked * ops.asarray(like, valid.astype(np.float64), ops.dtype_name(like))
+
+
+def chunk_chain(ch, win, host_cum, rows, width_restart, x_nodes, log_w, fee, window, n_slots):
+    """Slot sums (len(rows), n_slots, 2, N_SUMS) of a chunk of rows whose restart ranges fit ``width_restart``, for a
+    trigger in the pulse (explicit ticks) and in the tail (_cycle_outputs)."""
+    like = ch.cum
+    dtype = ops.dtype_name(like)
+    n = len(rows)
+    wp = int(width_restart)
+    n_states = 1 + 2 * wp
+    first = win.first[rows]
+    n_restart = np.clip(win.restart_last[rows] - first + 1, 0, wp)
+    r = np.arange(wp)
+    starts = np.concatenate([np.zeros((n, 1), np.int64), first[:, None] + r[None, :], first[:, None] + r[None, :]],
+                            axis=1)
+    live = np.concatenate([np.ones((n, 1), bool), np.tile(r[None, :] < n_restart[:, None], (1, 2))], axis=1)
+    starts = np.where(live, starts, win.n_total)                  # dead states: no tick left, nothing happens
+    reset = np.concatenate([np.ones((n, 1 + wp), bool), np.zeros((n, wp), bool)], axis=1)
+    c_rows = np.repeat(rows, n_states)
+    cycles = plan_mod.cycle_spans(win, c_rows, starts.ravel(), reset.ravel(), np.full(n * n_states, -1))
+    reach = fee.threshold_e + en.NODE_HALF_WIDTH * fee.reset_noise_e + plan_mod.DEAD_SIGMAS * fee.uncorrelated_noise_e
+    hi = cycles.lo + cycles.length - 1
+    end = plan_mod.dead_end(host_cum, cycles.row, cycles.start, cycles.lo, hi, np.full(len(c_rows), reach))
+    cycles = cycles._replace(length=np.maximum(end - cycles.lo + 1, 0))
+    c_nrest = np.repeat(n_restart, n_states)
+
+    sums, to_stored, to_failed = [], [], []
+    blks = cyc.blocks(cycles, win, fee)
+    for (idx, blk), t in zip(blks, cyc.gather_blocks(ch, blks, window, like, dtype)):
+        bn = en._padded(c_nrest[idx], len(blk.rows), 0).astype(np.int64)
+        nd = cyc.block_nodes(blk, x_nodes, fee, like, dtype)
+        stored_t, failed_t, s = _cycle_outputs(t, blk, nd, log_w, fee, like, dtype)
+        sums.append((idx, s))
+        if wp:
+            to_stored.append((idx, _restart_gather(stored_t, blk, blk.first, bn, wp, window + fee.dead_ticks + 1)))
+            to_failed.append((idx, _restart_gather(failed_t, blk, blk.first, bn, wp, window + 2)))
+    sums = ep.reshape(cyc.scatter_cycles(sums, len(c_rows), like, (2 * N_SUMS,)), (n, n_states, 2 * N_SUMS))
+    zeros = ep.zeros(like, (n, 1 + wp))
+    mass = ep.concatenate([ep.ones(like, (n, 1)), ep.zeros(like, (n, n_states - 1))], axis=1)
+    out = []
+    if wp:
+        stored_m = ep.reshape(cyc.scatter_cycles(to_stored, len(c_rows), like, (wp,)), (n, n_states, wp))
+        failed_m = ep.reshape(cyc.scatter_cycles(to_failed, len(c_rows), like, (wp,)), (n, n_states, wp))
+    n_fail = (wp - 1) // 20 + 1 if wp else 0
+    for _ in range(n_slots):
+        acc, step = mass, mass
+        for _ in range(n_fail):
+            step = ep.concatenate([zeros, ops.einsum("rs,rst->rt", step, failed_m)], axis=1)
+            acc = acc + step
+        out.append(ep.reshape(ops.einsum("rs,rsq->rq", acc, sums), (n, 2, N_SUMS)))
+        if wp:
+            mass = ep.concatenate([ep.zeros(like, (n, 1)), ops.einsum("rs,rst->rt", acc, stored_m),
+                                   ep.zeros(like, (n, wp))], axis=1)
+        else:
+            mass = ep.zeros_like(mass)
+    return ep.stack(out, axis=1)
+
+
+def expected_readout(charge_per_tick, detector, *, total_ticks=None, n_nodes: int = en.NOISE_NODES,
+                     max_samples=None) -> en.ExpectedReadout:
+    """See :func:`larnd_diff.sim.expected_noise.expected_readout`."""
+    sums, win, x = slot_sums(charge_per_tick, detector, total_ticks=total_ticks, n_nodes=n_nodes,
+                             max_samples=max_samples)
+    return _readout_from_sums(ep.sum(sums, axis=2), win, detector, x, charge_per_tick)
+
+
+def slot_sums(charge_per_tick, detector, *, total_ticks=None, n_nodes: int = en.NOISE_NODES, max_samples=None):
+    """(sums (n_rows, K, 2, N_SUMS), row windows, charge tensor): per slot, for a trigger in the pulse (explicit
+    ticks) and in the flat tail, P(filled) and the power sums of ADC - 128 and of tau = tick - windows.first, each
+    times the filling probability (_cycle_outputs)."""
+    x, host, win, ch, nodes, log_w = en._prepare(charge_per_tick, detector, total_ticks, n_nodes)
+    fee = detector.electronics
+    window = fee.integration_ticks(detector.t_sampling)
+    n_slots = int(fee.max_adc_values if max_samples is None else max_samples)
+    n_rows = host.shape[0]
+    host_cum = np.maximum.accumulate(np.cumsum(np.nan_to_num(host), axis=1), axis=1) if host.shape[1] else \
+        np.zeros((n_rows, 1))
+    n_restart = np.maximum(win.restart_last - win.first + 1, 0)
+    explicit = np.maximum(win.last - win.first + 1, 1)
+    ladder = np.asarray((0,) + plan_mod.WIDTH_LADDER)
+    width_of = ladder[np.searchsorted(ladder, n_restart)]
+    pieces = []
+    for wp in np.unique(width_of):
+        members = np.flatnonzero(width_of == wp)
+        cost = (1 + 2 * wp) * explicit[members] * len(nodes)
+        group = (np.cumsum(cost) - cost) // CHUNK_ELEMENTS
+        for g in np.unique(group):
+            part = members[group == g]
+            pieces.append((part, chunk_chain(ch, win, host_cum, part, int(wp), nodes, log_w, fee, window, n_slots)))
+    return cyc.scatter_cycles(pieces, n_rows, x, (n_slots, 2, N_SUMS)), win, x
+
+
+def _readout_from_sums(sums, win, detector, like, original):
+    dtype = ops.dtype_name(like)
+    filled = sums[:, :, 0]
+    sums = ep.stack([filled, sums[:, :, 1], sums[:, :, 2], sums[:, :, 5], sums[:, :, 6]], axis=2)
+    tiny = 1e-300 if dtype == "float64" else 1e-30
+    safe = ep.maximum(filled, tiny)
+    has = filled > tiny
+    adc_mean = sums[:, :, 1] / safe
+    adc_var = ep.maximum(sums[:, :, 2] / safe - adc_mean * adc_mean, 0.0)
+    tau_mean = sums[:, :, 3] / safe
+    tau_var = ep.maximum(sums[:, :, 4] / safe - tau_mean * tau_mean, 0.0)
+    dt = detector.adc_tick_us
+    first = ops.asarray(like, win.first.astype(np.float64), dtype)[:, None]
+    adc_mean = ep.where(has, adc_mean + _ADC_CENTRE, 0.0)
+    time_mean = ep.where(has, (tau_mean + first) * dt, 0.0)
+    adc_var = ep.where(has, adc_var, 0.0)
+    time_var = ep.where(has, tau_var * (dt * dt), 0.0)
+    k = ops.asarray(like, np.arange(filled.shape[1], dtype=np.float64), dtype)
+    n_mean = ep.sum(filled, axis=1)
+    n_var = ep.sum((2.0 * k + 1.0)[None, :] * filled, axis=1) - n_mean * n_mean
+    wrap = (lambda t: t) if isinstance(original, ep.Tensor) else (lambda t: t.raw)
+    return en.ExpectedReadout(*(wrap(t) for t in (filled[:, 0], n_mean, n_var, filled, adc_mean, adc_var,
+                                                  time_mean, time_var)))
+
