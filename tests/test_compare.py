@@ -172,8 +172,7 @@ def test_unknown_backend_is_a_clear_error():
 def test_uninstalled_backend_is_a_clear_error(monkeypatch):
     from larnd_diff import ops
 
-    monkeypatch.setitem(ops._BUILTIN, "tensorflow",
-                        ("larnd_diff.backends.tensorflow", "no_such_framework_for_the_test", "tensorflow"))
+    monkeypatch.setattr(ops.backend_class("tensorflow"), "framework", "no_such_framework_for_the_test")
     monkeypatch.delitem(ops._INSTANCES, "tensorflow", raising=False)
     with pytest.raises(C.CompareError, match=r"'tensorflow' is not installed here.*pip install.*installed backends"):
         C.check_backends(["tensorflow"])
