@@ -74,8 +74,10 @@ def value_and_grad(loss_fn, params: dict, *args, backend: str = "torch", has_aux
     Framework-neutral gradients: ``params`` maps names to floats or tensors (converted to the backend's tensors),
     ``loss_fn`` receives a dict of EagerPy tensors and returns a scalar (it may call :func:`simulate` with
     ``backend=backend`` and pass ``{k: v.raw for k, v in params.items()}``). Values come back as EagerPy tensors.
-    The numpy backend is forward-only and raises ``NotSupported``.
+    The numpy backend is forward-only and raises ``NotSupported``. ``params`` may be any mapping (a dict, a flax
+    ``FrozenDict``, a torch ``nn.ParameterDict``, ...) and its values ``tf.Variable``s or ``nn.Parameter``s.
     """
     from .ops import get_backend
+    from .params import plain_mapping
 
-    return get_backend(backend).value_and_grad(loss_fn, params, *args, has_aux=has_aux)
+    return get_backend(backend).value_and_grad(loss_fn, plain_mapping(params), *args, has_aux=has_aux)
