@@ -128,10 +128,11 @@ def degenerate_segments(fields: Dict[str, np.ndarray], detector) -> Dict[str, np
 
     ``zero_length``  start = end: no current under any relaxation (their charge is lost);
     ``parallel``     z_start = z_end (parallel to the anode), x_start != x_end: the reference and the hard
-                     preset give their pixels a NaN current (spec 4.4.3: no hits there, other segments' charge on
-                     those pixels included); a smooth relaxation tilts them slightly and they induce hits;
+                     preset give their pixels a NaN current (larnd-sim's: the point of such a line at a given z
+                     is 0/0), so no hits there, other segments' charge on those pixels included; a smooth
+                     relaxation tilts them slightly and they induce hits;
     ``x_equal``      x_start = x_end, not of zero length: no current under any relaxation (larnd-sim's z interval
-                     of such a line is "no overlap", spec 4.4.3 step 1).
+                     of such a line is "no overlap").
     """
     same = {a: fields[f"{a}_start"] == fields[f"{a}_end"] for a in "xyz"}
     in_tpc = detector.tpc_of(fields["x"], fields["y"], fields["z"]) >= 0
@@ -153,16 +154,16 @@ def degenerate_message(found: Dict[str, np.ndarray], n_segments: int, smooth_til
         rows = found["parallel"]
         if smooth_tilt is None:
             fate = (f"under {label} their pixels' current is NaN over the segment's time window (larnd-sim's "
-                    "behaviour, spec 4.4.3), so those pixels record no hits there, other segments' charge on them "
-                    "included (the differentiable simulator with relaxation='smooth' tilts them and keeps those "
-                    "hits)")
+                    "behaviour: the point of such a line at a given z is 0/0), so those pixels record no hits "
+                    "there, other segments' charge on them included (the differentiable simulator with "
+                    "relaxation='smooth' tilts them and keeps those hits)")
         else:
             fate = (f"under {label} they are tilted by {smooth_tilt:g} cm along z and induce hits (the reference "
                     "and relaxation='hard' record no hits on their pixels)")
         parts.append(f"{len(rows)} parallel to the anode (z_start = z_end; {rows_text(rows)}): {fate}")
     if len(found["x_equal"]):
         parts.append(f"{len(found['x_equal'])} with x_start = x_end ({rows_text(found['x_equal'])}): no current "
-                     "under any relaxation (larnd-sim finds no pixel overlap for them, spec 4.4.3), their charge is "
+                     "under any relaxation (larnd-sim finds no pixel overlap for such lines), their charge is "
                      "lost")
     if not parts:
         return None

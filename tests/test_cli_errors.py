@@ -213,8 +213,9 @@ def test_warnings_are_one_line_each(seg_file, tmp_path, capsys):
     assert rc == 0 and err.strip().splitlines() == [
         "larnd-diff simulate: warning: simulate: 1 degenerate segment(s) inside a TPC (of 40): 1 parallel to the "
         "anode (z_start = z_end; row 4): under the reference their pixels' current is NaN over the segment's time "
-        "window (larnd-sim's behaviour, spec 4.4.3), so those pixels record no hits there, other segments' charge "
-        "on them included (the differentiable simulator with --relaxation smooth tilts them and keeps those hits)"]
+        "window (larnd-sim's behaviour: the point of such a line at a given z is 0/0), so those pixels record no "
+        "hits there, other segments' charge on them included (the differentiable simulator with --relaxation "
+        "smooth tilts them and keeps those hits)"]
 
 
 def test_relaxation_presets_on_the_command_line(seg_file, tmp_path, capsys):
