@@ -328,6 +328,18 @@ def _check_gamma(gamma: float) -> float:
     return gamma
 
 
+class _CompilingBackends:
+    """``name in _COMPILED``: whether that backend's loops compile one program per input shape
+    (``Backend.compiles_loops``), so that its inputs are padded to bucket sizes; asked of the registry, not a list of
+    names (larnd_diff.losses tests membership)."""
+
+    def __contains__(self, backend) -> bool:
+        return ops.get_backend(backend).compiles_loops
+
+
+_COMPILED = _CompilingBackends()
+
+
 def _bucket(n: int) -> int:
     """Round a size up to one of 4 steps per octave (8, 10, 12, 14, 16, 20, 24, 28, 32, 40, ...), <= 25 % extra.
 
