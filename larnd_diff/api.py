@@ -3,7 +3,14 @@ from __future__ import annotations
 
 from .hits import Hits
 
-BACKENDS = ("reference", "numpy", "torch", "jax", "tensorflow")
+
+def __getattr__(name):
+    # BACKENDS: "reference" and every backend the registry knows (built-in and entry points), read when asked
+    if name == "BACKENDS":
+        from .ops import known_backends
+
+        return ("reference", *known_backends())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def simulate(segments, backend: str = "reference", *, device=None, params=None, noise: bool = False,
@@ -13,8 +20,9 @@ def simulate(segments, backend: str = "reference", *, device=None, params=None, 
     """Simulate the pixel hits of ``segments`` (simulation frame, z = drift; see :func:`load_segments`).
 
     backend     "reference" (Numba, non-differentiable, the oracle; NumPy results) or a framework for the
-                differentiable simulator: "numpy" (forward only), "torch", "jax", "tensorflow". Results of a
-                framework backend are that framework's tensors, so its autodiff works through them.
+                differentiable simulator: "numpy" (forward only), "torch", "jax", "tensorflow", or a backend
+                registered through the entry-point group ``larnd_diff.backends``. Results of a framework backend
+                are that framework's tensors, so its autodiff works through them.
     device      framework device string ("cpu", "cuda:0", ...); None = the framework's default.
     params      mapping of parameter name -> value (float or framework tensor) overriding the nominal values
                 (``larnd_diff.params.PARAMETERS``), or a :class:`~larnd_diff.params.Params`.
@@ -36,10 +44,6 @@ def simulate(segments, backend: str = "reference", *, device=None, params=None, 
 
         return reference_simulate(segments, detector=detector, params=params, noise=noise, seed=seed,
                                   precision=precision, chunk_size=chunk_size, progress=progress)
-    if backend not in BACKENDS:
-        from .ops import get_backend
-
-        get_backend(backend)  # a third-party backend registered through the entry point, or a clear error
     from .sim import simulate as sim_simulate
     from .sim.config import SimConfig
 
