@@ -83,8 +83,12 @@ def cmd_reco(args) -> int:
 
         truth = _truth(args, args.input) if "packets" in kind or args.truth else None
         event = busiest_event(report) if args.plot_event is None else args.plot_event
-        # the export numbers events 0, 1, ... in the order of the input's sorted eventIDs
-        truth_event = None if truth is None else int(np.unique(truth["eventID"])[event])
+        truth_event = event
+        if truth is not None and source.startswith("packets"):
+            # the export numbers events 0, 1, ... in the order of the input's sorted eventIDs
+            ids = np.unique(truth["eventID"])
+            truth_event = int(ids[event]) if 0 <= event < len(ids) else None
+            truth = truth if truth_event is not None else None
         plot_event(report, args.plot, event=event, truth=truth, truth_event=truth_event)
         print(f"figure of event {event}{' with truth' if truth is not None else ''} -> {args.plot}")
     return 0
