@@ -1,4 +1,4 @@
-"""The pixel pad's current response (spec 4.4.6), shared by the simulator (:mod:`larnd_diff.sim`) and the
+"""The pixel pad's current response, shared by the simulator (:mod:`larnd_diff.sim`) and the
 reference (:mod:`larnd_diff.reference`).
 
 A charge reaching the virtual plane 0.5 cm before the anode at time t0 and landing (x, y) cm from the pad centre

@@ -1,4 +1,4 @@
-"""Backtracking of ADC samples to the segments that induced them (spec 4.6)."""
+"""Backtracking of ADC samples to the segments that induced them."""
 from __future__ import annotations
 
 import numpy as np

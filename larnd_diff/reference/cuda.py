@@ -22,9 +22,8 @@ import numpy as np
 
 from ..hits import Hits
 from ..retarget import numba_cuda
-from .induce import first_tick_time, signal_windows
-from .pipeline import chunk_hits, chunks, prepare, stream_seed
-from .pixels import neighbourhood_radius, segment_pixel_pairs, unique_pixels
+from .induce import first_tick_time
+from .pipeline import chunk_hits, chunk_pairs, chunks, prepare, stream_seed
 from .rng import create_streams, n_streams
 from .scalars import E_CHARGE
 
@@ -71,28 +70,13 @@ def chunk_waveforms_gpu(segs, det, vdrift, single):
     if det.sampled_points > MAX_POINTS:
         raise ValueError(f"the CUDA kernels sample at most {MAX_POINTS} points per axis, not {det.sampled_points}")
     k = _kernels()
-    pitch = det.pixel_pitch
-    borders = det.tpc_borders
-    plane = segs["pixel_plane"].astype(np.int64)
-    plane = np.where(plane < det.n_tpcs, plane, -1)
-    radius = neighbourhood_radius(np.max(segs["tran_diff"]), pitch)
-    pair_seg, pair_pix = segment_pixel_pairs(
-        segs["x_start"], segs["y_start"], segs["x_end"], segs["y_end"], plane,
-        np.ascontiguousarray(borders[:, 0, 0]), np.ascontiguousarray(borders[:, 1, 0]), pitch,
-        det.n_pixels[0], det.n_pixels[1], det.n_tpcs, radius)
-    uniq, pair_row = unique_pixels(pair_pix)
+    plan = chunk_pairs(segs, det, vdrift)
+    uniq, pair_seg, pair_row = plan.pixels, plan.pair_seg, plan.pair_row
     if len(uniq) == 0:
         return uniq, None, pair_row, pair_seg
     dt = det.t_sampling
-    t_start = segs["t_start"].astype(np.float64)
-    track_starts, time_max = signal_windows(t_start, segs["t_end"].astype(np.float64), vdrift, dt,
-                                            det.time_padding, det.time_interval[1])
-    time_max = int(time_max)
-    start_tick = np.rint(track_starts / dt).astype(np.int64)
-    x_c, y_c = det.pixel_center(uniq[:, 0], uniq[:, 1])
-    centres = np.ascontiguousarray(np.stack([x_c, y_c], axis=1)[pair_row], np.float64)
-    z_anode = np.where(plane >= 0, borders[np.maximum(plane, 0), 2, 0], np.nan).astype(np.float64)
-    n_stored = int(min(det.n_ticks_event, start_tick.max() + time_max))
+    start_tick, n_stored = plan.start_tick, plan.n_stored
+    centres = np.ascontiguousarray(plan.centres, np.float64)
 
     # per-segment inputs, float64 (the float32 fields widen exactly)
     seg_start = np.stack([segs[f"{a}_start"].astype(np.float64) for a in "xyz"], axis=1)
@@ -101,12 +85,12 @@ def chunk_waveforms_gpu(segs, det, vdrift, single):
     d_sig_t = cuda.to_device(segs["tran_diff"].astype(np.float64))
     d_sig_l = cuda.to_device(segs["long_diff"].astype(np.float64))
     d_ne = cuda.to_device(segs["n_electrons"].astype(np.float64))
-    d_t0 = cuda.to_device(_t0_ticks(t_start, dt, det.time_padding))
-    d_za = cuda.to_device(z_anode)
+    d_t0 = cuda.to_device(_t0_ticks(segs["t_start"].astype(np.float64), dt, det.time_padding))
+    d_za = cuda.to_device(plan.z_anode.astype(np.float64))
 
     waveforms = cuda.device_array((len(uniq), n_stored), np.float64)
     k.zero_fill_kernel[(len(uniq), _blocks(n_stored, TICK_THREADS)), TICK_THREADS](waveforms)
-    width = max(time_max, 1)
+    width = max(plan.time_max, 1)
     block = max(1, PAIR_BLOCK_BYTES // (24 * width))
     for b0 in range(0, len(pair_seg), block):
         seg_b = np.ascontiguousarray(pair_seg[b0:b0 + block])
@@ -118,8 +102,8 @@ def chunk_waveforms_gpu(segs, det, vdrift, single):
         n_live = cuda.device_array(n, np.int64)
         k.induced_current_kernel[_blocks(n, PAIR_THREADS), PAIR_THREADS](
             cuda.to_device(seg_b), cuda.to_device(centres[b0:b0 + block]), d_start, d_end, d_sig_t, d_sig_l, d_ne,
-            d_t0, d_za, float(pitch), float(vdrift), float(dt), int(det.sampled_points), bool(single), signals,
-            buck_b, buck_c, n_live)
+            d_t0, d_za, float(det.pixel_pitch), float(vdrift), float(dt), int(det.sampled_points), bool(single),
+            signals, buck_b, buck_c, n_live)
         # pairs of each pixel row, in list order (a stable sort keeps it)
         order = np.argsort(row_b, kind="stable").astype(np.int64)
         row_ptr = np.zeros(len(uniq) + 1, np.int64)

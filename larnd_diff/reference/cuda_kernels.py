@@ -8,8 +8,8 @@ noise draws come from numba-cuda's xoroshiro128+ generator. The CUDA compiler ad
 float64 ``a*b + c`` patterns on its own (NVVM's default), which the CPU version does not: those are the only
 intended differences (last-ulp effects, see the GPU test for the measured agreement).
 
-Under numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) ``cuda.fma`` is an unfused ``a*b + c``; there the exact
-CPU ``fma_rn`` of :mod:`.numerics` is bound instead, so the simulator reproduces the CPU reference.
+Under numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) ``cuda.fma`` is a plain ``a*b + c`` (two roundings);
+there the exact CPU ``fma_rn`` of :mod:`.numerics` is bound instead, so the simulator reproduces the CPU reference.
 
 Units: lengths cm, times us, currents C/us, charges C.
 """
@@ -20,6 +20,7 @@ from functools import lru_cache
 from types import SimpleNamespace
 
 import numpy as np
+from numba import config, float64
 
 from ..retarget import compile_scalars, numba_cuda, rebind
 from . import scalars
@@ -27,8 +28,7 @@ from .numerics import fma_rn
 from .scalars import IN_PAD_TERMS, pair_current, pixel_triggers  # rebound to device functions: kernels()
 
 cuda = numba_cuda()
-from numba import config, float64  # noqa: E402  (after numba_cuda's NumPy shim)
-from numba.cuda.random import xoroshiro128p_normal_float32  # noqa: E402
+from numba.cuda.random import xoroshiro128p_normal_float32  # noqa: E402  (after numba_cuda's NumPy shim)
 
 SIMULATOR = bool(config.ENABLE_CUDASIM)
 #: Capacity of the per-thread in-pad grid scratch (larnd-sim's sampled_points is 30).
@@ -99,9 +99,10 @@ def front_end_kernel(waveforms, n_ticks, t_sampling, threshold_c, interval, rese
 def kernels() -> SimpleNamespace:
     """The kernels above, compiled (lazily, once per process) with :mod:`.scalars` as device functions."""
     device = cuda.jit(device=True)
-    bindings = {"fma_rn": fma_rn if SIMULATOR else device(hardware_fma),
+    namespace = dict(globals())   # (one namespace: numba's CUDA simulator swaps the cuda module in it per launch)
+    bindings = {"fma_rn": fma_rn if SIMULATOR else device(rebind(hardware_fma, namespace)),
                 "normal_f32": xoroshiro128p_normal_float32}
-    namespace = {**globals(), **compile_scalars(scalars, device, bindings)}
+    namespace.update(compile_scalars(scalars, device, bindings))
     return SimpleNamespace(**{fn.__name__: cuda.jit(rebind(fn, namespace))
                               for fn in (induced_current_kernel, zero_fill_kernel, pixel_waveform_kernel,
                                          front_end_kernel)})

@@ -1,4 +1,4 @@
-"""Drifting: TPC assignment, lifetime attenuation, diffusion widths and arrival times (spec 4.2).
+"""Drifting: TPC assignment, lifetime attenuation, diffusion widths and arrival times.
 
 Arithmetic in float64; results are stored into the float32 / u4 fields of the segment table, like larnd-sim.
 Times are measured to the virtual plane ``VIRTUAL_PLANE_CM`` in front of the anode.

@@ -1,4 +1,4 @@
-"""LArPix front end (spec 4.5): self-triggering integrator, hold window, dead time and 8-bit digitisation.
+"""LArPix front end: self-triggering integrator, hold window, dead time and 8-bit digitisation.
 
 The trigger logic of one pixel is :func:`.scalars.pixel_triggers` (compiled for the CPU by :mod:`.induce`, for
 the GPU by :mod:`.cuda_kernels`); here the parallel loop over the pixels and the digitisation. Charges inside the

@@ -1,4 +1,4 @@
-"""Induced current of diffused line segments on pixel pads (spec 4.4): the CPU kernels.
+"""Induced current of diffused line segments on pixel pads: the CPU kernels.
 
 The arithmetic is :mod:`.scalars` (one (segment, pixel) pair: :func:`.scalars.pair_current`), compiled here by
 numba for the CPU; this module adds the drivers: the signal time windows, a parallel loop over the pairs and the
@@ -20,7 +20,7 @@ from .scalars import IN_PAD_TERMS
 #: code and argument types only, not by its compile options, and the simulator compiles some of the same functions
 #: (:mod:`larnd_diff.response`) with fast-math. The drivers below are cached, the scalars' code inside them.
 CPU = compile_scalars(scalars, njit(**{**JIT, "cache": False}))
-#: The closed forms of the current model and the charge density (spec 4.4.5-4.4.6), compiled.
+#: The closed forms of the current model and the charge density, compiled.
 charge_density = CPU["charge_density"]
 current_model = CPU["current_model"]
 truncated_exponential = CPU["truncated_exponential"]

@@ -1,7 +1,7 @@
-"""numba options of the reference's CPU kernels and the CPU's fused multiply-add.
+"""numba options of the reference's CPU kernels and the CPU's FMA (one-rounding multiply-add).
 
 The reference (larnd-sim on CUDA) mixes float32 and float64 arithmetic and the GPU compiler contracts some
-a*b + c into fused multiply-adds (spec 4.8); :mod:`.scalars` reproduces both. :func:`fma_rn` is its one-rounding
+a*b + c into FMAs; :mod:`.scalars` reproduces both. :func:`fma_rn` is its one-rounding
 multiply-add on the CPU (the CUDA kernels bind the hardware instruction under the same name).
 """
 from __future__ import annotations

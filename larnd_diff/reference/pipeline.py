@@ -51,8 +51,23 @@ def promote_to_float64(segments: np.ndarray) -> np.ndarray:
     return segments.astype(dtype)
 
 
-def chunk_waveforms(segs, det, vdrift, single):
-    """Unique pixels (n, 2), their waveforms (n, n_ticks) and the (pair row, pair segment) lists of one chunk."""
+@dataclass(frozen=True)
+class ChunkPairs:
+    """Host plan of one chunk's induced current: its (segment, pixel) pairs and where their signals go."""
+
+    pixels: np.ndarray      # (n, 2) unique pixels (I, J), sorted; the waveform rows
+    pair_seg: np.ndarray    # segment of each pair
+    pair_row: np.ndarray    # pixel row of each pair
+    centres: np.ndarray     # (n_pairs, 2) centre (x, y) cm of each pair's pixel
+    z_anode: np.ndarray     # anode z (cm) of each segment's plane, NaN outside every TPC
+    start_tick: np.ndarray  # tick of each segment's signal window start
+    time_max: int           # ticks of every signal window
+    n_stored: int           # ticks stored per waveform: past the last placed signal they stay zero
+
+
+def chunk_pairs(segs, det, vdrift) -> ChunkPairs:
+    """The (segment, pixel) pairs of one chunk and their signal windows (the same plan for the CPU and the CUDA
+    kernels); no pair: empty arrays and no ticks."""
     pitch = det.pixel_pitch
     borders = det.tpc_borders
     plane = segs["pixel_plane"].astype(np.int64)
@@ -63,31 +78,38 @@ def chunk_waveforms(segs, det, vdrift, single):
         np.ascontiguousarray(borders[:, 0, 0]), np.ascontiguousarray(borders[:, 1, 0]), pitch,
         det.n_pixels[0], det.n_pixels[1], det.n_tpcs, radius)
     uniq, pair_row = unique_pixels(pair_pix)
-    n_ticks_event = det.n_ticks_event
+    z_anode = np.where(plane >= 0, borders[np.maximum(plane, 0), 2, 0], np.nan)
     if len(uniq) == 0:
-        return uniq, np.zeros((0, n_ticks_event)), pair_row, pair_seg
+        return ChunkPairs(uniq, pair_seg, pair_row, np.zeros((0, 2)), z_anode, np.zeros(0, np.int64), 0, 0)
     dt = det.t_sampling
     track_starts, time_max = signal_windows(segs["t_start"].astype(np.float64), segs["t_end"].astype(np.float64),
                                             vdrift, dt, det.time_padding, det.time_interval[1])
     start_tick = np.rint(track_starts / dt).astype(np.int64)
     x_c, y_c = det.pixel_center(uniq[:, 0], uniq[:, 1])
-    centres = np.stack([x_c, y_c], axis=1)[pair_row]
-    z_anode = np.where(plane >= 0, borders[np.maximum(plane, 0), 2, 0], np.nan)
-    # ticks past the last placed signal stay zero: store only up to there (the front end treats the rest as zero)
-    n_stored = int(min(n_ticks_event, start_tick.max() + time_max))
-    waveforms = np.zeros((len(uniq), n_stored))
+    n_stored = int(min(det.n_ticks_event, start_tick.max() + time_max))
+    return ChunkPairs(uniq, pair_seg, pair_row, np.stack([x_c, y_c], axis=1)[pair_row], z_anode, start_tick,
+                      int(time_max), n_stored)
+
+
+def chunk_waveforms(segs, det, vdrift, single):
+    """Unique pixels (n, 2), their waveforms (n, n_stored) and the (pair row, pair segment) lists of one chunk."""
+    plan = chunk_pairs(segs, det, vdrift)
+    pair_seg, pair_row = plan.pair_seg, plan.pair_row
+    if len(plan.pixels) == 0:
+        return plan.pixels, np.zeros((0, det.n_ticks_event)), pair_row, pair_seg
+    waveforms = np.zeros((len(plan.pixels), plan.n_stored))
     n_e = segs["n_electrons"].astype(np.float64)
-    block = max(1, PAIR_BUFFER_BYTES // (8 * max(int(time_max), 1)))   # bounds the (pairs, ticks) buffer
+    block = max(1, PAIR_BUFFER_BYTES // (8 * max(plan.time_max, 1)))   # bounds the (pairs, ticks) buffer
     for b0 in range(0, len(pair_seg), block):
         sl = slice(b0, b0 + block)
         with numba.parallel_chunksize(PAIRS_PER_TASK):
             signals, n_live = pair_signals(
-                pair_seg[sl], np.ascontiguousarray(centres[sl]), segs["x_start"], segs["y_start"],
+                pair_seg[sl], np.ascontiguousarray(plan.centres[sl]), segs["x_start"], segs["y_start"],
                 segs["z_start"], segs["x_end"], segs["y_end"], segs["z_end"], segs["tran_diff"], segs["long_diff"],
-                n_e, segs["t_start"], z_anode, pitch, vdrift, dt, det.time_padding, det.sampled_points,
-                int(time_max), single)
-        accumulate_waveforms(waveforms, signals, n_live, pair_row[sl], pair_seg[sl], start_tick)
-    return uniq, waveforms, pair_row, pair_seg
+                n_e, segs["t_start"], plan.z_anode, det.pixel_pitch, vdrift, det.t_sampling, det.time_padding,
+                det.sampled_points, plan.time_max, single)
+        accumulate_waveforms(waveforms, signals, n_live, pair_row[sl], pair_seg[sl], plan.start_tick)
+    return plan.pixels, waveforms, pair_row, pair_seg
 
 
 def prepare(segments, detector, params, precision):
@@ -132,8 +154,9 @@ def chunks(drifted, chunk_size, progress: bool, desc: str):
 def chunk_hits(event_id, uniq, charges, ticks, pair_row, pair_seg, segs, rows, det, t_hi_pad) -> Hits:
     """Hits of one chunk from its front-end output: charges (C) and trigger ticks per (pixel row, slot).
 
-    Rows without a stored sample are dropped. A conversion that integrated NaN current (spec 4.4.3) digitises to
-    NaN; larnd-sim's export drops it, so it counts as an empty slot here.
+    Rows without a stored sample are dropped. A conversion that integrated NaN current (a segment parallel to the
+    anode, :func:`.scalars.pair_current`; Q) digitises to NaN; larnd-sim's export drops it, so it counts as an empty
+    slot here.
     """
     el = det.electronics
     filled = (ticks >= 0) & np.isfinite(charges)
@@ -162,7 +185,7 @@ def simulate(segments, detector=None, params=None, *, noise=False, seed=0, preci
     electrons, ``backtrack`` = row numbers of ``segments``. With ``return_waveforms`` returns
     ``(hits, [ChunkWaveforms, ...])``, one entry per processed chunk.
 
-    ``precision="larnd-sim"``: the reference's float32 map and fused multiply-adds (matches the GPU outputs);
+    ``precision="larnd-sim"``: the reference's float32 map and FMAs (matches the GPU outputs);
     ``"float64"``: all arithmetic in double (float fields widened to float64, no contractions), the quirks kept.
     ``noise``: 900 e- reset and 500 e- uncorrelated noise from per-pixel-row xoroshiro128+ streams seeded with
     ``seed * 2**32 + event index`` (larnd-sim: the event index, i.e. ``seed=0``); noise off is deterministic.

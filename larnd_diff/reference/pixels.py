@@ -1,4 +1,4 @@
-"""Pixels under each segment (spec 2.5, 4.3): Bresenham line of "active" pixels plus a square neighbourhood.
+"""Pixels under each segment : Bresenham line of "active" pixels plus a square neighbourhood.
 
 Pixel ids are (I, J) with I = ix + n_x * plane (the plane folded into I) and J = iy. Lists are sized exactly
 (the "cap" behaviour: no capacity overflow).

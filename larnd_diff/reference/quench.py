@@ -1,4 +1,4 @@
-"""Recombination ("quenching"): deposited energy -> ionisation electrons that escape recombination (spec 4.1)."""
+"""Recombination ("quenching"): deposited energy -> ionisation electrons that escape recombination."""
 from __future__ import annotations
 
 import numpy as np

@@ -3,7 +3,7 @@
 ``numba.cuda.jit(device=True)`` for the CUDA kernels (:mod:`.cuda_kernels`). Only the drivers differ (parallel
 loops, thread indexing, scratch memory, launches).
 
-Induced current of one (segment, pixel) pair (spec 4.4, :func:`pair_current`): the charge density of the diffused
+Induced current of one (segment, pixel) pair (:func:`pair_current`): the charge density of the diffused
 segment (:func:`charge_density`) is sampled on larnd-sim's Riemann grid (30 x 30 x N_z points of a box around the
 piece of segment that passes near the pad) and folded with the two-exponential current template
 (:mod:`larnd_diff.response`) at the 0.1 us ticks. Two implementation notes:
@@ -18,10 +18,10 @@ piece of segment that passes near the pad) and folded with the two-exponential c
   direct sum to ~1e-15 relative (the summation order differs from larnd-sim's, far below the float32 storage of
   the per-pair signal). Ticks after the last arrival are exactly zero and are not visited.
 
-Precision (spec 4.8): every quantity is held in a float64 variable. With ``single=True`` the quantities larnd-sim
+Precision: every quantity is held in a float64 variable. With ``single=True`` the quantities larnd-sim
 computes in float32 are rounded to float32 (:func:`f32`: the correctly rounded float32 result of the same +, -, *,
-/ or sqrt), and the fused multiply-adds the GPU compiler forms where they change the result are evaluated with one
-rounding (``fma``; LLVM's rule fadd(fmul(a, b), c) -> fma(a, b, c), the first operand's product fused first): the
+/ or sqrt), and the multiply-adds the GPU compiler contracts into FMAs where that changes the result are evaluated
+with one rounding (``fma``; LLVM's rule fadd(fmul(a, b), c) -> fma(a, b, c), the first operand's product first): the
 xy intercept, the float32 segment lengths sqrt(fma(c, c, fma(a, a, b*b))), and the float64 grid coordinates
 fma(i, step, -4 sigma) / fma(k, z_step, z_first). With them the per-pixel currents of the captured test_inputs
 events agree with the GPU to <= 5e-9 of the row maximum (most rows bit-identical). ``single=False`` computes
@@ -147,7 +147,7 @@ def current_model(t, t0, x, y):
 
 # ----------------------------------------------------------------------------------------- charge density ---
 def density_a(ux, uy, uz, sx, sy, sz, single):
-    """a = sum_i u_i^2 / (2 sigma_i^2) (cm^-2) of the closed form (spec 4.4.5), u_i^2 in float32."""
+    """a = sum_i u_i^2 / (2 sigma_i^2) (cm^-2) of the closed form (:func:`charge_density`), u_i^2 in float32."""
     return (f32(ux * ux, single) / (2 * sx * sx) + f32(uy * uy, single) / (2 * sy * sy)
             + f32(uz * uz, single) / (2 * sz * sz))
 
@@ -164,7 +164,7 @@ def line_integral(b, sqrt_a_2, two_a_len):
 
 def charge_density(x, y, z, q, start, segment, sigmas, single):
     """Electrons per cm^3 at (x, y, z) of q electrons spread uniformly on the segment start -> start + segment
-    and diffused by an axis-aligned Gaussian of widths ``sigmas`` (cm). Closed form of spec 4.4.5 (the kernels
+    and diffused by an axis-aligned Gaussian of widths ``sigmas`` (cm). Closed form (the kernels
     hoist its parts out of the grid loops: :func:`pair_current`)."""
     sx, sy, sz = sigmas
     length, ux, uy, uz = unit_vector(segment[0], segment[1], segment[2], single)
@@ -307,7 +307,7 @@ def pair_current(out, buck_b, buck_c, terms, seg_start, seg_end, sigma_t, sigma_
     """Current (C/us) induced by one segment on the pad centred at (x_p, y_p) at ticks t0_tick + k dt, into
     ``out`` (float32-rounded when ``single``). Returns n, the number of leading ticks that can be non-zero: only
     out[:n] is written. Scratch: ``buck_b``, ``buck_c`` as long as ``out`` (any content), ``terms``
-    (IN_PAD_TERMS, >= n_points). t0_tick: the segment's evaluation start (spec 4.4.2)."""
+    (IN_PAD_TERMS, >= n_points). t0_tick: the segment's evaluation start (:func:`.induce.first_tick_time`)."""
     n_ticks = out.shape[0]
     if seg_start[2] < seg_end[2]:
         a_pt, b_pt = seg_start, seg_end
@@ -320,7 +320,7 @@ def pair_current(out, buck_b, buck_c, terms, seg_start, seg_end, sigma_t, sigma_
     if z_poca == 0:
         return 0
 
-    # sampling grid (spec 4.4.4)
+    # sampling grid: a box of n_points x n_points x n_z samples around the piece of line near the pad
     z_first = z_lo - 4 * sigma_l
     z_last = z_hi + 4 * sigma_l
     x_lo, y_lo = line_point_at_z(a_pt, ux, uy, uz, z_lo)
@@ -417,7 +417,7 @@ def tick_charge(waveform, i, t_sampling):
 
 def pixel_triggers(waveform, n_ticks, t_sampling, threshold_c, interval, max_samples, reset_e, uncorr_e, state, row,
                    noisy, charges, ticks):
-    """LArPix front end of one pixel (spec 4.5): discriminate and integrate the waveform (C/us per tick) of
+    """LArPix front end of one pixel: discriminate and integrate the waveform (C/us per tick) of
     ``n_ticks`` ticks, zero beyond len(waveform). Fills ``charges`` (C) and ``ticks`` (trigger tick indices) and
     returns the number of samples.
 

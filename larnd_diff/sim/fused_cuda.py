@@ -3,7 +3,7 @@
 Same scalar physics (compiled from the same Python functions), different parallel layout: one thread per
 in-pad row, the whole event in one kernel launch per pass, no scratch arrays. Each thread enumerates its row
 from the pair table (binary search over the pairs' first rows), expands the row's inputs from its pair's
-(:func:`larnd_diff.sim.fused.expand_row`) and evaluates its waveform. Along z the arrival time
+(:func:`larnd_diff.sim.fused_scalars.expand_row`) and evaluates its waveform. Along z the arrival time
 t_s(k) = (|k h_z - z_an| - 0.5)/v + delay is V-shaped (monotone on each side of the anode's k), so a row's
 samples come out time-ordered from two pointers: the forward pass walks ticks downwards, merging the samples
 into the decaying running sums and atomically adding them onto the output row's ticks; the backward pass walks
@@ -12,8 +12,8 @@ gradient when its bucket is reached and adds the row's gradient, taken back to t
 its pair. Work per row: n_z samples + the window's ticks. So the framework sees one op per simulation, whose
 input is the per-pair table: nothing per row is stored for the gradient.
 
-Used for torch tensors on a CUDA device (zero-copy through ``__cuda_array_interface__``); numba.cuda is
-imported lazily, so importing this module needs no GPU.
+Used for torch tensors on a CUDA device (zero-copy through ``__cuda_array_interface__``); the kernels are
+compiled on first use, so importing this module needs no GPU.
 """
 from __future__ import annotations
 
@@ -22,15 +22,17 @@ from functools import lru_cache
 
 import numpy as np
 
-from larnd_diff.sim import fused
-from larnd_diff.sim.fused import (_NO_ONSET, AMP, HZ, ROW_FIELDS, T_IX0, T_IY0, T_NWIN, T_NY, T_NZ, T_PLACE, T_ROW,
-                                  TF, TS, ZAN, arrival, bucket, entry, entry_gradient, expand_row,
-                                  expand_row_gradient, gauss_floor, onset_constants, onset_deposits, row_negligible)
-from larnd_diff.sim.induce import PAIR_FIELDS
+from larnd_diff.retarget import compile_scalars, numba_cuda, rebind
+from larnd_diff.sim import fused_scalars
+from larnd_diff.sim.fused_scalars import (NO_ONSET, arrival, bucket, entry, entry_gradient, expand_row,
+                                          expand_row_gradient, gauss_floor, onset_constants, onset_deposits,
+                                          row_negligible)
+from larnd_diff.sim.induce_layout import (AMP, HZ, PAIR_FIELDS, ROW_FIELDS, T_IX0, T_IY0, T_NWIN, T_NX, T_NY, T_NZ,
+                                          T_PLACE, T_ROW, TF, TS, ZAN)
 
 try:   # the kernels below are compiled with these names rebound to numba.cuda (see _kernels)
-    from larnd_diff.reference import cuda_kernels as _numpy_shim  # noqa: F401  (NumPy compatibility shim)
-    from numba import cuda, float64
+    cuda = numba_cuda()
+    from numba import float64
 except Exception:   # pragma: no cover - numba-cuda missing or broken: is_available() says so
     cuda = float64 = None
 
@@ -78,7 +80,7 @@ def _row_forward(f, nz, nw, t0r, dt, sharpness, k_fast, k_slow, target):
         return
     tau_f, tau_s, amp = f[TF], f[TS], f[AMP]
     rho_f, rho_s = math.exp(-dt / tau_f), math.exp(-dt / tau_s)
-    oc = onset_constants(f, dt, sharpness, k_fast, k_slow) if sharpness > 0 else _NO_ONSET
+    oc = onset_constants(f, dt, sharpness, k_fast, k_slow) if sharpness > 0 else NO_ONSET
     turn = _turn(f, nz)
     ka, kb = 0, nz - 1                         # time-descending pointers: k up to turn - 1, k down to turn
     ma = _bucket_of(f, ka, t0r, nw, dt) if ka < turn else -1
@@ -117,7 +119,7 @@ def _row_backward(f, nz, nw, t0r, dt, sharpness, k_fast, k_slow, gw, acc):
     if row_negligible(f, nz, floor):
         return
     rho_f, rho_s = math.exp(-dt / f[TF]), math.exp(-dt / f[TS])
-    oc = onset_constants(f, dt, sharpness, k_fast, k_slow) if sharpness > 0 else _NO_ONSET
+    oc = onset_constants(f, dt, sharpness, k_fast, k_slow) if sharpness > 0 else NO_ONSET
     turn = _turn(f, nz)
     ka, kb = turn - 1, turn                    # time-ascending pointers: k down to 0, k up to nz - 1
     ma = _bucket_of(f, ka, t0r, nw, dt) if ka >= 0 else -1
@@ -171,22 +173,22 @@ def _row_of(row_start, r):
     return lo
 
 
-def _sample_of(table, row_start, p, r):
-    """In-pad sample (i, j) of row r of pair p (the pair's nx x ny samples, j fastest)."""
+def _sample_of(table, row_start, r):
+    """(p, i, j): the pair p of row r and the row's in-pad sample (i, j) (the pair's nx x ny samples, j fastest)."""
+    p = _row_of(row_start, r)
     local = r - row_start[p]
     ny = table[p, T_NY]
-    return table[p, T_IX0] + local // ny, table[p, T_IY0] + local % ny
+    return p, table[p, T_IX0] + local // ny, table[p, T_IY0] + local % ny
 
 
 def _forward_kernel(pairf, table, t0, row_start, dt, sharpness, k_fast, k_slow, out):
     """Every row's induced charge added onto its output row's ticks, one thread per row: the row is enumerated
-    from the pair table, its inputs expanded from its pair's (:func:`larnd_diff.sim.fused.expand_row`), its
-    waveform evaluated and added in place (atomic: the rows of a pixel share its ticks)."""
+    from the pair table, its inputs expanded from its pair's (:func:`larnd_diff.sim.fused_scalars.expand_row`),
+    its waveform evaluated and added in place (atomic: the rows of a pixel share its ticks)."""
     r = cuda.grid(1)
     if r >= row_start[row_start.shape[0] - 1]:
         return
-    p = _row_of(row_start, r)
-    i, j = _sample_of(table, row_start, p, r)
+    p, i, j = _sample_of(table, row_start, r)
     f = cuda.local.array(N_ROW, float64)
     expand_row(pairf[p], float(i), float(j), 1.0, f)
     row, place = table[p, T_ROW], table[p, T_PLACE]
@@ -200,8 +202,7 @@ def _backward_kernel(pairf, table, t0, row_start, dt, sharpness, k_fast, k_slow,
     r = cuda.grid(1)
     if r >= row_start[row_start.shape[0] - 1]:
         return
-    p = _row_of(row_start, r)
-    i, j = _sample_of(table, row_start, p, r)
+    p, i, j = _sample_of(table, row_start, r)
     f = cuda.local.array(N_ROW, float64)
     acc = cuda.local.array(N_ROW, float64)
     for c in range(N_ROW):
@@ -219,27 +220,31 @@ def _backward_kernel(pairf, table, t0, row_start, dt, sharpness, k_fast, k_slow,
 
 
 def add(arr, i, j, value):
-    """The CUDA binding of :func:`larnd_diff.sim.fused.add`: an atomic add, nothing past the array's end."""
+    """The CUDA binding of :func:`larnd_diff.sim.fused_scalars.add`: an atomic add, nothing past the array's end."""
     if j < arr.shape[1]:
         cuda.atomic.add(arr, (i, j), value)
 
 
 def cotangent(gw, n):
-    """The CUDA binding of :func:`larnd_diff.sim.fused.cotangent`: 0 past the event's last tick."""
+    """The CUDA binding of :func:`larnd_diff.sim.fused_scalars.cotangent`: 0 past the event's last tick."""
     return gw[n] if n < gw.shape[0] else 0.0
 
 
 @lru_cache(maxsize=None)
 def _kernels():
     device = cuda.jit(device=True)
-    ns = fused.compile_scalars(device, extra={"cuda": cuda, "float64": float64, "N_PAIR": N_PAIR, "N_ROW": N_ROW})
-    for fn in (add, cotangent, _turn, _bucket_of, _row_of, _sample_of, _row_forward, _row_backward):
-        ns[fn.__name__] = device(fused.rebind(fn, ns))
+    # One namespace for every CUDA-side function (numba's CUDA simulator swaps the ``cuda`` module in the
+    # kernel's globals once per launch; a separate dict would be swapped per call, racing between threads).
+    namespace = dict(globals())
+    bindings = {fn.__name__: device(rebind(fn, namespace)) for fn in (add, cotangent)}
+    namespace.update(compile_scalars(fused_scalars, device, bindings))
+    for fn in (_turn, _bucket_of, _row_of, _sample_of, _row_forward, _row_backward):
+        namespace[fn.__name__] = device(rebind(fn, namespace))
     from numba import config
 
     # (numba's CUDA simulator takes no register cap)
     jit = cuda.jit if config.ENABLE_CUDASIM or not MAX_REGISTERS else cuda.jit(max_registers=MAX_REGISTERS)
-    return {fn.__name__.strip("_").replace("_kernel", ""): jit(fused.rebind(fn, ns))
+    return {fn.__name__.strip("_").replace("_kernel", ""): jit(rebind(fn, namespace))
             for fn in (_forward_kernel, _backward_kernel)}
 
 
@@ -256,8 +261,8 @@ def _launch(kernel, n_threads, *args):
 # ---------------------------------------------------------------------------------------------- whole event
 class EventLayout:
     """The host integers of :func:`larnd_diff.sim.fused.charge_forward` moved to the GPU once per simulation (for
-    its forward and backward pass), three copies in all: the pair table (``fused.PAIR_TABLE`` columns), the
-    evaluation starts and the first row of each pair (the rows themselves are enumerated on the GPU)."""
+    its forward and backward pass), three copies in all: the pair table (``induce_layout.PAIR_TABLE`` columns),
+    the evaluation starts and the first row of each pair (the rows themselves are enumerated on the GPU)."""
 
     def __init__(self, table, t0, upload=None):
         """``upload``: NumPy array -> GPU array (anything with ``__cuda_array_interface__``); default numba's
@@ -265,7 +270,7 @@ class EventLayout:
         asynchronous copy through pinned memory."""
         upload = upload or cuda.to_device
         table = np.ascontiguousarray(table, np.int64)
-        counts = table[:, fused.T_NX] * table[:, fused.T_NY]
+        counts = table[:, T_NX] * table[:, T_NY]
         row_start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self.n_rows = int(row_start[-1])
         self.table = upload(table)

@@ -1,4 +1,4 @@
-"""Differentiable induced current of (segment, pixel) pairs (spec 4.4), EagerPy tensors + larnd_diff.ops only.
+"""Differentiable induced current of (segment, pixel) pairs, EagerPy tensors + larnd_diff.ops only.
 
 Sparse by construction. For a pair, the reference sums over a 30 x 30 x N_z grid, for every tick, the charge
 density rho(x_i, y_j, z_k) dV times a two-exponential current template with a hard stop at the arrival time
@@ -24,33 +24,23 @@ import eagerpy as ep
 import numpy as np
 
 from larnd_diff import ops
+from larnd_diff.response import AMPLITUDE_A, DELAY_US, MIN_TAU_US, TAU_B_US, TAU_C_US, pad_polynomial
+from larnd_diff.sim.induce_layout import ONSET_TOLERANCE, PAIR_FIELDS
 
-# Current-template polynomials P(x, y) = c0 + c1 x + c2 y + c3 x y + c4 x^2 + c5 y^2 (x, y in cm from the pad
-# centre; spec 4.4.6).
-TEMPLATE_A = (1.060, -0.909, -0.909, 5.856, 0.207, 0.207)
-TEMPLATE_B = (0.679, -1.083, -1.083, 8.772, -5.521, -5.521)
-TEMPLATE_C = (2.644, -9.174, -9.174, 13.483, 45.887, 45.887)
-TEMPLATE_DELAY = (2.948, -2.705, -2.705, 4.825, 20.814, 20.814)
 #: Block length of the recurrence solver.
 BLOCK = 16
-#: Floor of the current-template time constants (us); in-pad samples never reach it (B >= 0.087 us).
-MIN_TIME_CONSTANT_US = 0.05
-
-
-def template_polynomial(x, y, c):
-    """c0 + c1 x + c2 y + c3 x y + c4 x^2 + c5 y^2."""
-    return c[0] + c[1] * x + c[2] * y + c[3] * x * y + c[4] * x * x + c[5] * y * y
 
 
 def current_template(dx, dy):
-    """(A, B, C, delay) of the current model at offsets (dx, dy) cm from the pad centre (B, C, delay in us)."""
-    a = ep.minimum(template_polynomial(dx, dy, TEMPLATE_A), 1.0)
-    return (a, template_polynomial(dx, dy, TEMPLATE_B), template_polynomial(dx, dy, TEMPLATE_C),
-            template_polynomial(dx, dy, TEMPLATE_DELAY))
+    """(A, B, C, delay) of the current model (:mod:`larnd_diff.response`) at offsets (dx, dy) cm from the pad
+    centre (B, C, delay in us)."""
+    a = ep.minimum(pad_polynomial(AMPLITUDE_A, dx, dy), 1.0)
+    return a, pad_polynomial(TAU_B_US, dx, dy), pad_polynomial(TAU_C_US, dx, dy), pad_polynomial(DELAY_US, dx, dy)
 
 
 def line_charge_norm(n_electrons, length, sigma_T, sigma_L):
-    """Q / (L sigma_x sigma_y sigma_z sqrt(8 pi^3)) in electrons / cm^4 (the density prefactor, spec 4.4.5)."""
+    """Q / (L sigma_x sigma_y sigma_z sqrt(8 pi^3)) in electrons / cm^4, the density prefactor (the reference's
+    :func:`larnd_diff.reference.scalars.density_norm`)."""
     return n_electrons / (length * sigma_T * sigma_T * sigma_L * math.sqrt(8 * math.pi ** 3))
 
 
@@ -104,9 +94,7 @@ def discounted_cumsum_prescaled(d_scaled, log_decay, block: int = BLOCK):
 
 def smooth_window_ticks(sharpness, tau_max, dt, tol: float | None = None) -> int:
     """Ticks on each side of an arrival where sigmoid(s y) differs from the hard step by more than e^-tol
-    (default ``fused.ONSET_TOLERANCE``) for the largest time constant ``tau_max``; rows use their own tau."""
-    from larnd_diff.sim.fused import ONSET_TOLERANCE
-
+    (default ``induce_layout.ONSET_TOLERANCE``) for the largest time constant ``tau_max``; rows use their own tau."""
     if sharpness is None:
         return 0
     tol = ONSET_TOLERANCE if tol is None else tol
@@ -114,7 +102,8 @@ def smooth_window_ticks(sharpness, tau_max, dt, tol: float | None = None) -> int
 
 
 def pair_geometry(g, pitch, n_pts):
-    """Differentiable per-pair geometry (spec 4.4.3-4.4.4) from gathered per-pair tensors ``g`` (dict).
+    """Differentiable per-pair geometry (larnd-sim's z_interval and sampling grid) from gathered per-pair tensors
+    ``g`` (dict).
 
     Needs: z-ordered endpoints ax, ay, az, bx, by, bz; sigma_T, sigma_L; pixel centre x_p, y_p; host constants
     swap (x-ordering), branch (z_interval case), n_z, sgn_x, sgn_y. Returns a dict with the sampling grid origin
@@ -156,19 +145,9 @@ def pair_geometry(g, pitch, n_pts):
                 step_y=g["sgn_y"] * h_y, z0=z_lo - 4 * s_L, h_z=h_z, volume=ep.abs(h_x * h_y * h_z))
 
 
-#: Per-pair inputs of the row expansion (:func:`expand_rows`), in column order of the stacked ``pairf``:
-#: sampling grid origin and steps (cm) and the pixel centre; segment start A (x, y) and unit direction;
-#: Mahalanobis weights 1/sigma^2 (cm^-2), 2a, the z offset of the first sample from A (cm) and its share of the
-#: metric projection; the residual direction per z step e1; sqrt(a); the charge normalisation; then the
-#: row-independent fields of :data:`fused.ROW_FIELDS` (q2, u1, u_len, h_z, z_an, vdrift).
-PAIR_FIELDS = ("x0", "step_x", "y0", "step_y", "x_p", "y_p", "ax", "ay", "ux", "uy", "uz", "w_t", "w_l", "two_a",
-               "rz0", "rz0_uz_wl", "e1x", "e1y", "e1z", "sqrt_a", "norm", "q2", "u1", "u_len", "h_z", "z_an",
-               "vdrift")
-
-
 def pair_inputs(g, *, grid):
     """Everything of the row inputs that depends on the pair only: a dict of (n_pairs,) tensors named as
-    :data:`PAIR_FIELDS` (the rows follow with :func:`expand_rows`).
+    :data:`~larnd_diff.sim.induce_layout.PAIR_FIELDS` (the rows follow with :func:`expand_rows`).
 
     g: per-pair tensors (see :func:`pair_geometry`, plus n_electrons, z_anode, vdrift).
     """
@@ -199,13 +178,13 @@ def pair_inputs(g, *, grid):
 
 
 def expand_rows(pairf, rows, *, dtype):
-    """Per-row inputs (a dict of (n_rows,) tensors named as :data:`fused.ROW_FIELDS`) from the stacked per-pair
+    """Per-row inputs (a dict of (n_rows,) tensors named as :data:`induce_layout.ROW_FIELDS`) from the stacked per-pair
     inputs ``pairf`` (n_pairs, len(PAIR_FIELDS)) of :func:`pair_inputs` and the rows' in-pad sample (i, j).
 
     rows: dict with int tensors pair, i, j and float ``valid`` (0 on padded rows). The z samples of row r are
     k = 0..n_z-1 with weight coef exp(-(q0 + q1 k + q2 k^2)) (erf(u_len - u) + erf(u)), u = u0 + u1 k, and
-    arrival time (|k h_z - z_an| - 0.5) / vdrift + delay. (:func:`larnd_diff.sim.fused.expand_rows` is the
-    same arithmetic on the host, with its hand-written gradient.)
+    arrival time (|k h_z - z_an| - 0.5) / vdrift + delay. (:func:`larnd_diff.sim.fused_scalars.expand_row` is
+    the same arithmetic in the kernels, with its hand-written gradient.)
     """
     per_row = ops.gather(pairf, rows["pair"], 0)                     # one gather of every per-pair value
     col = {name: per_row[:, c] for c, name in enumerate(PAIR_FIELDS)}
@@ -213,7 +192,7 @@ def expand_rows(pairf, rows, *, dtype):
     y_j = col["y0"] + ops.cast(rows["j"], dtype) * col["step_y"]
     amp, tau_fast, tau_slow, delay = current_template(ep.abs(col["x_p"] - x_i), ep.abs(col["y_p"] - y_j))
     # in-pad samples have B >= 0.087 us, C >= 1.84 us; the floor only guards padded rows
-    tau_fast, tau_slow = ep.maximum(tau_fast, MIN_TIME_CONSTANT_US), ep.maximum(tau_slow, MIN_TIME_CONSTANT_US)
+    tau_fast, tau_slow = ep.maximum(tau_fast, MIN_TAU_US), ep.maximum(tau_slow, MIN_TAU_US)
     ux, uy, uz, w_t, w_l = col["ux"], col["uy"], col["uz"], col["w_t"], col["w_l"]
     rx, ry = x_i - col["ax"], y_j - col["ay"]
     s0 = (rx * ux * w_t + ry * uy * w_t + col["rz0_uz_wl"]) / col["two_a"]
@@ -233,7 +212,7 @@ def stack_pair_inputs(g, *, grid):
 
 
 def row_inputs(g, rows, *, grid, dtype):
-    """Per-row inputs of the entry loop, a dict of (n_rows,) tensors named as :data:`fused.ROW_FIELDS`:
+    """Per-row inputs of the entry loop, a dict of (n_rows,) tensors named as :data:`induce_layout.ROW_FIELDS`:
     :func:`expand_rows` of :func:`pair_inputs`. Everything that depends on the row only (not on the z sample or
     the tick) is computed here."""
     return expand_rows(stack_pair_inputs(g, grid=grid), rows, dtype=dtype)
@@ -281,8 +260,6 @@ def entry_waveforms(f, rows, *, n_pairs, n_rows, n_z, width, dt, sharpness, k_fa
     if sharpness is not None:
         idx_all, corr_all = [], []
         pair_base = (rp * width)[:, None]
-        from larnd_diff.sim.fused import ONSET_TOLERANCE
-
         for frac, tau, k_side in ((amp, tau_fast, k_fast), (1 - amp, tau_slow, k_slow)):
             base = weight * (frac / tau)[:, None]
             # the row's own window (as the fused kernels): ceil(tol tau / (s dt)) + 1 ticks, at most k_side
@@ -341,7 +318,7 @@ def fused_charge(backend_name, pairf, table, t0, groups, *, n_rows, n_ticks, dt,
     inputs ``pairf`` of :func:`stack_pair_inputs`, in one host call (``fused.charge_forward``, its gradient
     ``fused.charge_backward``): rows expanded, waveforms evaluated and placed on the rows' tick axis on the host.
 
-    table (n_pairs, len(fused.PAIR_TABLE)) int64 and t0 (n_pairs,) float64 us: NumPy host data of the pairs;
+    table (n_pairs, len(induce_layout.PAIR_TABLE)) int64 and t0 (n_pairs,) float64 us: NumPy host data of the pairs;
     groups: [(first, stop, width)] consecutive pairs evaluated together on the host (the GPU takes the whole
     event in one launch: no scratch to bound). For eagerly executed backends (the
     host data are closed over, not operands: under jax.jit use :func:`fused_pair_waveforms` per block).
@@ -374,7 +351,7 @@ def fused_charge(backend_name, pairf, table, t0, groups, *, n_rows, n_ticks, dt,
     return ep.astensor(op(pairf.raw))
 
 
-__all__ = ["current_template", "template_polynomial", "line_charge_norm", "line_integral",
-           "discounted_reverse_cumsum", "smooth_window_ticks", "pair_geometry", "PAIR_FIELDS", "pair_inputs",
+__all__ = ["current_template", "line_charge_norm", "line_integral",
+           "discounted_reverse_cumsum", "smooth_window_ticks", "pair_geometry", "pair_inputs",
            "stack_pair_inputs", "expand_rows", "row_inputs", "entry_waveforms",
            "fused_pair_waveforms", "fused_charge"]

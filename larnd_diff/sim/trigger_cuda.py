@@ -12,8 +12,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from larnd_diff.retarget import rebind
 from larnd_diff.sim import trigger_host
-from larnd_diff.sim.fused import rebind
 from larnd_diff.sim.fused_cuda import THREADS, as_device, is_available
 
 try:
