@@ -177,7 +177,6 @@ def _pick(g, out_row, placement, n_win, width):
     return g_wave
 
 
-
 if numba is not None:
     # The scalars are inlined into the drivers, which compile them under their own options (and cache them: the
     # scalars themselves are not cached, numba's cache would not tell their two option sets apart).
@@ -194,8 +193,6 @@ if numba is not None:
     _pick = njit(cache=True)(_pick)
     _expand_rows = njit(cache=True)(rebind(_expand_rows, {**globals(), **_CPU}))
     _expand_rows_backward = njit(cache=True)(rebind(_expand_rows_backward, {**globals(), **_CPU}))
-
-
 
 
 class RowLayout:
@@ -254,7 +251,6 @@ def pair_backward(pairf, layout: RowLayout, i, j, valid, dt, sharpness, k_fast, 
     rowf = expand_rows(pairf, layout, i, j, valid)
     return expand_rows_backward(pairf, layout, i, j, valid,
                                 backward(rowf, layout, dt, sharpness, k_fast, k_slow, g_wave))
-
 
 
 # ---------------------------------------------------------------------------------------------- whole event
