@@ -313,6 +313,19 @@ class Backend:
         """Device of an EagerPy or raw tensor, in a form ``asarray(device=...)`` accepts."""
         raise NotImplementedError(f"{type(self).__qualname__} must implement this part of the Backend protocol")
 
+    def concrete_value(self, x: Any):
+        """Float64 NumPy value of a raw tensor when it is concrete; None when it is abstract (traced under the
+        framework's compiler). Used to check parameter values without breaking tracing."""
+        try:
+            return np.asarray(self.to_numpy(x), dtype=np.float64)
+        except Exception:
+            return None
+
+    def read(self, x: Any) -> Any:
+        """The value to compute with: a framework *variable* read into a tensor (an operation that the framework's
+        autodiff records); tensors pass unchanged."""
+        return x
+
     def on_host(self, t: Any) -> bool:
         """Whether the tensor lives in host memory (its device names the CPU)."""
         return "cpu" in str(self.device_of(t)).lower()

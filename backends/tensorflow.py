@@ -42,7 +42,7 @@ class Backend(_Base):
     framework = "tensorflow"
     pip_extra = "tensorflow"
     aliases = ("tf",)
-    raw_modules = ("tensorflow",)
+    raw_modules = ("tensorflow", "keras")
     tensor_type = ep.TensorFlowTensor
     compiles_loops = True
 
@@ -77,6 +77,9 @@ class Backend(_Base):
 
     def to_numpy(self, t):
         return unwrap(t).numpy()
+
+    def read(self, x):
+        return self.tf.convert_to_tensor(x) if isinstance(x, self.tf.Variable) else x
 
     def dtype_name(self, t):
         return unwrap(t).dtype.name

@@ -86,6 +86,11 @@ class Backend(_Base):
     def to_numpy(self, t):
         return unwrap(t).detach().cpu().numpy()
 
+    def concrete_value(self, x):
+        if self.torch.compiler.is_compiling():
+            return None
+        return unwrap(x).detach().cpu().double().numpy()
+
     def dtype_name(self, t):
         return str(unwrap(t).dtype).replace("torch.", "")
 

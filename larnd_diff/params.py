@@ -30,7 +30,6 @@ read whenever the value is used (so a ``tf.GradientTape`` sees the read); a torc
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Iterator, Mapping, Optional
@@ -210,26 +209,24 @@ def plain_mapping(values, where: str = "params") -> dict:
     raise ParameterError(f"{where} must be a mapping of parameter name -> value, not {type(values).__name__}")
 
 
-def _framework(value) -> str:
-    return type(value).__module__.split(".")[0]
+def _backend(value):
+    """The adapter of a framework tensor or variable (None for plain Python and NumPy values, or a type no
+    backend claims); the registry imports no framework to answer."""
+    if isinstance(value, (bool, int, float, np.number, np.ndarray)):
+        return None
+    from .ops import backend_of, get_backend
 
-
-def _is_tf_variable(value) -> bool:
-    tf = sys.modules.get("tensorflow")
-    return tf is not None and _framework(value) in ("tensorflow", "keras") and isinstance(value, tf.Variable)
+    try:
+        return get_backend(backend_of(value))
+    except (TypeError, ValueError, ImportError):
+        return None
 
 
 def _read(value):
-    """The value to compute with: a ``tf.Variable`` read into a tensor (an operation gradient tapes record)."""
-    if _is_tf_variable(value):
-        return sys.modules["tensorflow"].convert_to_tensor(value)
-    return value
-
-
-def _torch_is_compiling() -> bool:
-    compiler = getattr(sys.modules.get("torch"), "compiler", None)
-    is_compiling = getattr(compiler, "is_compiling", None)
-    return bool(is_compiling and is_compiling())
+    """The value to compute with: a framework variable (``tf.Variable``) read into a tensor, an operation gradient
+    tapes record (``Backend.read``)."""
+    b = _backend(value)
+    return value if b is None else b.read(value)
 
 
 def concrete_value(value) -> Optional[np.ndarray]:
@@ -240,20 +237,23 @@ def concrete_value(value) -> Optional[np.ndarray]:
         raise ParameterError(f"{value!r} is not a number", value=value)
     for _ in range(8):
         value = getattr(value, "raw", value) if type(value).__module__.startswith("eagerpy") else value
-        try:
-            if isinstance(value, (bool, int, float, np.number, np.ndarray)):
-                return np.asarray(value, dtype=np.float64)
-            kind = _framework(value)
-            if kind == "torch":
-                return None if _torch_is_compiling() else value.detach().cpu().double().numpy()
-            if kind in ("tensorflow", "keras"):
-                return np.asarray(value.numpy(), dtype=np.float64)
+        if isinstance(value, (bool, int, float, np.number, np.ndarray)):
             return np.asarray(value, dtype=np.float64)
-        except Exception:
-            value = getattr(value, "primal", None)   # jax.grad's tracers carry the concrete value
-            if value is None:
-                return None
+        b = _backend(value)
+        concrete = b.concrete_value(value) if b is not None else _as_float_array(value)
+        if concrete is not None:
+            return concrete
+        value = getattr(value, "primal", None)   # jax.grad's tracers carry the concrete value
+        if value is None:
+            return None
     return None
+
+
+def _as_float_array(value):
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except Exception:
+        return None
 
 
 def check_value(name: str, value, where: str = "params") -> None:
