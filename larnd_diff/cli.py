@@ -39,13 +39,9 @@ def _params(items: list[str] | None) -> dict:
 
 
 def _detector(args):
-    from .detector import load_detector, module0
+    from .detector import detector_from_files
 
-    if args.detector_yaml:
-        if not args.layout_yaml:
-            raise InputError("--detector-yaml needs the pixel layout too: --layout-yaml FILE")
-        return load_detector(args.detector_yaml, args.layout_yaml)
-    return module0()  # a --layout-yaml alone only supplies the channel map of --packets
+    return detector_from_files(args.detector_yaml, args.layout_yaml)
 
 
 def cmd_generate(args) -> int:

@@ -48,20 +48,19 @@ import statistics
 import sys
 import threading
 import time
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Iterable, List, Optional, Sequence
 
 import numpy as np
 
 from .backends.base import parse_device
 from .compare_figures import pixel_differences, plot, plot_event_comparison
+from .hits import PEDESTAL, adc_rows
 from .params import FIT_PARAMETERS, SPECS
 
 __all__ = ["CompareError", "PEDESTAL", "adc_rows", "agreement", "unrounded_adc", "check_backends", "is_gpu",
            "check_device", "placement", "timed", "PeakMemory", "loss_and_grads", "compare", "format_table", "to_json",
            "plot", "load_input", "pixel_differences", "plot_event_comparison", "JSON_KEYS", "BACKEND_KEYS"]
 
-#: ADC value of an empty slot in the comparison (digitize(0), the pedestal, as in larnd-sim outputs).
-PEDESTAL = 74.0
 JSON_VERSION = 1
 #: Top-level keys of the JSON result, and the keys every backend entry has.
 JSON_KEYS = ("version", "input", "device", "dtype", "repeat", "machine", "reference", "backends", "notes")
@@ -75,14 +74,6 @@ class CompareError(ValueError):
 
 
 # ============================================================================================== agreement
-def adc_rows(hits, adc=None) -> Dict[tuple, np.ndarray]:
-    """{(event, I, J): ADC row (float64) with empty slots read as the pedestal}; ``adc`` overrides hits.adc."""
-    h = hits.numpy()
-    values = h.adc if adc is None else adc
-    return {(int(e), int(p[0]), int(p[1])): np.nan_to_num(np.asarray(a, np.float64), nan=PEDESTAL)
-            for e, p, a in zip(h.event_id, h.pixel, values)}
-
-
 def agreement(ours, ref, ref_adc=None) -> dict:
     """Figures comparing two Hits (see the module docstring): hit_pixels, only_ours, only_reference, identical,
     within_1, mean_abs_dadc_per_hit_pixel. ``ref_adc`` replaces the reference's ADC (e.g. :func:`unrounded_adc`)."""

@@ -93,7 +93,7 @@ def plot(result: dict, path=None, dpi: int = 110):
 def pixel_differences(hits_a, hits_b) -> dict:
     """Per hit pixel (union of both, matched by (event, I, J)): ADC rows with empty slots as the pedestal,
     ``delta_sum`` = sum over slots of (b - a), ``max_abs`` = max |b - a|, and which side has it."""
-    from .compare import PEDESTAL, adc_rows
+    from .hits import PEDESTAL, adc_rows
 
     a, b = adc_rows(hits_a), adc_rows(hits_b)
     keys = sorted(set(a) | set(b))

@@ -17,6 +17,8 @@ from typing import Mapping
 import numpy as np
 import yaml
 
+from .errors import ConfigError, ConfigFileNotFoundError
+
 #: Distance (cm) from the anode of the virtual plane where the induced-current model takes over.
 VIRTUAL_PLANE_CM = 0.5
 #: Tolerance (cm) of the TPC-membership box test in the drift stage (hard-coded in larnd-sim).
@@ -217,12 +219,43 @@ def module0() -> Detector:
 
 def load_detector(detector_yaml: str | Path, layout_yaml: str | Path) -> Detector:
     """Build a detector from larnd-sim's detector-properties YAML and pixel-layout YAML files."""
-    from .io import read_yaml
-
     detector_yaml, layout_yaml = Path(detector_yaml), Path(layout_yaml)
     props = read_yaml(detector_yaml, "detector-properties YAML")
     layout = read_yaml(layout_yaml, "pixel-layout YAML")
     return _build(detector_yaml.stem, props, layout, str(layout_yaml), str(detector_yaml))
+
+
+def read_yaml(path, what: str = "YAML file"):
+    """The content of a YAML file; a :class:`~larnd_diff.errors.ConfigError` naming the file (and, for a syntax
+    error, the line and column) when it is missing, unreadable or malformed."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigFileNotFoundError(f"{path}: {what} does not exist", file=path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: {what} is not a file", file=path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read the {what} ({err})", file=path) from err
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else f"{path}"
+        problem = " ".join(str(getattr(err, "problem", None) or err).split())
+        context = getattr(err, "context", None)
+        detail = f"{problem} ({' '.join(str(context).split())})" if context else problem
+        raise ConfigError(f"{where}: malformed {what}: {detail}", file=path) from err
+
+
+def detector_from_files(detector_yaml=None, layout_yaml=None) -> Detector:
+    """The detector of a command line: both YAMLs (:func:`load_detector`), or module0 when no detector YAML is given
+    (a layout YAML alone only supplies a chip/channel map, e.g. for LArPix packets)."""
+    if detector_yaml:
+        if not layout_yaml:
+            raise ConfigError("--detector-yaml needs the pixel layout too: --layout-yaml FILE", file=detector_yaml)
+        return load_detector(detector_yaml, layout_yaml)
+    return module0()
 
 
 def resolve_detector(detector) -> Detector:
@@ -241,5 +274,5 @@ def diffusion_sigma(coefficient, drift_time):
     return (2 * coefficient * drift_time) ** 0.5
 
 
-__all__ = ["Detector", "Electronics", "module0", "load_detector", "resolve_detector", "VIRTUAL_PLANE_CM",
-           "TPC_TOLERANCE_CM", "diffusion_sigma"]
+__all__ = ["Detector", "Electronics", "module0", "load_detector", "detector_from_files", "resolve_detector",
+           "read_yaml", "VIRTUAL_PLANE_CM", "TPC_TOLERANCE_CM", "diffusion_sigma"]

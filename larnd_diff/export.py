@@ -13,7 +13,7 @@ import numpy as np
 from .detector import Detector, module0
 from .errors import ConfigError
 from .hits import N_BACKTRACK, Hits
-from .io import read_yaml
+from .detector import read_yaml
 
 #: larpix-control HDF5 format 2.4 ``packets`` dtype.
 PACKET_DTYPE = np.dtype([

@@ -8,6 +8,8 @@ import numpy as np
 
 #: Number of backtracked segment ids kept per ADC sample (larnd-sim's track_pixel_map width).
 N_BACKTRACK = 5
+#: ADC value of an empty slot in comparisons (digitize(0), the pedestal, as in larnd-sim outputs).
+PEDESTAL = 74.0
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,14 @@ def _np(x):
     if hasattr(raw, "numpy"):  # tensorflow
         return raw.numpy()
     return np.asarray(raw)
+
+
+def adc_rows(hits: Hits, adc=None) -> dict:
+    """{(event, I, J): ADC row (float64) with empty slots read as the pedestal}; ``adc`` overrides hits.adc."""
+    h = hits.numpy()
+    values = h.adc if adc is None else adc
+    return {(int(e), int(p[0]), int(p[1])): np.nan_to_num(np.asarray(a, np.float64), nan=PEDESTAL)
+            for e, p, a in zip(h.event_id, h.pixel, values)}
 
 
 def save_hits(path, hits: Hits, group: str = "hits", mode: str = "a", attrs: dict | None = None,

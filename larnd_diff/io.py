@@ -28,8 +28,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from .errors import (ConfigError, ConfigFileNotFoundError, OutputError, OutputExistsError, SegmentError,
-                     SegmentFileNotFoundError, rows_text)
+from .errors import OutputError, OutputExistsError, SegmentError, SegmentFileNotFoundError, rows_text
 
 #: Canonical field layout of the ``segments`` table (larnd-sim cli/dumpTree.py order). Files may order fields
 #: differently and carry extra fields (e.g. n_photons); both are accepted and kept.
@@ -449,31 +448,6 @@ def atomic_output(path, *, overwrite: bool = False) -> Iterator[Path]:
             tmp.unlink()
 
 
-def read_yaml(path, what: str = "YAML file"):
-    """The content of a YAML file; a :class:`~larnd_diff.errors.ConfigError` naming the file (and, for a syntax
-    error, the line and column) when it is missing, unreadable or malformed."""
-    import yaml
-
-    path = Path(path)
-    if not path.exists():
-        raise ConfigFileNotFoundError(f"{path}: {what} does not exist", file=path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: {what} is not a file", file=path)
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: cannot read the {what} ({err})", file=path) from err
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else f"{path}"
-        problem = " ".join(str(getattr(err, "problem", None) or err).split())
-        context = getattr(err, "context", None)
-        detail = f"{problem} ({' '.join(str(context).split())})" if context else problem
-        raise ConfigError(f"{where}: malformed {what}: {detail}", file=path) from err
-
-
 __all__ = [
     "NON_NEGATIVE_FIELDS",
     "OPTIONAL_FIELDS",
@@ -486,7 +460,6 @@ __all__ = [
     "check_outputs",
     "invalid_rows",
     "load_segments",
-    "read_yaml",
     "save_segments",
     "swap_xz",
     "validate_segments",

@@ -7,13 +7,14 @@ checkpoints (NumPy arrays in the ``.npz``, the rest in JSON), so a resumed fit c
 """
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
 
-from .options import Option, parse_adapt, zero_is_none
+from .options import Option, zero_is_none
 
 __all__ = ["Budget", "Convergence", "StepAdaptation", "ADAPT_DEFAULTS", "controllers_from_keywords", "OPTIONS"]
 
@@ -144,6 +145,28 @@ class StepAdaptation:
                 f = min(f * self.grow, self.max)
             new[n] = max(f, self.min)
         return new
+
+
+def parse_adapt(text: str) -> dict:
+    """"off" -> {} (no adaptation); "on" -> {"window": 10}; "shrink=0.7,window=10" -> overrides."""
+    text = text.strip()
+    if text in ("off", "none", "0"):
+        return {}
+    if text in ("on", "1", ""):
+        return {"window": 10}
+    out = {}
+    for item in text.split(","):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise argparse.ArgumentTypeError(f"expected off, on or KEY=V,..., got {item!r}")
+        key = key.strip()
+        if key not in ADAPT_DEFAULTS:
+            raise argparse.ArgumentTypeError(f"unknown key {key!r}; known: {sorted(ADAPT_DEFAULTS)}")
+        try:
+            out[key] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{key}: {value!r} is not a number") from None
+    return out
 
 
 OPTIONS = (

@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from ..params import SPECS
 
-__all__ = ["Option", "parse_names", "parse_assignments", "parse_bounds", "parse_adapt", "parse_loss_scales",
+__all__ = ["Option", "parse_names", "parse_assignments", "parse_bounds", "parse_loss_scales",
            "parse_fd_names", "parse_indices", "add_options", "given_keywords", "zero_is_none"]
 
 
@@ -127,30 +127,6 @@ def parse_bounds(text: str):
             out[name] = tuple(float(v) if v.strip() else None for v in (lo, hi))
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name}: {rng!r} is not LO:HI with numbers") from None
-    return out
-
-
-def parse_adapt(text: str) -> dict:
-    """"off" -> {} (no adaptation); "on" -> {"window": 10}; "shrink=0.7,window=10" -> overrides."""
-    from .controllers import ADAPT_DEFAULTS
-
-    text = text.strip()
-    if text in ("off", "none", "0"):
-        return {}
-    if text in ("on", "1", ""):
-        return {"window": 10}
-    out = {}
-    for item in text.split(","):
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise argparse.ArgumentTypeError(f"expected off, on or KEY=V,..., got {item!r}")
-        key = key.strip()
-        if key not in ADAPT_DEFAULTS:
-            raise argparse.ArgumentTypeError(f"unknown key {key!r}; known: {sorted(ADAPT_DEFAULTS)}")
-        try:
-            out[key] = float(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{key}: {value!r} is not a number") from None
     return out
 
 

@@ -51,14 +51,14 @@ def _read_input(args, det):
 def cmd_reco(args) -> int:
     import numpy as np
 
-    from larnd_diff.cli import _detector
+    from larnd_diff.detector import detector_from_files
     from larnd_diff.io import atomic_output, check_output, check_outputs, save_segments
     from larnd_diff.reco import reconstruct
 
     inputs = (args.input, args.layout_yaml, args.detector_yaml, args.truth)
     check_output(args.output, overwrite=args.overwrite, inputs=inputs)
     check_outputs((args.output, args.plot, args.report), overwrite=args.overwrite, inputs=inputs)
-    det = _detector(args)
+    det = detector_from_files(args.detector_yaml, args.layout_yaml)
     t_start = time.perf_counter()
     hits, source, kind = _read_input(args, det)
     segments, report = reconstruct(hits, det, vdrift=args.vdrift)
