@@ -61,7 +61,8 @@ class ExpectedReadout(NamedTuple):
     n_samples_mean    (n_rows,) expected number of stored samples
     n_samples_var     (n_rows,) its variance
     filled            (n_rows, K) probability that sample slot k is filled
-    adc_mean          (n_rows, K) mean ADC count of slot k given that it is filled (0 where it cannot be)
+    adc_mean          (n_rows, K) mean ADC count of slot k given that it is filled (0 where its probability is
+                      below 1e-100, 1e-15 in float32)
     adc_var           (n_rows, K) its variance
     time_mean         (n_rows, K) mean trigger time (us from the event start) given filled
     time_var          (n_rows, K) its variance (us^2)
@@ -271,16 +272,19 @@ def readout_log_likelihood(charge_per_tick, detector, obs_tick, obs_adc, *, tota
     hi_obs = np.minimum(np.nan_to_num(hi_obs, nan=fee.threshold_e + 1.0), 1e9)   # the cap's +inf: far enough
 
     reach = fee.threshold_e + NODE_HALF_WIDTH * fee.reset_noise_e + plan_mod.DEAD_SIGMAS * fee.uncorrelated_noise_e
-    obs = cyc.flat_cycles(plan_mod.Cycles(*(a[:n_obs] for a in cycles)), win, fee)
     end_cycles = _cut_dead(plan_mod.Cycles(*(a[n_obs:] for a in cycles)), host, win, reach)
-    end_blocks = cyc.blocks(end_cycles, win, fee)
-    tensors = cyc.gather_blocks(ch, end_blocks, window, x, dtype, flat=obs)
-    nd = cyc.block_nodes(obs, nodes, fee, x, dtype)
-    pieces = [(np.arange(n_obs), cyc.observed_log_probability(tensors[-1], obs, nd, log_w, lo_obs, hi_obs, fee, x,
-                                                               dtype))]
-    for (idx, blk), t in zip(end_blocks, tensors[:-1]):
-        nd = cyc.block_nodes(blk, nodes, fee, x, dtype)
-        pieces.append((idx + n_obs, cyc.open_end_log_probability(t, blk, nd, log_w, fee, x, dtype)))
+    g = cyc.Gather(ch)
+    obs_host = cyc.observed_inputs(g, plan_mod.Cycles(*(a[:n_obs] for a in cycles)), win, lo_obs, hi_obs, fee,
+                                   window)
+    end_blocks = cyc.blocks(end_cycles, win, fee, like=x)
+    end_host = [cyc.open_inputs(g, blk, window) for _, blk in end_blocks]
+    values = g.values(x)
+    consts = dict(thr=fee.threshold_e, sigma_d=fee.uncorrelated_noise_e)
+    observed = cyc.compiled(cyc.observed_kernel, x, static=consts)
+    pieces = [(np.arange(n_obs), observed(values, cyc.to_tensors(x, dtype, obs_host), nodes, log_w, **consts))]
+    open_end = cyc.compiled(cyc.open_end_kernel, x, static=consts)
+    for (idx, _), host_arrays in zip(end_blocks, end_host):
+        pieces.append((idx + n_obs, open_end(values, cyc.to_tensors(x, dtype, host_arrays), nodes, log_w, **consts)))
     per_cycle = cyc.scatter_cycles(pieces, len(cycles.row), x)
     model = ops.segment_sum(per_cycle, ops.asarray(x, cycles.row, "int64"), n_rows)
     model = ep.where(ops.asarray(x, possible, "bool"), model, LOG_ZERO)

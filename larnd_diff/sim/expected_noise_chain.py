@@ -41,13 +41,13 @@ def _about(moments, shift):
     return out
 
 
-def _cycle_outputs(t, blk, nd, log_w, fee, like, dtype):
-    """Per cycle of a block: stored / failed probability at each explicit tick (P, W) and the slot sums
-    (P, 2, N_SUMS), for a trigger at an explicit tick (pulse) and in the tail: P(stored),
-    E[(ADC - centre)^k 1{stored}] and E[tau^k 1{stored}], k = 1..4, tau = trigger tick - the row's first
-    explicit tick (orders 3 and 4 of tau: pulse only, 0 for the tail)."""
-    op = cyc.open_cycles(t, blk, nd, fee, like, dtype)
-    asarr = lambda a: ops.asarray(like, np.asarray(a, np.float64), dtype)  # noqa: E731
+def cycle_kernel(values, d, x_nodes, log_w, *, electronics):
+    """Open cycles of a block in the chain: probability mass sent to each restart state by a stored sample
+    (P, R) and by a failed conversion (P, R), and the slot sums (P, 2 N_SUMS): for a trigger at an explicit
+    tick (pulse) and in the tail, P(stored), E[(ADC - centre)^k 1{stored}] and E[tau^k 1{stored}], k = 1..4,
+    tau = trigger tick - the row's first explicit tick (orders 3 and 4 of tau: pulse only, 0 for the tail)."""
+    fee = electronics
+    op = cyc.open_cycles(values, d, x_nodes, thr=fee.threshold_e, sigma_d=fee.uncorrelated_noise_e)
     w = ep.exp(log_w)
     sigma_c = fee.uncorrelated_noise_e
     p_trig = ep.exp(op.log_trig) * w[None, None, :]
@@ -55,49 +55,72 @@ def _cycle_outputs(t, blk, nd, log_w, fee, like, dtype):
     centred = _about([p_store] + adc_m, ref - _ADC_CENTRE)
     stored_t = ep.sum(p_trig * p_store, axis=2)
     failed_t = ep.sum(p_trig * p_fail, axis=2)
-    tau = asarr(blk.ticks - blk.first[:, None])
+    tau = d["tau"]
     pulse = [ep.sum(stored_t, axis=1)] + [ep.sum(p_trig * m, axis=(1, 2)) for m in centred]
     pulse += [ep.sum(stored_t * tau ** k, axis=1) for k in range(1, 5)]
 
     p_tail = ep.exp(op.log_tail_trig) * w[None, :]
     t_store, _, t_adc, t_ref = en.adc_moments(op.tail_mean, fee, sigma_c, orders=4)
     t_centred = _about([t_store] + t_adc, t_ref - _ADC_CENTRE)
-    offset_mean, offset_var = en.tail_trigger_tick_moments(op.log_tail_tick, asarr(blk.tail)[:, None])
-    tail_tau = asarr(np.maximum(blk.start, blk.last + 1) - blk.first)[:, None] + offset_mean
+    offset_mean, offset_var = en.tail_trigger_tick_moments(op.log_tail_tick, d["tail"][:, None])
+    tail_tau = d["tail_tau"][:, None] + offset_mean
     tail_stored = p_tail * t_store
     zero = ep.zeros_like(pulse[0])
     tail = [ep.sum(tail_stored, axis=1)] + [ep.sum(p_tail * m, axis=1) for m in t_centred]
     tail += [ep.sum(tail_stored * tail_tau, axis=1), ep.sum(tail_stored * (tail_tau * tail_tau + offset_var), axis=1),
              zero, zero]
-    return stored_t, failed_t, ep.stack([ep.stack(pulse, axis=1), ep.stack(tail, axis=1)], axis=1)
+    to_stored = ops.take_along_axis(stored_t, d["stored_idx"], axis=1) * d["stored_w"]
+    to_failed = ops.take_along_axis(failed_t, d["failed_idx"], axis=1) * d["failed_w"]
+    return to_stored, to_failed, ep.stack(pulse + tail, axis=1)
 
 
-def _restart_gather(per_tick, blk, first, n_restart, width_restart, dead_ticks):
-    """(P, width_restart): probability mass of each cycle going to restart index r' (tick first + r') through a
-    trigger at tick first + r' - 1 - dead_ticks - window (stored: 21 ticks before the restart, failed: 20)."""
-    like = per_tick
+def _restart_index(blk, n_restart, width_restart, dead_ticks):
+    """(index, weight) (P, R): the explicit tick of each cycle whose trigger restarts at restart index r'
+    (tick first + r') after ``dead_ticks`` ticks (21 after a stored sample, 20 after a failure); weight 0 where
+    there is none or the restart is absorbing."""
     r = np.arange(width_restart)[None, :]
-    t = r + first[:, None] - dead_ticks - blk.lo[:, None]
+    t = r + blk.first[:, None] - dead_ticks - blk.lo[:, None]
     valid = (t >= 0) & (t < blk.length[:, None]) & (r < n_restart[:, None])
-    idx = np.clip(t, 0, per_tick.shape[1] - 1)
-    picked = ops.take_along_axis(per_tick, ops.asarray(like, idx.astype(np.int64), "int64"), axis=1)
-    return picked * ops.asarray(like, valid.astype(np.float64), ops.dtype_name(like))
+    return np.clip(t, 0, blk.width - 1), valid.astype(np.float64)
+
+
+def propagate_kernel(init, sums, stored_m, failed_m, *, n_slots, n_fail):
+    """Slot sums (n, n_slots, 2 N_SUMS) of the chain: state 0 the initial cycle, then R restart states of 900 e-
+    and R of 500 e-; per slot the mass is closed under failures (n_fail steps: exact), summed against the
+    states' sums, then moved to the 900 e- states by the stored samples."""
+    n, n_states, _ = sums.shape
+    wp = stored_m.shape[2]
+    mass = ep.concatenate([init[:, None], ep.zeros_like(sums[:, 1:, 0])], axis=1)
+    out = []
+    for _ in range(n_slots):
+        acc, step = mass, mass
+        for _ in range(n_fail):
+            step = ep.concatenate([ep.zeros_like(mass[:, :1 + wp]), ops.einsum("rs,rst->rt", step, failed_m)], axis=1)
+            acc = acc + step
+        out.append(ops.einsum("rs,rsq->rq", acc, sums))
+        mass = ep.concatenate([ep.zeros_like(mass[:, :1]), ops.einsum("rs,rst->rt", acc, stored_m),
+                               ep.zeros_like(mass[:, 1 + wp:])], axis=1)
+    return ep.stack(out, axis=1)
 
 
 def chunk_chain(ch, win, host_cum, rows, width_restart, x_nodes, log_w, fee, window, n_slots):
-    """Slot sums (len(rows), n_slots, 2, N_SUMS) of a chunk of rows whose restart ranges fit ``width_restart``, for a
-    trigger in the pulse (explicit ticks) and in the tail (_cycle_outputs)."""
+    """Slot sums (len(rows), n_slots, 2, N_SUMS) of a chunk of rows whose restart ranges fit ``width_restart``
+    (cycle_kernel, propagate_kernel)."""
     like = ch.cum
     dtype = ops.dtype_name(like)
-    n = len(rows)
-    wp = int(width_restart)
+    n_real = len(rows)
+    n = plan_mod.padded_count(n_real)
+    rows = cyc._pad(rows, n)
+    wp = max(int(width_restart), 1)
     n_states = 1 + 2 * wp
     first = win.first[rows]
-    n_restart = np.clip(win.restart_last[rows] - first + 1, 0, wp)
+    n_restart = np.clip(win.restart_last[rows] - first + 1, 0, int(width_restart))
+    n_restart[n_real:] = 0
     r = np.arange(wp)
     starts = np.concatenate([np.zeros((n, 1), np.int64), first[:, None] + r[None, :], first[:, None] + r[None, :]],
                             axis=1)
     live = np.concatenate([np.ones((n, 1), bool), np.tile(r[None, :] < n_restart[:, None], (1, 2))], axis=1)
+    live[n_real:] = False
     starts = np.where(live, starts, win.n_total)                  # dead states: no tick left, nothing happens
     reset = np.concatenate([np.ones((n, 1 + wp), bool), np.zeros((n, wp), bool)], axis=1)
     c_rows = np.repeat(rows, n_states)
@@ -108,36 +131,33 @@ def chunk_chain(ch, win, host_cum, rows, width_restart, x_nodes, log_w, fee, win
     cycles = cycles._replace(length=np.maximum(end - cycles.lo + 1, 0))
     c_nrest = np.repeat(n_restart, n_states)
 
+    g = cyc.Gather(ch)
+    blks = cyc.blocks(cycles, win, fee, like=like)
+    hosts = []
+    for idx, blk in blks:
+        floats, ints = cyc.open_inputs(g, blk, window)
+        bn = cyc._pad(c_nrest[idx], len(blk.rows))
+        ints["stored_idx"], floats["stored_w"] = _restart_index(blk, bn, wp, window + fee.dead_ticks + 1)
+        ints["failed_idx"], floats["failed_w"] = _restart_index(blk, bn, wp, window + 2)
+        floats["tau"] = blk.ticks - blk.first[:, None]
+        floats["tail_tau"] = np.maximum(blk.start, blk.last + 1) - blk.first
+        hosts.append((floats, ints))
+    values = g.values(like)
+    kernel = cyc.compiled(cycle_kernel, like, static=("electronics",))
     sums, to_stored, to_failed = [], [], []
-    blks = cyc.blocks(cycles, win, fee)
-    for (idx, blk), t in zip(blks, cyc.gather_blocks(ch, blks, window, like, dtype)):
-        bn = en._padded(c_nrest[idx], len(blk.rows), 0).astype(np.int64)
-        nd = cyc.block_nodes(blk, x_nodes, fee, like, dtype)
-        stored_t, failed_t, s = _cycle_outputs(t, blk, nd, log_w, fee, like, dtype)
-        sums.append((idx, s))
-        if wp:
-            to_stored.append((idx, _restart_gather(stored_t, blk, blk.first, bn, wp, window + fee.dead_ticks + 1)))
-            to_failed.append((idx, _restart_gather(failed_t, blk, blk.first, bn, wp, window + 2)))
-    sums = ep.reshape(cyc.scatter_cycles(sums, len(c_rows), like, (2 * N_SUMS,)), (n, n_states, 2 * N_SUMS))
-    zeros = ep.zeros(like, (n, 1 + wp))
-    mass = ep.concatenate([ep.ones(like, (n, 1)), ep.zeros(like, (n, n_states - 1))], axis=1)
-    out = []
-    if wp:
-        stored_m = ep.reshape(cyc.scatter_cycles(to_stored, len(c_rows), like, (wp,)), (n, n_states, wp))
-        failed_m = ep.reshape(cyc.scatter_cycles(to_failed, len(c_rows), like, (wp,)), (n, n_states, wp))
-    n_fail = (wp - 1) // 20 + 1 if wp else 0
-    for _ in range(n_slots):
-        acc, step = mass, mass
-        for _ in range(n_fail):
-            step = ep.concatenate([zeros, ops.einsum("rs,rst->rt", step, failed_m)], axis=1)
-            acc = acc + step
-        out.append(ep.reshape(ops.einsum("rs,rsq->rq", acc, sums), (n, 2, N_SUMS)))
-        if wp:
-            mass = ep.concatenate([ep.zeros(like, (n, 1)), ops.einsum("rs,rst->rt", acc, stored_m),
-                                   ep.zeros(like, (n, wp))], axis=1)
-        else:
-            mass = ep.zeros_like(mass)
-    return ep.stack(out, axis=1)
+    for (idx, _), host_arrays in zip(blks, hosts):
+        st, fl, sm = kernel(values, cyc.to_tensors(like, dtype, host_arrays), x_nodes, log_w, electronics=fee)
+        to_stored.append((idx, st))
+        to_failed.append((idx, fl))
+        sums.append((idx, sm))
+    shape = (n, n_states)
+    sums = ep.reshape(cyc.scatter_cycles(sums, len(c_rows), like, (2 * N_SUMS,)), shape + (2 * N_SUMS,))
+    stored_m = ep.reshape(cyc.scatter_cycles(to_stored, len(c_rows), like, (wp,)), shape + (wp,))
+    failed_m = ep.reshape(cyc.scatter_cycles(to_failed, len(c_rows), like, (wp,)), shape + (wp,))
+    init = ops.asarray(like, (np.arange(n) < n_real).astype(np.float64), dtype)
+    propagate = cyc.compiled(propagate_kernel, like, static=("n_slots", "n_fail"))
+    out = propagate(init, sums, stored_m, failed_m, n_slots=n_slots, n_fail=(wp - 1) // 20 + 1)
+    return ep.reshape(out, (n, n_slots, 2, N_SUMS))[:n_real]
 
 
 def expected_readout(charge_per_tick, detector, *, total_ticks=None, n_nodes: int = en.NOISE_NODES,
@@ -163,6 +183,10 @@ def slot_sums(charge_per_tick, detector, *, total_ticks=None, n_nodes: int = en.
     explicit = np.maximum(win.last - win.first + 1, 1)
     ladder = np.asarray((0,) + plan_mod.WIDTH_LADDER)
     width_of = ladder[np.searchsorted(ladder, n_restart)]
+    widest = int(width_of.max(initial=0))
+    if ops.get_backend(x).prefers_jit and n_rows * (1 + 2 * widest) * int(explicit.max(initial=1)) * len(nodes) \
+            <= CHUNK_ELEMENTS:
+        width_of = np.full(n_rows, widest)        # one chunk: one compilation
     pieces = []
     for wp in np.unique(width_of):
         members = np.flatnonzero(width_of == wp)
@@ -178,9 +202,9 @@ def _readout_from_sums(sums, win, detector, like, original):
     dtype = ops.dtype_name(like)
     filled = sums[:, :, 0]
     sums = ep.stack([filled, sums[:, :, 1], sums[:, :, 2], sums[:, :, 5], sums[:, :, 6]], axis=2)
-    tiny = 1e-300 if dtype == "float64" else 1e-30
-    safe = ep.maximum(filled, tiny)
+    tiny = 1e-100 if dtype == "float64" else 1e-15       # its square stays a normal number (finite gradients)
     has = filled > tiny
+    safe = ep.where(has, filled, 1.0)
     adc_mean = sums[:, :, 1] / safe
     adc_var = ep.maximum(sums[:, :, 2] / safe - adc_mean * adc_mean, 0.0)
     tau_mean = sums[:, :, 3] / safe
