@@ -8,6 +8,12 @@ forward + gradient (sum of the charge, backward to the segment energies) and ``r
 over minutes: compare the ratio). Writes ``benchmarks/results/noise_model_cost_<tag>.json``.
 
     python benchmarks/bench_expected_noise.py --repeat 5 --nodes 24 32 40
+
+``--accuracy`` instead measures the approximations on the same batch and observation (float64, torch): the
+baseline quadrature (log-likelihood per row and d(sum)/d(charge scale) against 160 nodes), the flat head and tail
+(against a head at 100 e- and a tail tolerance of 0.01 e-), and the hidden failed conversions on a slow pulse
+(frequencies of its most common two-sample patterns in the reference Monte Carlo against the likelihood), writing
+``benchmarks/results/noise_model_accuracy.json``.
 """
 from __future__ import annotations
 
@@ -60,6 +66,84 @@ def median_time(fn, repeat: int) -> dict:
     return dict(wall_s=float(np.median(wall)), cpu_s=float(np.median(cpu)))
 
 
+def scale_derivative(host, det, ticks, adc, **kw):
+    """(sum of the log-likelihood, its derivative with respect to a global scale of the charge at 1)."""
+    import torch
+
+    from larnd_diff.sim.expected_noise import readout_log_likelihood
+
+    scale = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+    ll = readout_log_likelihood(torch.tensor(host) * scale, det, ticks, adc, **kw)
+    total = ll.sum()
+    total.backward()
+    return ll.detach().numpy(), float(scale.grad)
+
+
+def accuracy(det, host, ticks, adc):
+    import functools
+
+    import larnd_diff.sim.expected_noise_plan as plan_mod
+    from larnd_diff.sim.expected_noise import NOISE_NODES
+
+    out = {}
+    ref_ll, ref_d = scale_derivative(host, det, ticks, adc, n_nodes=160)
+    quad = {}
+    for n in (16, 24, 32, 40, 48, 64, 96):
+        ll, d = scale_derivative(host, det, ticks, adc, n_nodes=n)
+        quad[str(n)] = dict(max_abs_row=float(np.max(np.abs(ll - ref_ll))), sum=float(np.sum(ll - ref_ll)),
+                            scale_derivative_rel=float(d / ref_d - 1.0))
+    out["quadrature_vs_160_nodes"] = dict(rows=len(ll), sum_ll_160=float(ref_ll.sum()), scale_derivative_160=ref_d,
+                                          nodes=quad)
+    base_ll, base_d = scale_derivative(host, det, ticks, adc, n_nodes=NOISE_NODES)
+    original = plan_mod.row_windows
+    try:
+        plan_mod.row_windows = functools.partial(original, head_e=100.0, flat_e=0.01)
+        fine_ll, fine_d = scale_derivative(host, det, ticks, adc, n_nodes=NOISE_NODES)
+    finally:
+        plan_mod.row_windows = original
+    out["flat_head_tail_vs_100e_0.01e"] = dict(max_abs_row=float(np.max(np.abs(base_ll - fine_ll))),
+                                               sum=float(np.sum(base_ll - fine_ll)),
+                                               scale_derivative_rel=float(base_d / fine_d - 1.0))
+    out["hidden_failures_slow_pulse"] = slow_pulse_patterns(det)
+    return out
+
+
+def slow_pulse_patterns(det, reps=4000, n_seeds=5, total=1000):
+    """18 ke over 150 ticks (a track almost along the drift), where failed conversions are common: the
+    probabilities of no sample and of exactly one sample implied by readout_log_likelihood (summed over every
+    single-sample outcome: tick 0-399, counts 81-100), by expected_readout (exact chain) and in the reference MC."""
+    from larnd_diff import ops
+    from larnd_diff.reference.electronics import E_CHARGE, front_end
+    from larnd_diff.reference.rng import create_streams, n_streams
+    from larnd_diff.sim.expected_noise import expected_readout, readout_log_likelihood
+
+    fee = det.electronics
+    q = np.zeros(300)
+    q[40:190] = 18000.0 / 150
+    wf = np.ascontiguousarray(np.tile(q, (reps, 1)) * E_CHARGE / det.t_sampling)
+    counts = []
+    for seed in range(1, n_seeds + 1):
+        state = create_streams(n_streams(reps), np.uint64(seed))
+        _, _, c = front_end(wf, total, det.t_sampling, fee.threshold_e, fee.integration_ticks(det.t_sampling),
+                            fee.max_adc_values, fee.reset_noise_e, fee.uncorrelated_noise_e, state, True)
+        counts.append(c)
+    counts = np.concatenate(counts)
+    ticks, adcs = np.meshgrid(np.arange(400), np.arange(81, 101), indexing="ij")
+    obs_t = np.concatenate([np.full((1, 1), -1), ticks.reshape(-1, 1)])
+    obs_a = np.concatenate([np.full((1, 1), np.nan), adcs.reshape(-1, 1).astype(np.float64)])
+    nb = ops.get_backend("numpy")
+    ll = ops.to_numpy(readout_log_likelihood(nb.asarray(np.tile(q, (len(obs_t), 1)), "float64"), det, obs_t, obs_a,
+                                             total_ticks=total, outlier_probability=0.0))
+    filled = ops.to_numpy(expected_readout(nb.asarray(q[None, :], "float64"), det, total_ticks=total,
+                                           max_samples=3).filled)[0]
+    n = len(counts)
+    mc = [float(np.mean(counts == k)) for k in (0, 1)]
+    return dict(realisations=n, p_no_sample=dict(likelihood=float(np.exp(ll[0])), chain=float(1 - filled[0]),
+                                                 mc=mc[0], mc_err=float(np.sqrt(mc[0] * (1 - mc[0]) / n))),
+                p_one_sample=dict(likelihood=float(np.exp(ll[1:]).sum()), chain=float(filled[0] - filled[1]),
+                                  mc=mc[1], mc_err=float(np.sqrt(mc[1] * (1 - mc[1]) / n))))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=5)
@@ -68,6 +152,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--tag", default="torch_cpu2")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--accuracy", action="store_true", help="measure the approximations instead (see above)")
     args = ap.parse_args(argv)
 
     import torch
@@ -84,6 +169,12 @@ def main(argv=None):
     _, charge, plan = simulate(segs, backend="torch", relaxation="smooth", dtype=args.dtype, return_waveforms=True)
     host = charge.raw.detach().double().numpy()
     ticks, adc = noisy_observation(host, det, seed=7)
+    if args.accuracy:
+        out = accuracy(det, host, ticks, adc)
+        print(json.dumps(out, indent=1))
+        if not args.no_write:
+            (RESULTS / "noise_model_accuracy.json").write_text(json.dumps(out, indent=1) + "\n")
+        return
     dE = torch.tensor(np.asarray(segs["dE"], np.float64), requires_grad=True)
 
     def sim_step():

@@ -363,3 +363,22 @@ def test_backends_agree_with_numpy_and_float32(backend):
     er64 = en.expected_readout(tensor("numpy", q), DET, total_ticks=GRAD_TOTAL, max_samples=2)
     assert np.allclose(numpy_of(er.hit_probability), numpy_of(er64.hit_probability), atol=2e-5)
     assert np.allclose(numpy_of(er.time_mean), numpy_of(er64.time_mean), rtol=1e-4, atol=1e-3)
+
+
+def test_observed_samples_matches_rows_by_event_and_pixel():
+    from larnd_diff.hits import Hits
+
+    dt = DET.adc_tick_us
+    time = np.full((3, 10), np.nan)
+    adc = np.full((3, 10), np.nan)
+    time[0, :2], adc[0, :2] = [35 * dt, 70 * dt], [90.0, 85.0]
+    time[1, 0], adc[1, 0] = 12 * dt, 100.0
+    time[2, 0], adc[2, 0] = 50 * dt, 81.0
+    hits = Hits(event_id=np.array([0, 1, 2]), pixel=np.array([[1, 2], [1, 2], [7, 7]]), adc=adc, time=time)
+    rows = np.array([[1, 2], [5, 5], [1, 2]])
+    events = np.array([0, 0, 1])
+    obs_t, obs_a, unmatched = en.observed_samples(hits, rows, events, DET)
+    assert unmatched == 1
+    assert obs_t[0, :3].tolist() == [35, 70, -1] and obs_a[0, 1] == 85.0
+    assert np.all(obs_t[1] == -1) and np.all(np.isnan(obs_a[1]))
+    assert obs_t[2, 0] == 12 and obs_a[2, 0] == 100.0

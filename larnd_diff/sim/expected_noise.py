@@ -317,6 +317,37 @@ def expected_readout(charge_per_tick, detector, *, total_ticks=None, n_nodes: in
     return chain_readout(charge_per_tick, detector, total_ticks=total_ticks, n_nodes=n_nodes, max_samples=max_samples)
 
 
+def observed_samples(hits, row_pixel, row_event, detector):
+    """Observed samples of ``hits`` (data, or the reference's noisy output) on the simulator's pixel rows:
+    (obs_tick (n_rows, K) int64, obs_adc (n_rows, K), n_unmatched) for :func:`readout_log_likelihood`.
+
+    row_pixel (n_rows, 2) and row_event (n_rows,) are the simulator's rows (``plan.rows``, ``plan.row_event`` of
+    ``simulate(..., return_waveforms=True)``). Hit rows are matched by (event, pixel), repeated pairs (a pixel in
+    two chunks of an event) in order; trigger ticks are time / ``detector.adc_tick_us`` rounded. Hit rows without
+    a simulator row (the model has no charge there) are counted in ``n_unmatched`` and left out.
+    """
+    h = hits.numpy()
+    time, adc = np.asarray(h.time, np.float64), np.asarray(h.adc, np.float64)
+    k = time.shape[1] if time.ndim == 2 else 0
+    n_rows = len(row_event)
+    obs_tick = np.full((n_rows, k), -1, np.int64)
+    obs_adc = np.full((n_rows, k), np.nan)
+    slots = {}
+    for r, key in enumerate(zip(np.asarray(row_event).tolist(), map(tuple, np.asarray(row_pixel).tolist()))):
+        slots.setdefault(key, []).append(r)
+    unmatched = 0
+    for i, key in enumerate(zip(np.asarray(h.event_id).tolist(), map(tuple, np.asarray(h.pixel).tolist()))):
+        rows = slots.get(key)
+        if not rows:
+            unmatched += 1
+            continue
+        r = rows.pop(0)
+        filled = np.isfinite(time[i]) & np.isfinite(adc[i])
+        obs_tick[r] = np.where(filled, np.rint(np.nan_to_num(time[i]) / detector.adc_tick_us), -1)
+        obs_adc[r] = np.where(filled, adc[i], np.nan)
+    return obs_tick, obs_adc, unmatched
+
+
 def _padded(a, count, fill=np.nan):
     out = np.full(count, fill)
     out[:len(a)] = a
@@ -337,6 +368,6 @@ def _like_input(t, original):
     return t if isinstance(original, ep.Tensor) else t.raw
 
 
-__all__ = ["ExpectedReadout", "NOISE_NODES", "adc_count_bounds_e", "adc_moments", "baseline_nodes", "expected_readout",
-           "log_adc_count_probability", "log_normal_interval", "log1mexp", "readout_log_likelihood",
-           "tail_trigger_tick_moments"]
+__all__ = ["ExpectedReadout", "NOISE_NODES", "adc_count_bounds_e", "adc_moments", "baseline_nodes",
+           "expected_readout", "log_adc_count_probability", "log_normal_interval", "log1mexp", "observed_samples",
+           "readout_log_likelihood", "tail_trigger_tick_moments"]
