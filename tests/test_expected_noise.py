@@ -382,3 +382,25 @@ def test_observed_samples_matches_rows_by_event_and_pixel():
     assert obs_t[0, :3].tolist() == [35, 70, -1] and obs_a[0, 1] == 85.0
     assert np.all(obs_t[1] == -1) and np.all(np.isnan(obs_a[1]))
     assert obs_t[2, 0] == 12 and obs_a[2, 0] == 100.0
+
+
+def test_plan_of_observed_cycles():
+    """Restarts 21 ticks after each sample; no open cycle after the tenth sample (the front end stops);
+    impossible patterns flagged."""
+    from larnd_diff.sim import expected_noise_plan as plan_mod
+
+    q = np.zeros((4, 400))
+    q[:, 10:300] = 400.0
+    win = plan_mod.row_windows(q, 1000)
+    ticks = np.full((4, 11), -1)
+    ticks[0, :10] = 20 + 25 * np.arange(10)
+    ticks[1, :2] = [20, 40]                   # closer than 21 ticks
+    ticks[2, :11] = 20 + 25 * np.arange(11)   # an eleventh sample
+    ticks[3, :1] = [5]
+    cycles, possible = plan_mod.observed_cycles(win, ticks, max_samples=10)
+    assert possible.tolist() == [True, False, False, True]
+    obs = cycles.trigger >= 0
+    assert cycles.start[obs][:10].tolist() == [0] + (ticks[0, :9] + 21).tolist()
+    end = ~obs
+    assert cycles.start[end][0] == 1000 and cycles.length[end][0] == 0 and cycles.tail[end][0] == 0
+    assert cycles.start[end][3] == 26 and cycles.head[obs][-1] == 5    # head ticks 0-4 before the sample at 5

@@ -45,7 +45,10 @@ from larnd_diff.sim import expected_noise_plan as plan_mod
 
 #: Default number of baseline nodes. A uniform grid (trapezoid rule in the Gaussian weight) converges
 #: exponentially for these integrands, Gauss-Hermite does not: the survival over thousands of flat ticks is a
-#: step in R about 140 e- wide (see benchmarks/results/noise_model_quadrature.json).
+#: step in R about 140 e- wide (tail hit probability of a 5 ke pixel: 10 % off with 16 Gauss-Hermite nodes,
+#: 1e-4 with 48 uniform ones). On a realistic batch, 40 nodes: log-likelihood within 1.6e-4 per row of 160
+#: nodes, its derivative with respect to the charge scale within 5e-7 (32 nodes: 1.3e-3, 1.1e-4;
+#: benchmarks/results/noise_model_accuracy.json).
 NOISE_NODES = 40
 #: Half-width of the node grid in baseline sigmas.
 NODE_HALF_WIDTH = 6.0
@@ -243,15 +246,17 @@ def readout_log_likelihood(charge_per_tick, detector, obs_tick, obs_adc, *, tota
     The likelihood of a row is prod_k P(first stored sample of the cycle from s_k at tick n_k with count a_k)
     x P(no stored sample from s_{K+1} to the end), with s_1 = 0 and s_{k+1} = n_k + 21 (900 e- baseline after a
     stored sample): each factor sums over the baseline nodes the survival to n_k - 1, the trigger at n_k and
-    the count's probability (the same node). Exact, except:
+    the count's probability (the same node). Exact, except (sizes in benchmarks/results/noise_model_*.json):
     - a cycle that triggers and fails before an observed sample (500 e- restart) is not followed: the factor
-      counts only the direct path (underestimates the probability by the hidden-failure paths);
-    - in the last factor a failed conversion counts as the end of the readout (the restart after it is assumed
-      to store nothing);
+      counts only the direct path. Such hidden failures occurred in none of 4.5e5 row-readouts of the
+      reference front end on muons and on the Geant4 mixed sample (noise_model_validation.json);
+    - in the last factor a failed conversion counts as the end of the readout (its restart is assumed to store
+      nothing): exact wherever the charge after a failure cannot reach threshold; on a slow pulse (18 ke over
+      150 ticks, a track along the drift) P(no sample) is 9.5e-4 instead of 7e-6 (noise_model_accuracy.json);
     - ticks before the row's cumulative charge reaches 1000 e- count as flat at that level, ticks after its
-      last charge (within 1 e-) at its total (expected_noise_plan);
-    - the baseline integral is a quadrature (:data:`NOISE_NODES`).
-    Sizes measured in benchmarks/results/noise_model_validation.json.
+      last charge (within 1 e-) at its total (expected_noise_plan): <= 1.5e-4 per row in log L;
+    - the baseline integral is a quadrature (:data:`NOISE_NODES`): <= 1.6e-4 per row with 40 nodes.
+    Gradients with respect to the charge are finite everywhere (padding, empty rows, impossible patterns).
     """
     x, host, win, ch, nodes, log_w = _prepare(charge_per_tick, detector, total_ticks, n_nodes)
     dtype = ops.dtype_name(x)
@@ -263,7 +268,7 @@ def readout_log_likelihood(charge_per_tick, detector, obs_tick, obs_adc, *, tota
     if ticks.ndim != 2 or ticks.shape[0] != n_rows or adc.shape != ticks.shape:
         raise ValueError(f"obs_tick and obs_adc must both be (n_rows={n_rows}, K); got {ticks.shape}, {adc.shape}")
     ticks = np.where(np.isfinite(adc), ticks, -1).astype(np.int64)
-    cycles, possible = plan_mod.observed_cycles(win, ticks)
+    cycles, possible = plan_mod.observed_cycles(win, ticks, fee.max_adc_values)
     n_obs = int(np.sum(cycles.trigger >= 0))
     obs_rows, obs_k = np.nonzero((ticks >= 0) & possible[:, None])
     lo_obs, hi_obs = adc_count_bounds_e(adc[obs_rows, obs_k], fee)

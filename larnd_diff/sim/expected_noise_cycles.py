@@ -129,16 +129,21 @@ class Block(NamedTuple):
         return np.arange(self.width)[None, :] < self.length[:, None]
 
 
+def _few_blocks(like) -> bool:
+    """Whether few, more padded blocks beat many: where the backend compiles (one compilation per block width)
+    or the tensor is on a GPU (launches, not padded elements, are the cost there)."""
+    b = ops.get_backend(like)
+    return b.prefers_jit or not b.on_host(like.raw if isinstance(like, ep.Tensor) else like)
+
+
 def blocks(cycles: plan_mod.Cycles, win: plan_mod.RowWindows, fee, like=None):
-    """[(cycle indices, Block), ...] of open cycles grouped by explicit length; a single block (width the next
-    power of two) where ``like``'s backend compiles (one compilation instead of one per width)."""
+    """[(cycle indices, Block), ...] of open cycles grouped by explicit length (widths of
+    expected_noise_plan.WIDTH_LADDER, or its coarse version where :func:`_few_blocks`)."""
     sigma = np.where(cycles.reset, fee.reset_noise_e, fee.uncorrelated_noise_e)
     fields = dict(rows=cycles.row, start=cycles.start, sigma=sigma, head=cycles.head, first=win.first[cycles.row],
                   last=win.last[cycles.row], lo=cycles.lo, length=cycles.length, tail=cycles.tail)
     fills = dict(start=win.n_total, sigma=fee.reset_noise_e)
-    ladder = plan_mod.WIDTH_LADDER
-    if like is not None and ops.get_backend(like).prefers_jit and len(cycles.length):
-        ladder = (1 << max(0, int(np.max(cycles.length) - 1).bit_length()),)
+    ladder = plan_mod.COARSE_WIDTH_LADDER if like is not None and _few_blocks(like) else plan_mod.WIDTH_LADDER
     out = []
     for idx, width in plan_mod.buckets(cycles.length, ladder):
         count = plan_mod.padded_count(len(idx))

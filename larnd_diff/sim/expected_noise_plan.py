@@ -31,6 +31,8 @@ RESTART_CHARGE_E = 1000.0
 DEAD_SIGMAS = 10.0
 #: Widths of the dense (cycles x ticks) blocks: cycles are grouped by explicit length into these.
 WIDTH_LADDER = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+#: Where each block costs a compilation or kernel launches (jax, GPUs): at most 4x padding, fewer blocks.
+COARSE_WIDTH_LADDER = (1, 4, 16, 64, 256, 1024, 4096, 16384)
 
 
 class RowWindows(NamedTuple):
@@ -111,12 +113,13 @@ def dead_end(charge_cum: np.ndarray, rows: np.ndarray, start: np.ndarray, lo: np
     return np.clip(np.minimum(where, hi), lo - 1, hi)
 
 
-def observed_cycles(win: RowWindows, obs_tick: np.ndarray):
+def observed_cycles(win: RowWindows, obs_tick: np.ndarray, max_samples: int = 10):
     """Cycles of the log-likelihood: one per observed sample (start = 0 or previous trigger + 21, 900 e- baseline,
-    evaluated up to the tick before its trigger) and one open cycle per row after its last sample.
+    evaluated up to the tick before its trigger) and one open cycle per row after its last sample (none after
+    ``max_samples``: the front end stops there).
 
     Returns (cycles, possible): ``possible`` (n_rows,) False where the observed ticks cannot come from the model
-    (decreasing, closer than 21 ticks, beyond the readout)."""
+    (decreasing, closer than 21 ticks, beyond the readout, more than ``max_samples``)."""
     n_rows, k = obs_tick.shape
     ticks = np.asarray(obs_tick, np.int64)
     filled = ticks >= 0
@@ -124,12 +127,13 @@ def observed_cycles(win: RowWindows, obs_tick: np.ndarray):
     contiguous = np.all(filled == (np.arange(k)[None, :] < count[:, None]), axis=1)
     prev = np.concatenate([np.full((n_rows, 1), -21), ticks[:, :-1]], axis=1)
     ok_step = ~filled | (ticks >= prev + 21)
-    possible = contiguous & ok_step.all(axis=1) & np.all(~filled | (ticks < win.n_total), axis=1)
+    possible = contiguous & ok_step.all(axis=1) & np.all(~filled | (ticks < win.n_total), axis=1) & \
+        (count <= max_samples)
     r_obs, k_obs = np.nonzero(filled & possible[:, None])
     start_obs = np.where(k_obs > 0, ticks[r_obs, np.maximum(k_obs - 1, 0)] + 21, 0)
     trig_obs = ticks[r_obs, k_obs]
     last_tick = np.where(count > 0, ticks[np.arange(n_rows), np.maximum(count - 1, 0)], -21)
-    start_end = np.where(possible, last_tick + 21, win.n_total)
+    start_end = np.where(possible & (count < max_samples), last_tick + 21, win.n_total)
     rows = np.concatenate([r_obs, np.arange(n_rows)])
     starts = np.concatenate([start_obs, start_end])
     triggers = np.concatenate([trig_obs, np.full(n_rows, -1)])
