@@ -203,7 +203,7 @@ def _central(raw):
 
 
 def model_quantities(sums, first, detector):
-    """Model values per row from expected_noise_chain.slot_sums (numpy (n, K, 2, N_SUMS)) and the rows' first
+    """Model values per row from expected_noise_chain.slot_sums (numpy (n, K, 2, 9), orders=4) and the rows' first
     explicit ticks: the quantities compared and, for the MC's expected sampling errors, the model's variances
     and fourth central moments."""
     dt = detector.adc_tick_us
@@ -306,7 +306,7 @@ def run_sample(name, segs, detector, seeds, n_nodes, fail_reps, min_charge):
     for c in charges:
         last = int(np.max(np.nonzero(np.any(c != 0, axis=0))[0], initial=0)) + 25
         t1 = time.time()
-        sums, win, _ = slot_sums(nb.asarray(c[:, :last], "float64"), detector, n_nodes=n_nodes)
+        sums, win, _ = slot_sums(nb.asarray(c[:, :last], "float64"), detector, n_nodes=n_nodes, orders=4)
         models.append(model_quantities(ops.to_numpy(sums), win.first, detector))
         t_model += time.time() - t1
         t1 = time.time()

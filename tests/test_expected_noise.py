@@ -68,8 +68,6 @@ MC_WAVEFORMS = {"above": pulse(20000, 50, 10), "near": pulse(7500, 50, 10), "tai
 def mc_case():
     charge = np.stack(list(MC_WAVEFORMS.values()))
     ticks, adc = reference_mc(charge, reps=1000, n_seeds=4)
-    sums, win, _ = __import__("larnd_diff.sim.expected_noise_chain", fromlist=["slot_sums"]).slot_sums(
-        tensor("numpy", charge), DET, total_ticks=TOTAL, max_samples=3)
     er = en.expected_readout(tensor("numpy", charge), DET, total_ticks=TOTAL, max_samples=3)
     return charge, ticks, adc, {k: numpy_of(getattr(er, k)) for k in er._fields}
 

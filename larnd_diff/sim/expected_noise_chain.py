@@ -25,8 +25,11 @@ _ADC_CENTRE = 128.0
 CHUNK_ELEMENTS = 4_000_000
 
 
-#: Slot sums per region: P(filled), E[(ADC - centre)^k 1{filled}] k = 1..4, E[tau^k 1{filled}] k = 1..4.
-N_SUMS = 9
+
+
+def n_sums(orders: int) -> int:
+    """Slot sums per region: P(filled), E[(ADC - centre)^k 1{filled}] and E[tau^k 1{filled}], k = 1..orders."""
+    return 1 + 2 * orders
 
 
 def _about(moments, shift):
@@ -41,34 +44,35 @@ def _about(moments, shift):
     return out
 
 
-def cycle_kernel(values, d, x_nodes, log_w, *, electronics):
+def cycle_kernel(values, d, x_nodes, log_w, *, electronics, orders):
     """Open cycles of a block in the chain: probability mass sent to each restart state by a stored sample
-    (P, R) and by a failed conversion (P, R), and the slot sums (P, 2 N_SUMS): for a trigger at an explicit
-    tick (pulse) and in the tail, P(stored), E[(ADC - centre)^k 1{stored}] and E[tau^k 1{stored}], k = 1..4,
-    tau = trigger tick - the row's first explicit tick (orders 3 and 4 of tau: pulse only, 0 for the tail)."""
+    (P, R) and by a failed conversion (P, R), and the slot sums (P, 2 n_sums(orders)): for a trigger at an
+    explicit tick (pulse) and in the tail, P(stored), E[(ADC - centre)^k 1{stored}] and E[tau^k 1{stored}],
+    k = 1..orders, tau = trigger tick - the row's first explicit tick (orders of tau above 2: pulse only, 0 for
+    the tail)."""
     fee = electronics
     op = cyc.open_cycles(values, d, x_nodes, thr=fee.threshold_e, sigma_d=fee.uncorrelated_noise_e)
     w = ep.exp(log_w)
     sigma_c = fee.uncorrelated_noise_e
     p_trig = ep.exp(op.log_trig) * w[None, None, :]
-    p_store, p_fail, adc_m, ref = en.adc_moments(op.mean, fee, sigma_c, orders=4)
+    p_store, p_fail, adc_m, ref = en.adc_moments(op.mean, fee, sigma_c, orders=orders)
     centred = _about([p_store] + adc_m, ref - _ADC_CENTRE)
     stored_t = ep.sum(p_trig * p_store, axis=2)
     failed_t = ep.sum(p_trig * p_fail, axis=2)
     tau = d["tau"]
     pulse = [ep.sum(stored_t, axis=1)] + [ep.sum(p_trig * m, axis=(1, 2)) for m in centred]
-    pulse += [ep.sum(stored_t * tau ** k, axis=1) for k in range(1, 5)]
+    pulse += [ep.sum(stored_t * tau ** k, axis=1) for k in range(1, orders + 1)]
 
     p_tail = ep.exp(op.log_tail_trig) * w[None, :]
-    t_store, _, t_adc, t_ref = en.adc_moments(op.tail_mean, fee, sigma_c, orders=4)
+    t_store, _, t_adc, t_ref = en.adc_moments(op.tail_mean, fee, sigma_c, orders=orders)
     t_centred = _about([t_store] + t_adc, t_ref - _ADC_CENTRE)
     offset_mean, offset_var = en.tail_trigger_tick_moments(op.log_tail_tick, d["tail"][:, None])
     tail_tau = d["tail_tau"][:, None] + offset_mean
     tail_stored = p_tail * t_store
     zero = ep.zeros_like(pulse[0])
     tail = [ep.sum(tail_stored, axis=1)] + [ep.sum(p_tail * m, axis=1) for m in t_centred]
-    tail += [ep.sum(tail_stored * tail_tau, axis=1), ep.sum(tail_stored * (tail_tau * tail_tau + offset_var), axis=1),
-             zero, zero]
+    tail += [ep.sum(tail_stored * tail_tau, axis=1), ep.sum(tail_stored * (tail_tau * tail_tau + offset_var), axis=1)]
+    tail += [zero] * (orders - 2)
     to_stored = ops.take_along_axis(stored_t, d["stored_idx"], axis=1) * d["stored_w"]
     to_failed = ops.take_along_axis(failed_t, d["failed_idx"], axis=1) * d["failed_w"]
     return to_stored, to_failed, ep.stack(pulse + tail, axis=1)
@@ -85,7 +89,7 @@ def _restart_index(blk, n_restart, width_restart, dead_ticks):
 
 
 def propagate_kernel(init, sums, stored_m, failed_m, *, n_slots, n_fail):
-    """Slot sums (n, n_slots, 2 N_SUMS) of the chain: state 0 the initial cycle, then R restart states of 900 e-
+    """Slot sums (n, n_slots, 2 n_sums) of the chain: state 0 the initial cycle, then R restart states of 900 e-
     and R of 500 e-; per slot the mass is closed under failures (n_fail steps: exact), summed against the
     states' sums, then moved to the 900 e- states by the stored samples."""
     n, n_states, _ = sums.shape
@@ -103,8 +107,8 @@ def propagate_kernel(init, sums, stored_m, failed_m, *, n_slots, n_fail):
     return ep.stack(out, axis=1)
 
 
-def chunk_chain(ch, win, host_cum, rows, width_restart, x_nodes, log_w, fee, window, n_slots):
-    """Slot sums (len(rows), n_slots, 2, N_SUMS) of a chunk of rows whose restart ranges fit ``width_restart``
+def chunk_chain(ch, win, host_cum, rows, width_restart, x_nodes, log_w, fee, window, n_slots, orders=2):
+    """Slot sums (len(rows), n_slots, 2, n_sums(orders)) of a chunk of rows whose restart ranges fit ``width_restart``
     (cycle_kernel, propagate_kernel)."""
     like = ch.cum
     dtype = ops.dtype_name(like)
@@ -143,33 +147,36 @@ def chunk_chain(ch, win, host_cum, rows, width_restart, x_nodes, log_w, fee, win
         floats["tail_tau"] = np.maximum(blk.start, blk.last + 1) - blk.first
         hosts.append((floats, ints))
     values = g.values(like)
-    kernel = cyc.compiled(cycle_kernel, like, static=("electronics",))
+    kernel = cyc.compiled(cycle_kernel, like, static=("electronics", "orders"))
     sums, to_stored, to_failed = [], [], []
     for (idx, _), host_arrays in zip(blks, hosts):
-        st, fl, sm = kernel(values, cyc.to_tensors(like, dtype, host_arrays), x_nodes, log_w, electronics=fee)
+        st, fl, sm = kernel(values, cyc.to_tensors(like, dtype, host_arrays), x_nodes, log_w, electronics=fee,
+                            orders=orders)
         to_stored.append((idx, st))
         to_failed.append((idx, fl))
         sums.append((idx, sm))
     shape = (n, n_states)
-    sums = ep.reshape(cyc.scatter_cycles(sums, len(c_rows), like, (2 * N_SUMS,)), shape + (2 * N_SUMS,))
+    width = 2 * n_sums(orders)
+    sums = ep.reshape(cyc.scatter_cycles(sums, len(c_rows), like, (width,)), shape + (width,))
     stored_m = ep.reshape(cyc.scatter_cycles(to_stored, len(c_rows), like, (wp,)), shape + (wp,))
     failed_m = ep.reshape(cyc.scatter_cycles(to_failed, len(c_rows), like, (wp,)), shape + (wp,))
     init = ops.asarray(like, (np.arange(n) < n_real).astype(np.float64), dtype)
     propagate = cyc.compiled(propagate_kernel, like, static=("n_slots", "n_fail"))
     out = propagate(init, sums, stored_m, failed_m, n_slots=n_slots, n_fail=(wp - 1) // 20 + 1)
-    return ep.reshape(out, (n, n_slots, 2, N_SUMS))[:n_real]
+    return ep.reshape(out, (n, n_slots, 2, n_sums(orders)))[:n_real]
 
 
 def expected_readout(charge_per_tick, detector, *, total_ticks=None, n_nodes: int = en.NOISE_NODES,
                      max_samples=None) -> en.ExpectedReadout:
     """See :func:`larnd_diff.sim.expected_noise.expected_readout`."""
     sums, win, x = slot_sums(charge_per_tick, detector, total_ticks=total_ticks, n_nodes=n_nodes,
-                             max_samples=max_samples)
+                             max_samples=max_samples, orders=2)
     return _readout_from_sums(ep.sum(sums, axis=2), win, detector, x, charge_per_tick)
 
 
-def slot_sums(charge_per_tick, detector, *, total_ticks=None, n_nodes: int = en.NOISE_NODES, max_samples=None):
-    """(sums (n_rows, K, 2, N_SUMS), row windows, charge tensor): per slot, for a trigger in the pulse (explicit
+def slot_sums(charge_per_tick, detector, *, total_ticks=None, n_nodes: int = en.NOISE_NODES, max_samples=None,
+              orders: int = 2):
+    """(sums (n_rows, K, 2, n_sums(orders)), row windows, charge tensor): per slot, for a trigger in the pulse (explicit
     ticks) and in the flat tail, P(filled) and the power sums of ADC - 128 and of tau = tick - windows.first, each
     times the filling probability (_cycle_outputs)."""
     x, host, win, ch, nodes, log_w = en._prepare(charge_per_tick, detector, total_ticks, n_nodes)
@@ -194,14 +201,15 @@ def slot_sums(charge_per_tick, detector, *, total_ticks=None, n_nodes: int = en.
         group = (np.cumsum(cost) - cost) // CHUNK_ELEMENTS
         for g in np.unique(group):
             part = members[group == g]
-            pieces.append((part, chunk_chain(ch, win, host_cum, part, int(wp), nodes, log_w, fee, window, n_slots)))
-    return cyc.scatter_cycles(pieces, n_rows, x, (n_slots, 2, N_SUMS)), win, x
+            pieces.append((part, chunk_chain(ch, win, host_cum, part, int(wp), nodes, log_w, fee, window, n_slots,
+                                             orders)))
+    return cyc.scatter_cycles(pieces, n_rows, x, (n_slots, 2, n_sums(orders))), win, x
 
 
 def _readout_from_sums(sums, win, detector, like, original):
     dtype = ops.dtype_name(like)
     filled = sums[:, :, 0]
-    sums = ep.stack([filled, sums[:, :, 1], sums[:, :, 2], sums[:, :, 5], sums[:, :, 6]], axis=2)
+    # layout of n_sums(2): P, ADC orders 1-2, tau orders 1-2
     tiny = 1e-100 if dtype == "float64" else 1e-15       # its square stays a normal number (finite gradients)
     has = filled > tiny
     safe = ep.where(has, filled, 1.0)
