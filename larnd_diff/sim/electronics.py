@@ -140,7 +140,7 @@ def _default_cycles(max_samples: int, noise: bool) -> int:
 
 # ---------------------------------------------------------------------------------------------- front end
 def electronics(charge_per_tick, detector, relaxation="hard", *, noise: bool = False, rng=None,
-                active_ticks=None, max_cycles: int | None = None, trigger_search: str = "auto",
+                active_ticks=None, tick_offset=None, max_cycles: int | None = None, trigger_search: str = "auto",
                 compile_glue: bool = False) -> Samples:
     """Self-triggered readout of pixel waveforms: (adc, time, charge), each (n_rows, 10), NaN in empty slots.
 
@@ -163,6 +163,11 @@ def electronics(charge_per_tick, detector, relaxation="hard", *, noise: bool = F
                      not draw-for-draw.
     active_ticks     ticks beyond this count (an int, or an int tensor per row) are treated as past the end of
                      the waveform (for inputs padded to a fixed length); default n_ticks.
+    tick_offset      None (tick n of every row is event tick n) or an int tensor (n_rows,): the event tick of each
+                     row's tick 0, for rows given on their own tick windows (the simulator's row groups, whose
+                     rows start at their first charged tick). Only the reported times (and the interpolated
+                     crossing's tick) are shifted: without noise, a row whose charge is zero before its window
+                     gives the same samples either way (its running integral is zero there and cannot trigger).
     max_cycles       number of conversion cycles simulated (a fixed loop bound, so the function traces once
                      under jit). Default: 10 without noise (every cycle that triggers then succeeds, unless
                      the input charge is negative), 20 with noise (failed conversions do not fill a slot).
@@ -219,8 +224,9 @@ def electronics(charge_per_tick, detector, relaxation="hard", *, noise: bool = F
         reset_noise = fee.reset_noise_e * _normal(rng, (n_rows, n_cycles), dtype, charge_per_tick)
         failed_reset_noise = fee.uncorrelated_noise_e * _normal(rng, (n_rows, n_cycles), dtype, charge_per_tick)
         conversion_noise = fee.uncorrelated_noise_e * _normal(rng, (n_rows, n_cycles), dtype, charge_per_tick)
-    samples_at = functools.partial(_samples_at, gather=bind(_gather_samples, fee=fee, adc_tick_us=detector.adc_tick_us,
-                                                             relaxation=relaxation, dtype=dtype))
+    samples_at = functools.partial(_samples_at, offset=tick_offset,
+                                   gather=bind(_gather_samples, fee=fee, adc_tick_us=detector.adc_tick_us,
+                                               relaxation=relaxation, dtype=dtype))
 
     if on_gpu:
         noise_draws = (reset_noise, failed_reset_noise, conversion_noise) if noise else None
@@ -274,7 +280,8 @@ def electronics(charge_per_tick, detector, relaxation="hard", *, noise: bool = F
         out_charge = ep.where(put, charge[:, None], out_charge)
         out_tick = ep.where(put, trigger_c[:, None], out_tick)
         if relaxation.trigger == "interpolated":
-            crossing = interpolated_crossing(trigger_c, q_trigger, step, before, baseline, threshold)
+            crossing = interpolated_crossing(_shifted(trigger_c, tick_offset), q_trigger, step, before, baseline,
+                                             threshold)
             out_crossing = ep.where(put, crossing[:, None], out_crossing)
 
         count = count + ops.cast(stored, "int64")
@@ -287,10 +294,17 @@ def electronics(charge_per_tick, detector, relaxation="hard", *, noise: bool = F
 
     filled = ep.logical_not(ep.isnan(out_charge))
     has_sample = slot < count[:, None]
-    time = _trigger_time(out_tick, out_crossing, has_sample, detector.adc_tick_us, relaxation, dtype)
+    offset = None if tick_offset is None else tick_offset[:, None]
+    time = _trigger_time(_shifted(out_tick, offset), out_crossing, has_sample, detector.adc_tick_us, relaxation,
+                         dtype)
     adc = digitize(ep.where(filled, out_charge, 0.0), fee, relaxation.adc)
     adc = ep.where(filled, adc, float("nan"))
     return Samples(adc=adc, time=time, charge=out_charge)
+
+
+def _shifted(tick, offset):
+    """Event ticks of row-local ticks (``offset`` None: they are event ticks already)."""
+    return tick if offset is None else tick + offset
 
 
 def _host_value(x):
@@ -353,20 +367,24 @@ def _gpu_cycles(q, q_disc, clean, nan_count, last_tick, noise_draws, threshold, 
     return out
 
 
-def _samples_at(search, q, clean, *, gather) -> Samples:
+def _samples_at(search, q, clean, *, offset, gather) -> Samples:
     """The samples of the trigger search ``search`` (NumPy arrays from the host search, or tensors on ``q``'s
-    device from the GPU search): its integers as tensors, then ``gather`` (:func:`_gather_samples`, compiled or not)."""
+    device from the GPU search): its integers as tensors, then ``gather`` (:func:`_gather_samples`, compiled or not).
+    ``offset``: None or the rows' tick offsets (int tensor, see :func:`electronics`)."""
     kinds = dict(start="int64", trig="int64", end="int64", count="int64", baseline=ops.dtype_name(q),
                  conversion=ops.dtype_name(q), window_nan="bool")
     found = {k: (ops.asarray(q, a, kinds[k]) if isinstance(a, np.ndarray) else a)
              for k, a in search.items() if k in kinds}
+    if offset is not None:
+        found["offset"] = offset
     return Samples(*gather(found, q, clean))
 
 
 def _gather_samples(found, q, clean, *, fee, adc_tick_us, relaxation, dtype):
     """(adc, time, charge) of the stored cycles of a trigger search, differentiable: the converted charge (and the
     interpolated crossing) gathered from the running integral ``q`` and the charge per tick ``clean`` at the
-    search's ticks ``found`` (tensors start, trig, end, count, baseline, window_nan and, with noise, conversion)."""
+    search's ticks ``found`` (tensors start, trig, end, count, baseline, window_nan and, with noise, conversion;
+    with ``offset``, the rows' tick offsets: the times are those of the event ticks)."""
     threshold = fee.threshold_e
     start, trig, end = found["start"], found["trig"], found["end"]
     n_slots = trig.shape[1]
@@ -375,6 +393,7 @@ def _gather_samples(found, q, clean, *, fee, adc_tick_us, relaxation, dtype):
     before = ep.where(start > 0, at_q[:, :n_slots], 0.0)
     q_trigger, q_end = at_q[:, n_slots:2 * n_slots], at_q[:, 2 * n_slots:]
     step = ops.take_along_axis(clean, trig, axis=1)
+    trig = _shifted(trig, found["offset"][:, None] if "offset" in found else None)
     baseline = found["baseline"]
     charge = baseline + (q_end - before) + step
     if "conversion" in found:

@@ -11,6 +11,7 @@ no padding, no scatter in the framework.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Dict
 
@@ -21,7 +22,7 @@ from larnd_diff import ops
 from larnd_diff.detector import resolve_detector
 from larnd_diff.hits import Hits
 from larnd_diff.params import SPECS, Params, as_params, drift_velocity
-from larnd_diff.sim import induce, pixels
+from larnd_diff.sim import induce, memory, pixels
 from larnd_diff.sim.config import SimConfig, as_relaxation
 
 #: Segment fields the simulation reads (simulation frame, z = drift).
@@ -34,7 +35,7 @@ SEGMENT_INPUTS = ("ax", "ay", "az", "bx", "by", "bz", "sigma_T", "sigma_L", "n_e
 #: Host constants of a (segment, pixel) pair (columns of :func:`_pair_constants`).
 PAIR_CONSTANTS = ("x_p", "y_p", "x_first_is_a", "branch", "n_z", "sgn_x", "sgn_y", "z_anode")
 #: Ticks kept after the last charge of a pixel so that a trigger there can still integrate its 18 ticks.
-TAIL_TICKS = 24
+TAIL_TICKS = memory.TAIL_TICKS
 #: Smooth preset: cm added to z_end of segments parallel to the anode (z_start = z_end), which the reference
 #: (larnd_diff/reference) turns into NaN; the tilted line has a finite, tiny z extent and the right xy footprint.
 FLAT_TILT_CM = 1e-4
@@ -387,6 +388,49 @@ def trace_count(backend_name: str = "jax") -> int:
 
 
 # ---------------------------------------------------------------------------------------------- simulate
+@dataclasses.dataclass(frozen=True)
+class _Call:
+    """What one simulate call fixes before evaluating anything: the backend, the physics switches, where the
+    kernels run and the memory budget (explicit state handed to the evaluation functions)."""
+
+    backend: Any
+    detector: Any
+    relaxation: Any
+    config: SimConfig
+    dtype: str
+    device: Any
+    grid: tuple
+    tilt: float
+    link_vdrift: bool
+    k_fast: int
+    k_slow: int
+    kernel_target: Any
+    one_call: bool
+    compile_inputs: bool
+    compile_glue: bool
+    noise: bool
+    seed: int
+    placement: Any
+
+    def asarray(self, value, dtype: str | None = None):
+        """A host array as a tensor of the call's backend, dtype (default: the call's) and device: no tensor
+        needed to say where (inside a checkpoint the tensors may be tracers, whose device is not known)."""
+        return self.backend.asarray(np.asarray(value), dtype or self.dtype, self.placement)
+
+    @property
+    def sharpness(self):
+        s = self.relaxation.onset_sharpness
+        return None if s is None else float(s)
+
+    @property
+    def straight(self) -> bool:
+        return self.sharpness is not None and self.relaxation.onset == "straight-through"
+
+    @property
+    def grad_capable(self) -> bool:
+        return self.backend.supports("grad")
+
+
 def simulate(segments, backend: str = "numpy", device=None, params=None, relaxation=None, detector=None,
              dtype: str | None = None, noise: bool = False, seed: int = 0, config: SimConfig | None = None,
              return_waveforms: bool = False) -> Hits:
@@ -401,102 +445,284 @@ def simulate(segments, backend: str = "numpy", device=None, params=None, relaxat
     dtype       "float64" (default) or "float32".
     Returns :class:`Hits` whose arrays are native tensors of the backend (rows: event, chunk, pixel (I, J)
     lexicographic, rows with at least one sample only; ``backtrack`` None). With ``return_waveforms`` the
-    result is (hits, waveforms, plan) with the per-row induced charge per tick (electrons).
+    result is (hits, waveforms, plan) with the per-row induced charge per tick (electrons): the dense
+    (n_rows, n_ticks) tensor of the whole call, outside ``SimConfig.memory_budget_bytes``.
+
+    Memory: a call whose dense charge (rows x ticks of the event) and host plan fit the budget is evaluated at
+    once; a larger one in pieces (:mod:`larnd_diff.sim.memory`): host plans per run of whole chunks, pixel rows in
+    groups on their own tick windows, each group checkpointed on differentiable backends (its intermediates are
+    recomputed for the gradient, one group at a time). Hits are the same either way (without noise; with noise
+    each group draws from its own stream, seeded from ``seed`` and the group).
     """
     config = config or SimConfig()
     relax = as_relaxation(relaxation if relaxation is not None else config.relaxation)
     dtype = dtype or config.dtype
     detector = resolve_detector(detector)
     b = ops.get_backend(backend)
-    grad_capable = b.supports("grad")
     params = as_params(params, nominal=detector.nominal)
     fields = _fields(segments)
     for name in POSITION_FIELDS + TIME_FIELDS + ("dE", "dEdx", "eventID"):
         if name not in fields:
             raise KeyError(f"segments lack the field {name!r} (simulation frame, see larnd_diff.io.SEGMENT_DTYPE)")
 
-    # ---- host plan from detached values
+    # ---- host plan from detached values (per run of whole chunks when one plan would not fit the budget)
     sharp = relax.onset_sharpness
     k_fast = induce.smooth_window_ticks(sharp, pixels.MAX_FAST_CONSTANT_US, detector.t_sampling)
     k_slow = induce.smooth_window_ticks(sharp, pixels.MAX_TIME_CONSTANT_US, detector.t_sampling)
     host = _plan_inputs(fields, params, detector, relax)
     tilt = FLAT_TILT_CM if sharp is not None else 0.0
-    plan = pixels.plan_pairs(host, detector, relax, config.chunk_size, tilt_flat=tilt, smooth_ticks=k_slow)
+    budget = float(config.memory_budget_bytes)
+    parts = [np.arange(len(host["eventID"]))] if return_waveforms else \
+        memory.segment_parts(host, detector, config.chunk_size, budget)
+    make_plan = functools.partial(_part_plan, host=host, detector=detector, relaxation=relax,
+                                  chunk_size=config.chunk_size, tilt=tilt, k_slow=k_slow)
+    whole = make_plan(parts[0]) if len(parts) == 1 else None
 
     # ---- differentiable inputs on the backend
     t = _segment_tensors(b, fields, dtype, device)
     like = t["x"]
-    asarr = lambda a, dt_=dtype: ops.asarray(like, np.asarray(a), dt_)  # noqa: E731
     kernel_target = fused_target(config.kernel, b, like)
     # the fused kernels in one call close over host data: not inside the jitted blocks of a backend that jits them
     one_call = kernel_target is not None and not b.prefers_jit
     compile_glue = _wants_compile(config.compile, b, like)
     compile_inputs = one_call and compile_glue
+    c = _Call(backend=b, detector=detector, relaxation=relax, config=config, dtype=dtype, device=device,
+              grid=(float(detector.pixel_pitch), int(detector.sampled_points), float(detector.t_sampling)),
+              tilt=tilt, link_vdrift=params.link_vdrift, k_fast=k_fast, k_slow=k_slow, kernel_target=kernel_target,
+              one_call=one_call, compile_inputs=compile_inputs, compile_glue=compile_glue, noise=noise, seed=seed,
+              placement=b.device_of(like))
     bparams = _param_tensors(b, params, dtype, device, upload_floats=compile_inputs)
     flat = host["z_start"] == host["z_end"]
-    seg_consts = asarr(np.stack([host["z_start"] < host["z_end"] + tilt * flat, flat]).astype(np.float64))
-    pair_consts = _pair_constants(plan, host, tilt, detector)
-    grid = (float(detector.pixel_pitch), int(detector.sampled_points), float(detector.t_sampling))
-    static = dict(relaxation=relax, tilt=tilt, link_vdrift=params.link_vdrift)
+    seg_consts = ops.asarray(like, np.stack([host["z_start"] < host["z_end"] + tilt * flat, flat]).astype(np.float64),
+                             dtype)
+    if whole is not None and (return_waveforms or _fits_at_once(c, whole[0], budget)):
+        return _simulate_at_once(c, whole, t, bparams, seg_consts, return_waveforms)
+    plans = memory.PartPlans(parts, make_plan, first=whole)
+    return _simulate_in_groups(c, plans, t, bparams, seg_consts, budget)
 
-    # ---- induced charge: fused kernels in one call, else block by block
-    itemsize = 8 if dtype == "float64" else 4
-    n_corr = 2 * (k_fast + k_slow)
-    compute = ~plan.nan_pair if sharp is None else np.ones(plan.n_pairs, bool)
-    blocks = _blocks(plan, compute, config.memory_budget_bytes, n_corr, itemsize, kernel_target is not None)
-    n_ticks = 1
-    ends = plan.placement + plan.n_win
-    if plan.n_pairs:
-        n_ticks = int(min(detector.n_ticks_event, ends.max() + TAIL_TICKS))
+
+def _part_plan(rows, *, host, detector, relaxation, chunk_size, tilt, k_slow):
+    """(PairPlan, pair constants) of the segment rows ``rows`` (whole chunks), segments numbered as in ``host``."""
+    everything = len(rows) == len(host["eventID"])
+    plan = pixels.plan_pairs(host if everything else memory.subset(host, rows), detector, relaxation, chunk_size,
+                             tilt_flat=tilt, smooth_ticks=k_slow)
+    if not everything:
+        plan = dataclasses.replace(plan, seg=rows[plan.seg])
+    return plan, _pair_constants(plan, host, tilt, detector)
+
+
+def _n_ticks(plan, detector) -> int:
+    """Ticks of the event's tick axis that the plan's windows reach (plus the front end's tail); 1 without pairs."""
+    if not plan.n_pairs:
+        return 1
+    return int(min(detector.n_ticks_event, (plan.placement + plan.n_win).max() + TAIL_TICKS))
+
+
+def _dense_bytes(c: _Call, n_cells: int, n_pairs: int) -> float:
+    return memory.CELL_BYTES[c.dtype] * n_cells + memory.PAIR_BYTES * n_pairs
+
+
+def _group_budget(c: _Call, budget: float) -> float:
+    """The part of the budget for the dense charge and the pairs of a row group (the rest is the scratch of the
+    fused host kernels; the GPU kernels have none)."""
+    return budget if c.kernel_target == "cuda" else budget * (1 - memory.KERNEL_SHARE)
+
+
+def _fits_at_once(c: _Call, plan, budget: float) -> bool:
+    """Whether the whole call's dense charge (every row x the event's ticks) and pairs fit the budget."""
+    return _dense_bytes(c, len(plan.rows) * _n_ticks(plan, c.detector), plan.n_pairs) <= _group_budget(c, budget)
+
+
+def _simulate_at_once(c: _Call, whole, t, bparams, seg_consts, return_waveforms: bool):
+    """Every row at once on the event's tick axis (calls that fit the budget)."""
+    plan, pair_consts = whole
+    b, dtype = c.backend, c.dtype
+    like = t["x"]
+    asarr = lambda a, dt_=dtype: ops.asarray(like, np.asarray(a), dt_)  # noqa: E731
+    static = dict(relaxation=c.relaxation, tilt=c.tilt, link_vdrift=c.link_vdrift)
+    n_ticks = _n_ticks(plan, c.detector)
     n_rows = len(plan.rows)
-    sharpness = None if sharp is None else float(sharp)
-    straight = sharp is not None and relax.onset == "straight-through"
-    if one_call:
+    budget = c.config.memory_budget_bytes
+
+    def one_call_inputs(pairs):
+        bind = b.compiled_glue if c.compile_inputs else functools.partial
+        inputs = bind(_event_pair_inputs, detector=c.detector, grid=c.grid, **static)
+        return inputs(t, bparams, seg_consts, asarr(plan.seg[pairs], "int64"), asarr(pair_consts[pairs]))
+
+    def block_tables():
+        *seg, vdrift = _segment_inputs(t, bparams, seg_consts, detector=c.detector, **static)
+        return seg, (asarr(vdrift) if isinstance(vdrift, (int, float)) else vdrift)
+
+    charge = _induced_charge(c, plan, pair_consts, n_rows, n_ticks, budget, like, asarr, one_call_inputs,
+                             block_tables)
+
+    # ---- electronics
+    from larnd_diff.sim.electronics import electronics
+
+    rng = b.rng(c.seed, c.device) if c.noise else None
+    adc, time, q = electronics(charge, c.detector, c.relaxation, noise=c.noise, rng=rng, compile_glue=c.compile_glue)
+    hits = _hits_of(_kept_rows(adc), plan, adc, time, q, asarr)
+    if return_waveforms:
+        return hits, charge, plan
+    return hits
+
+
+def _induced_charge(c: _Call, plan, pair_consts, n_rows, n_ticks, budget, like, asarr, one_call_inputs,
+                    block_tables):
+    """Induced charge (n_rows, n_ticks) of the plan's rows on its tick axis: the fused kernels in one call (per-pair
+    inputs ``one_call_inputs(pairs)``), else block by block from the segment tables ``block_tables()``; the
+    reference's NaN windows overlaid (hard onset). ``like``: a tensor of the backend; ``asarr(array, dtype)``:
+    host arrays as its tensors."""
+    b, dtype = c.backend, c.dtype
+    sharp = c.sharpness
+    itemsize = 8 if dtype == "float64" else 4
+    n_corr = 2 * (c.k_fast + c.k_slow)
+    compute = ~plan.nan_pair if sharp is None else np.ones(plan.n_pairs, bool)
+    blocks = _blocks(plan, compute, budget, n_corr, itemsize, c.kernel_target is not None)
+    if c.one_call:
         # every pair in one kernel call (host or GPU): per-pair inputs in the framework (compiled into a few
         # kernels on a GPU), the rest (rows, waveforms, placement on the rows' ticks) in the kernels
         if not blocks:
             charge = ep.zeros(like, (n_rows, n_ticks))
         else:
             pairs = np.concatenate([p for p, _, _ in blocks])
-            groups = _host_groups(plan, blocks, config.memory_budget_bytes)
+            groups = _host_groups(plan, blocks, budget)
             table = np.stack([plan.ix0[pairs], plan.iy0[pairs], plan.nx[pairs], plan.ny[pairs], plan.n_z[pairs],
                               plan.n_win[pairs], plan.out_row[pairs], plan.placement[pairs]], axis=1)
-            bind = b.compiled_glue if compile_inputs else functools.partial
-            inputs = bind(_event_pair_inputs, detector=detector, grid=grid, **static)
-            pairf = inputs(t, bparams, seg_consts, asarr(plan.seg[pairs], "int64"), asarr(pair_consts[pairs]))
+            pairf = one_call_inputs(pairs)
             charge = induce.fused_charge(b.name, pairf, table, plan.eval_start[pairs], groups, n_rows=n_rows,
-                                         n_ticks=n_ticks, dt=grid[2], sharpness=sharpness, k_fast=k_fast,
-                                         k_slow=k_slow, target=kernel_target, straight_through=straight)
+                                         n_ticks=n_ticks, dt=c.grid[2], sharpness=sharp, k_fast=c.k_fast,
+                                         k_slow=c.k_slow, target=c.kernel_target, straight_through=c.straight)
     else:
-        *seg, vdrift = _segment_inputs(t, bparams, seg_consts, detector=detector, **static)
-        if isinstance(vdrift, (int, float)):
-            vdrift = asarr(vdrift)
+        seg, vdrift = block_tables()
         pair_tensors = lambda gather: _pair_dict(seg, vdrift, asarr(plan.seg[gather], "int64"),  # noqa: E731
                                                  asarr(pair_consts[gather]))
-        charge = _blocks_charge(_block_fn(b, grad_capable, kernel_target), plan, blocks, pair_tensors, asarr, like,
-                                n_rows, n_ticks, config, grid, sharpness, k_fast, k_slow, dtype, kernel_target,
-                                straight)
+        charge = _blocks_charge(_block_fn(b, c.grad_capable, c.kernel_target), plan, blocks, pair_tensors, asarr,
+                                like, n_rows, n_ticks, c.config, c.grid, sharp, c.k_fast, c.k_slow, dtype,
+                                c.kernel_target, c.straight)
     if sharp is None and plan.nan_pair.any():
         charge = _nan_overlay(charge, plan, n_ticks, asarr)
+    return charge
 
-    # ---- electronics
-    from larnd_diff.sim.electronics import electronics
 
-    rng = b.rng(seed, device) if noise else None
-    adc, time, q = electronics(charge, detector, relax, noise=noise, rng=rng, compile_glue=compile_glue)
+def _kept_rows(adc) -> np.ndarray:
+    """Indices of the rows with at least one sample (from the ADC's concrete values)."""
     adc_host = _concrete(ops.stop_gradient(adc))
     if adc_host is None:
         raise ValueError("simulate needs concrete values to select the rows with samples; under jax.jit call it "
                          "outside the jitted function (its blocks are jitted internally)")
-    has = np.any(~np.isnan(adc_host), axis=1) if n_rows else np.zeros(0, bool)
-    keep = np.flatnonzero(has)
+    return np.flatnonzero(np.any(~np.isnan(adc_host), axis=1)) if adc_host.shape[0] else np.zeros(0, np.int64)
+
+
+def _hits_of(keep, plan, adc, time, q, asarr) -> Hits:
+    """Hits of the rows ``keep`` of the plan's output rows (adc, time, q: per output row, tensors)."""
     kt = asarr(keep, "int64")
-    hits = Hits(event_id=asarr(plan.row_event[keep], "int64").raw, pixel=asarr(plan.rows[keep], "int64").raw,
+    return Hits(event_id=asarr(plan.row_event[keep], "int64").raw, pixel=asarr(plan.rows[keep], "int64").raw,
                 adc=ops.gather(adc, kt, 0).raw, time=ops.gather(time, kt, 0).raw, charge=ops.gather(q, kt, 0).raw,
                 backtrack=None)
-    if return_waveforms:
-        return hits, charge, plan
-    return hits
+
+
+# ---------------------------------------------------------------------------------------------- row groups
+def _simulate_in_groups(c: _Call, plans: memory.PartPlans, t, bparams, seg_consts, budget: float) -> Hits:
+    """The call in pieces that fit the budget: part by part (host plans of whole chunks), row group by row group
+    (rows on their own tick windows). The segments' quench and drift run once; each group's pairs, induced charge
+    and front end are one function of the segment tables, checkpointed on differentiable backends."""
+    b = c.backend
+    segment_stage = _segment_stage(c, t, bparams, seg_consts)
+    endpoints, drifted = segment_stage()
+    vdrift = _vdrift_tensor(c, bparams, endpoints)
+    group_budget = _group_budget(c, budget)
+    pieces = []
+    for k in range(len(plans)):
+        plan, _ = plans(k)
+        first, width = memory.row_windows(plan, c.detector.n_ticks_event)
+        for r0, r1 in memory.row_groups(plan, width, group_budget, memory.CELL_BYTES[c.dtype], memory.PAIR_BYTES):
+            fn = functools.partial(_group_samples, c=c, plans=plans, part=k, rows=(r0, r1), budget=budget)
+            if c.grad_capable:
+                fn = b.checkpoint(fn)
+            adc, time, q = fn(endpoints, drifted, vdrift)
+            rows = dataclasses.replace(plan, rows=plan.rows[r0:r1], row_event=plan.row_event[r0:r1])
+            pieces.append(_hits_of(_kept_rows(adc), rows, adc, time, q, c.asarray))
+    return _concatenate_hits(b, pieces, endpoints)
+
+
+def _segment_stage(c: _Call, t, bparams, seg_consts):
+    """Quench and drift of every segment as a function of no arguments returning (endpoints (n_seg, 6), drifted
+    (n_seg, 3)) (:func:`_segment_inputs`); checkpointed on differentiable backends, so that the gradient keeps
+    the two tables, not the intermediates. Tensors enter as positional arguments (what every checkpoint takes)."""
+    names = list(t)
+    numbers = {k: v for k, v in bparams.items() if isinstance(v, (int, float))}
+    tensor_names = [k for k in bparams if k not in numbers]
+    static = dict(detector=c.detector, relaxation=c.relaxation, tilt=c.tilt, link_vdrift=c.link_vdrift)
+
+    def tables(consts, *tensors):
+        fields = dict(zip(names, tensors[:len(names)]))
+        p = {**numbers, **dict(zip(tensor_names, tensors[len(names):]))}
+        endpoints, drifted, _ = _segment_inputs(fields, p, consts, **static)
+        return endpoints, drifted
+
+    run = c.backend.checkpoint(tables) if c.grad_capable else tables
+    args = [seg_consts] + [t[k] for k in names] + [bparams[k] for k in tensor_names]
+    return lambda: run(*args)
+
+
+def _vdrift_tensor(c: _Call, bparams, like):
+    """The drift velocity as a tensor (from eField and the temperature when linked, as :func:`_segment_inputs`)."""
+    v = drift_velocity(bparams["eField"], bparams["temperature"]) if c.link_vdrift else bparams["vdrift"]
+    return ops.asarray(like, np.asarray(v), c.dtype) if isinstance(v, (int, float)) else v
+
+
+def _group_samples(endpoints, drifted, vdrift, *, c: _Call, plans, part: int, rows, budget: float):
+    """Front-end samples (adc, time, charge), each (r1 - r0, 10), of the output rows ``rows`` = (r0, r1) of part
+    ``part``: the rows' pairs from the segment tables, their induced charge on the rows' own tick windows, the
+    front end with those windows' offsets. A pure function of its tensors (host data from ``plans``, remade
+    the same way when a checkpoint recomputes it)."""
+    from larnd_diff.sim.electronics import electronics
+
+    b = c.backend
+    plan, pair_consts = plans(part)
+    first, width = memory.row_windows(plan, c.detector.n_ticks_event)
+    g = memory.group_plan(plan, rows[0], rows[1], first, width)
+    consts = pair_consts[g.pairs]
+    asarr = c.asarray
+
+    def one_call_inputs(pairs):
+        bind = b.compiled_glue if c.compile_inputs else functools.partial
+        inputs = bind(_group_pair_inputs, grid=c.grid)
+        return inputs(endpoints, drifted, vdrift, asarr(g.plan.seg[pairs], "int64"), asarr(consts[pairs]))
+
+    charge = _induced_charge(c, g.plan, consts, len(g.first), g.n_ticks, budget * memory.KERNEL_SHARE, endpoints,
+                             asarr, one_call_inputs, lambda: ((endpoints, drifted), vdrift))
+    rng = b.rng(_group_seed(c.seed, part, rows[0]), c.device) if c.noise else None
+    return tuple(electronics(charge, c.detector, c.relaxation, noise=c.noise, rng=rng,
+                             active_ticks=asarr(g.width, "int64"), tick_offset=asarr(g.first, "int64"),
+                             compile_glue=c.compile_glue))
+
+
+def _group_pair_inputs(endpoints, drifted, vdrift, pair_seg, pair_consts, *, grid):
+    """Stacked per-pair inputs (n_pairs, len(induce.PAIR_FIELDS)) from the segment tables (compiled on GPUs)."""
+    return induce.stack_pair_inputs(_pair_dict((endpoints, drifted), vdrift, pair_seg, pair_consts), grid=grid)
+
+
+def _group_seed(seed: int, part: int, row: int) -> int:
+    """Seed of the noise stream of the row group starting at output row ``row`` of part ``part``."""
+    return int(np.random.SeedSequence([int(seed), int(part), int(row)]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _concatenate_hits(b, pieces, like) -> Hits:
+    """The row groups' hits in order (an empty call: empty hits)."""
+    pieces = [h for h in pieces if len(h)] or pieces[:1]
+    if not pieces:
+        dtypes = dict(event_id="int64", pixel="int64")
+        shapes = dict(event_id=(0,), pixel=(0, 2))
+        return Hits(**{k: b.asarray(np.zeros(shapes.get(k, (0, 10))), dtypes.get(k, ops.dtype_name(like)),
+                                    b.device_of(like)).raw for k in ("event_id", "pixel", "adc", "time", "charge")},
+                    backtrack=None)
+    if len(pieces) == 1:
+        return pieces[0]
+    cat = lambda name: ep.concatenate([ep.astensor(getattr(h, name)) for h in pieces], axis=0).raw  # noqa: E731
+    return Hits(event_id=cat("event_id"), pixel=cat("pixel"), adc=cat("adc"), time=cat("time"), charge=cat("charge"),
+                backtrack=None)
 
 
 def _blocks_charge(fn, plan, blocks, pair_tensors, asarr, like, n_rows, n_ticks, config, grid, sharpness, k_fast,
