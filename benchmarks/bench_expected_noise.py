@@ -55,15 +55,39 @@ def noisy_observation(charge: np.ndarray, detector, seed: int):
     return ticks, adc
 
 
-def median_time(fn, repeat: int) -> dict:
-    """Medians of wall-clock and process CPU seconds (CPU time is what a shared, loaded machine leaves stable)."""
-    wall, cpu = [], []
+def work(det, host, ticks):
+    """Load-independent size of the likelihood's work on the batch: evaluated (tick, cycle) entries of the
+    observed cycles (flat) and of the open end cycles (blocks, real and padded), and the number of cycles."""
+    from larnd_diff.sim import expected_noise_cycles as cyc
+    from larnd_diff.sim import expected_noise_plan as plan_mod
+    from larnd_diff.sim.expected_noise import NODE_HALF_WIDTH, _cut_dead
+
+    fee = det.electronics
+    win = plan_mod.row_windows(host, det.n_ticks_event)
+    obs_t = np.where(ticks >= 0, ticks, -1)
+    cycles, _ = plan_mod.observed_cycles(win, obs_t, fee.max_adc_values)
+    n_obs = int(np.sum(cycles.trigger >= 0))
+    reach = fee.threshold_e + NODE_HALF_WIDTH * fee.reset_noise_e + plan_mod.DEAD_SIGMAS * fee.uncorrelated_noise_e
+    end = _cut_dead(plan_mod.Cycles(*(a[n_obs:] for a in cycles)), win, reach)
+    blks = cyc.blocks(end, win, fee)
+    return dict(observed_cycles=n_obs, observed_ticks=int(cycles.length[:n_obs].sum()),
+                end_cycles=int(len(end.row)), end_ticks=int(end.length.sum()),
+                end_padded_ticks=int(sum(len(b.rows) * b.width for _, b in blks)), end_blocks=len(blks))
+
+
+def interleaved_times(fns: dict, repeat: int) -> dict:
+    """Wall-clock and process CPU seconds of each function, called in turn ``repeat`` times (so that the load of a
+    shared machine hits all of them alike): medians and minima (the minimum is the least disturbed run)."""
+    wall = {k: [] for k in fns}
+    cpu = {k: [] for k in fns}
     for _ in range(repeat):
-        w0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        wall.append(time.perf_counter() - w0)
-        cpu.append(time.process_time() - c0)
-    return dict(wall_s=float(np.median(wall)), cpu_s=float(np.median(cpu)))
+        for k, fn in fns.items():
+            w0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            wall[k].append(time.perf_counter() - w0)
+            cpu[k].append(time.process_time() - c0)
+    return {k: dict(wall_median_s=float(np.median(wall[k])), wall_min_s=float(np.min(wall[k])),
+                    cpu_median_s=float(np.median(cpu[k])), cpu_min_s=float(np.min(cpu[k]))) for k in fns}
 
 
 def scale_derivative(host, det, ticks, adc, **kw):
@@ -183,29 +207,32 @@ def main(argv=None):
         _, q, _ = simulate(fields, backend="torch", relaxation="smooth", dtype=args.dtype, return_waveforms=True)
         q.raw.sum().backward()
 
-    sim_step()
-    out = dict(batch=dict(track_length_cm=length, n_rows=int(host.shape[0]), n_ticks=int(host.shape[1]),
-                          observed_samples=int((ticks >= 0).sum()), dtype=args.dtype),
-               machine=dict(platform=platform.platform(), cpus=os.cpu_count(), torch_threads=torch.get_num_threads(),
-                            load_average=os.getloadavg()),
-               simulator_forward_gradient=median_time(sim_step, args.repeat), likelihood={})
+    fns = {"simulator_forward_gradient": sim_step}
     for n in args.nodes:
         x = torch.tensor(host, dtype=getattr(torch, args.dtype), requires_grad=True)
 
-        def forward():
+        def forward(x=x, n=n):
             return readout_log_likelihood(x, det, ticks, adc, n_nodes=n)
 
-        def step():
-            forward().sum().backward()
-
-        step()
-        both = median_time(step, args.repeat)
-        sim = out["simulator_forward_gradient"]
-        out["likelihood"][str(n)] = dict(forward=median_time(forward, args.repeat), forward_gradient=both,
-                                         cpu_ratio_to_simulator=both["cpu_s"] / sim["cpu_s"],
-                                         wall_ratio_to_simulator=both["wall_s"] / sim["wall_s"],
-                                         cpu_s_per_100cm=100.0 * both["cpu_s"] / length)
-    out["simulator_cpu_s_per_100cm"] = 100.0 * out["simulator_forward_gradient"]["cpu_s"] / length
+        fns[f"likelihood_{n}_forward"] = forward
+        fns[f"likelihood_{n}_forward_gradient"] = lambda forward=forward: forward().sum().backward()
+    for fn in fns.values():
+        fn()
+    times = interleaved_times(fns, args.repeat)
+    sim = times["simulator_forward_gradient"]
+    out = dict(batch=dict(track_length_cm=length, n_rows=int(host.shape[0]), n_ticks=int(host.shape[1]),
+                          observed_samples=int((ticks >= 0).sum()), dtype=args.dtype),
+               machine=dict(platform=platform.platform(), cpus=os.cpu_count(), torch_threads=torch.get_num_threads(),
+                            load_average_before=os.getloadavg()),
+               times=times, ratios_to_simulator={})
+    for n in args.nodes:
+        t = times[f"likelihood_{n}_forward_gradient"]
+        out["ratios_to_simulator"][str(n)] = dict(cpu_min=t["cpu_min_s"] / sim["cpu_min_s"],
+                                                  cpu_median=t["cpu_median_s"] / sim["cpu_median_s"],
+                                                  wall_min=t["wall_min_s"] / sim["wall_min_s"],
+                                                  likelihood_cpu_min_s_per_100cm=100.0 * t["cpu_min_s"] / length)
+    out["simulator_cpu_min_s_per_100cm"] = 100.0 * sim["cpu_min_s"] / length
+    out["work"] = work(det, host, ticks)
     out["load_average_after"] = os.getloadavg()
     print(json.dumps(out, indent=1))
     if not args.no_write:

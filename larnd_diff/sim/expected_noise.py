@@ -277,7 +277,7 @@ def readout_log_likelihood(charge_per_tick, detector, obs_tick, obs_adc, *, tota
     hi_obs = np.minimum(np.nan_to_num(hi_obs, nan=fee.threshold_e + 1.0), 1e9)   # the cap's +inf: far enough
 
     reach = fee.threshold_e + NODE_HALF_WIDTH * fee.reset_noise_e + plan_mod.DEAD_SIGMAS * fee.uncorrelated_noise_e
-    end_cycles = _cut_dead(plan_mod.Cycles(*(a[n_obs:] for a in cycles)), host, win, reach)
+    end_cycles = _cut_dead(plan_mod.Cycles(*(a[n_obs:] for a in cycles)), win, reach)
     g = cyc.Gather(ch)
     obs_host = cyc.observed_inputs(g, plan_mod.Cycles(*(a[:n_obs] for a in cycles)), win, lo_obs, hi_obs, fee,
                                    window)
@@ -359,13 +359,12 @@ def _padded(a, count, fill=np.nan):
     return out
 
 
-def _cut_dead(cycles: plan_mod.Cycles, host, win, reach_e) -> plan_mod.Cycles:
+def _cut_dead(cycles: plan_mod.Cycles, win, reach_e) -> plan_mod.Cycles:
     """Open cycles evaluated only up to the tick where no node can have survived (plan.dead_end)."""
-    if len(cycles.row) == 0 or host.shape[1] == 0:
+    if len(cycles.row) == 0 or win.n_stored == 0:
         return cycles
-    cum = np.maximum.accumulate(np.cumsum(np.nan_to_num(host), axis=1), axis=1)
     hi = cycles.lo + cycles.length - 1
-    end = plan_mod.dead_end(cum, cycles.row, cycles.start, cycles.lo, hi, np.full(len(cycles.row), reach_e))
+    end = plan_mod.dead_end(win, cycles.row, cycles.start, cycles.lo, hi, np.full(len(cycles.row), reach_e))
     return cycles._replace(length=np.maximum(end - cycles.lo + 1, 0))
 
 

@@ -107,7 +107,7 @@ def propagate_kernel(init, sums, stored_m, failed_m, *, n_slots, n_fail):
     return ep.stack(out, axis=1)
 
 
-def chunk_chain(ch, win, host_cum, rows, width_restart, x_nodes, log_w, fee, window, n_slots, orders=2):
+def chunk_chain(ch, win, rows, width_restart, x_nodes, log_w, fee, window, n_slots, orders=2):
     """Slot sums (len(rows), n_slots, 2, n_sums(orders)) of a chunk of rows whose restart ranges fit ``width_restart``
     (cycle_kernel, propagate_kernel)."""
     like = ch.cum
@@ -131,7 +131,7 @@ def chunk_chain(ch, win, host_cum, rows, width_restart, x_nodes, log_w, fee, win
     cycles = plan_mod.cycle_spans(win, c_rows, starts.ravel(), reset.ravel(), np.full(n * n_states, -1))
     reach = fee.threshold_e + en.NODE_HALF_WIDTH * fee.reset_noise_e + plan_mod.DEAD_SIGMAS * fee.uncorrelated_noise_e
     hi = cycles.lo + cycles.length - 1
-    end = plan_mod.dead_end(host_cum, cycles.row, cycles.start, cycles.lo, hi, np.full(len(c_rows), reach))
+    end = plan_mod.dead_end(win, cycles.row, cycles.start, cycles.lo, hi, np.full(len(c_rows), reach))
     cycles = cycles._replace(length=np.maximum(end - cycles.lo + 1, 0))
     c_nrest = np.repeat(n_restart, n_states)
 
@@ -184,8 +184,6 @@ def slot_sums(charge_per_tick, detector, *, total_ticks=None, n_nodes: int = en.
     window = fee.integration_ticks(detector.t_sampling)
     n_slots = int(fee.max_adc_values if max_samples is None else max_samples)
     n_rows = host.shape[0]
-    host_cum = np.maximum.accumulate(np.cumsum(np.nan_to_num(host), axis=1), axis=1) if host.shape[1] else \
-        np.zeros((n_rows, 1))
     n_restart = np.maximum(win.restart_last - win.first + 1, 0)
     explicit = np.maximum(win.last - win.first + 1, 1)
     ladder = np.asarray((0,) + plan_mod.WIDTH_LADDER)
@@ -201,7 +199,7 @@ def slot_sums(charge_per_tick, detector, *, total_ticks=None, n_nodes: int = en.
         group = (np.cumsum(cost) - cost) // CHUNK_ELEMENTS
         for g in np.unique(group):
             part = members[group == g]
-            pieces.append((part, chunk_chain(ch, win, host_cum, part, int(wp), nodes, log_w, fee, window, n_slots,
+            pieces.append((part, chunk_chain(ch, win, part, int(wp), nodes, log_w, fee, window, n_slots,
                                              orders)))
     return cyc.scatter_cycles(pieces, n_rows, x, (n_slots, 2, n_sums(orders))), win, x
 

@@ -37,13 +37,16 @@ COARSE_WIDTH_LADDER = (1, 4, 16, 64, 256, 1024, 4096, 16384)
 
 class RowWindows(NamedTuple):
     """Per row (numpy): first and last explicit tick (last < first: none), last restart tick that can still
-    trigger, stored ticks and total ticks."""
+    trigger, stored ticks and total ticks; ``cum`` the running maximum of the cumulative charge (n_rows, n_stored),
+    non-decreasing (equal to the cumulative charge where no tick is negative)."""
 
     first: np.ndarray
     last: np.ndarray
     restart_last: np.ndarray
     n_stored: int
     n_total: int
+    cum: np.ndarray
+    search: tuple
 
 
 class Cycles(NamedTuple):
@@ -74,42 +77,48 @@ def row_windows(charge: np.ndarray, n_total: int, head_e: float = HEAD_CHARGE_E,
     n_rows, n_stored = charge.shape
     if n_stored > n_total:
         raise ValueError(f"the charge has {n_stored} ticks, more than the total tick count {n_total}")
-    q = np.nan_to_num(np.asarray(charge, np.float64), nan=0.0)
-    cum = np.maximum.accumulate(np.cumsum(q, axis=1), axis=1) if n_stored else np.zeros((n_rows, 0))
+    q = np.asarray(charge, np.float64)
+    if np.isnan(q).any():
+        q = np.nan_to_num(q, nan=0.0)
+    cum = np.cumsum(q, axis=1) if n_stored else np.zeros((n_rows, 0))
+    if n_stored and (q < 0).any():
+        cum = np.maximum.accumulate(cum, axis=1)
     total = cum[:, -1] if n_stored else np.zeros(n_rows)
-    first = _first_at_least(cum, np.full(n_rows, head_e))
+    # rows laid end to end, each offset by a bound on the values: one binary search answers every row's query
+    scale = 4.0 * (np.max(np.abs(cum), initial=0.0) + max(head_e, restart_e) + 1e5)
+    search = ((cum + scale * np.arange(n_rows)[:, None]).ravel(), scale, n_rows, n_stored)
+    rows = np.arange(n_rows)
+    first = _first_at_least(search, np.full(n_rows, head_e), rows)
     # the tail starts after the last tick that carries charge (a tail trigger's own tick counts twice)
-    last_charged = _first_at_least(cum, total - flat_e)
+    last_charged = _first_at_least(search, total - flat_e, rows)
     last = np.maximum(last_charged, first - 1)
     # restart at s can trigger when C_tot - C[s - 1] >= restart_e, i.e. C[s - 1] <= C_tot - restart_e
-    restart_last = _first_at_least(cum, total - restart_e + 1e-9)   # s - 1 < that index
+    restart_last = _first_at_least(search, total - restart_e + 1e-6, rows)   # s - 1 < that index
     restart_last = np.minimum(restart_last, last)
     return RowWindows(first.astype(np.int64), last.astype(np.int64), restart_last.astype(np.int64), n_stored,
-                      int(n_total))
+                      int(n_total), cum, search)
 
 
-def _first_at_least(cum: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Per row the first column where the (non-decreasing) row of ``cum`` reaches ``target``; n_cols if none."""
-    n_rows, n_cols = cum.shape
-    if n_cols == 0:
-        return np.zeros(n_rows, np.int64)
-    reached = cum >= target[:, None]
-    return np.where(reached.any(axis=1), reached.argmax(axis=1), n_cols).astype(np.int64)
+def _first_at_least(search, target: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """First column where row ``rows`` of the cumulative charge (non-decreasing) reaches ``target`` (|target|
+    below RowWindows.search's offset); n_stored if none."""
+    flat, scale, n_rows, n_cols = search
+    if n_cols == 0 or len(rows) == 0:
+        return np.zeros(len(rows), np.int64)
+    found = np.searchsorted(flat, target + scale * rows, side="left") - rows * n_cols
+    return np.clip(found, 0, n_cols).astype(np.int64)
 
 
-def dead_end(charge_cum: np.ndarray, rows: np.ndarray, start: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+def dead_end(win: RowWindows, rows: np.ndarray, start: np.ndarray, lo: np.ndarray, hi: np.ndarray,
              reach_e: np.ndarray) -> np.ndarray:
     """Last explicit tick worth evaluating per cycle: the first tick in lo..hi where the charge since ``start``
     exceeds ``reach_e`` (threshold + highest baseline node + DEAD_SIGMAS noise sigmas; beyond it no node
     survives), else hi."""
-    n_rows, n_cols = charge_cum.shape
+    n_cols = win.n_stored
     if len(rows) == 0 or n_cols == 0:
         return hi.copy()
-    before = np.where(start > 0, charge_cum[rows, np.clip(start - 1, 0, n_cols - 1)], 0.0)
-    # one searchsorted over all rows: each row offset by a multiple of a bound on its values
-    scale = 4.0 * (np.max(np.abs(charge_cum)) + np.max(reach_e) + 1.0)
-    flat = (charge_cum + scale * np.arange(n_rows)[:, None]).ravel()
-    where = np.searchsorted(flat, before + reach_e + scale * rows, side="left") - rows * n_cols
+    before = np.where(start > 0, win.cum[rows, np.clip(start - 1, 0, n_cols - 1)], 0.0)
+    where = _first_at_least(win.search, before + reach_e, rows)
     return np.clip(np.minimum(where, hi), lo - 1, hi)
 
 
