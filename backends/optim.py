@@ -42,8 +42,8 @@ from .base import NotSupported
 #: Adam's constants (the frameworks' defaults, torch's epsilon for all three).
 BETA_1, BETA_2, EPSILON = 0.9, 0.999, 1e-8
 
-__all__ = ["make_optimizer", "Optimizer", "FullMatrixAdam", "METHODS", "hessian", "global_norm", "BETA_1", "BETA_2",
-           "EPSILON", "numeric_entries", "restore_entries", "entry"]
+__all__ = ["make_optimizer", "Optimizer", "FullMatrixAdam", "TrustRegionBFGS", "METHODS", "hessian", "global_norm",
+           "BETA_1", "BETA_2", "EPSILON", "numeric_entries", "restore_entries", "entry"]
 
 
 def global_norm(grads: Mapping[str, Any]) -> float:
@@ -285,9 +285,125 @@ class FullMatrixAdam(Optimizer):
         self._t, self._lr = int(entry(state, "t")), float(entry(state, "lr"))
 
 
+# ============================================================================================== trust-region BFGS
+class TrustRegionBFGS(Optimizer):
+    """Quasi-Newton steps for a smooth, deterministic loss of a handful of parameters (a likelihood evaluated on
+    the whole sample each iteration): the BFGS inverse-Hessian estimate from successive gradients, steps limited
+    to a trust radius that grows while the loss falls as predicted and shrinks when it does not (Nocedal & Wright,
+    Numerical Optimization, ch. 4 and 6). Written here because the fit's loop evaluates one point per iteration
+    and checkpoints between them, which the closed loops of scipy.optimize do not allow.
+
+    ``step(grads, loss)`` needs the loss at the point the gradient belongs to: a point whose loss is above the best
+    one is rejected (the next step starts again from the best point, with a quarter of the radius); its gradient
+    still updates the curvature. A loss that is not smooth at the scale of the steps (jumps from
+    discretisation) defeats the trust-region test: use Adam there. ``lr`` is the largest radius (in the
+    coordinates), decaying per epoch like the other optimisers' learning rates; the first step goes ``lr`` down
+    the gradient. ``values()`` is the point to evaluate next.
+    """
+
+    backend = "host"
+    needs_loss = True
+
+    def __init__(self, values, lr, lr_decay, clip_norm, dtype, device, framework: Any = "torch"):
+        super().__init__(values, lr, lr_decay, None, dtype, device)
+        from larnd_diff.ops import get_backend
+
+        self._b = get_backend(framework)
+        self.backend = self._b.name
+        n = len(self.names)
+        self._x = np.array([float(values[k]) for k in self.names], dtype=np.float64)
+        self._best_x, self._best_g = self._x.copy(), np.zeros(n)
+        self._best_f = np.inf
+        self._h = np.full((n, n), np.nan)      # inverse-Hessian estimate; NaN until the first curvature pair
+        self._radius = float(lr)
+        self._predicted = 0.0                  # the model's loss decrease for the step from the best point
+        self._t = 0
+        self._lr = float(lr)
+
+    def params(self):
+        return {k: self._b.raw_asarray(float(v), self.dtype, self.device) for k, v in zip(self.names, self._x)}
+
+    def values(self):
+        return {k: float(v) for k, v in zip(self.names, self._x)}
+
+    @property
+    def lr(self):
+        return self._lr
+
+    def set_epoch(self, epoch):
+        self._lr = self.lr0 * self.lr_decay ** epoch
+        self._radius = min(self._radius, self._lr)
+        self.epoch = epoch
+
+    def step(self, grads, loss=None):
+        if loss is None or not np.isfinite(loss):
+            raise ValueError("the trust-region BFGS step needs the finite loss of the point its gradient belongs to")
+        g = np.array([float(np.asarray(self._b.to_numpy(raw(v)) if not isinstance(v, (int, float)) else v)
+                            .reshape(())) for v in self._ordered(grads)], dtype=np.float64)
+        if self._t > 0:
+            self._learn_curvature(self._x - self._best_x, g - self._best_g)
+            ratio = (self._best_f - loss) / self._predicted if self._predicted > 0 else -1.0
+            length = float(np.linalg.norm(self._x - self._best_x))
+            if ratio < 0.25:
+                self._radius = 0.25 * length
+            elif ratio > 0.75 and length > 0.9 * self._radius:
+                self._radius = min(2.0 * self._radius, self._lr)
+        if loss <= self._best_f:
+            self._best_x, self._best_f, self._best_g = self._x.copy(), float(loss), g
+        self._t += 1
+        self._x = self._best_x + self._proposal()
+
+    def _learn_curvature(self, s, y):
+        sy = float(s @ y)
+        if not sy > 1e-12 * float(np.linalg.norm(s) * np.linalg.norm(y)):
+            return  # no positive curvature along s (noise or a non-convex patch): keep the estimate
+        if np.isnan(self._h).any():
+            self._h = np.eye(len(s)) * (sy / float(y @ y))
+        rho = 1.0 / sy
+        v = np.eye(len(s)) - rho * np.outer(s, y)
+        self._h = v @ self._h @ v.T + rho * np.outer(s, s)
+
+    def _proposal(self) -> np.ndarray:
+        g = self._best_g
+        if np.isnan(self._h).any():
+            p = -g * (self._radius / max(float(np.linalg.norm(g)), 1e-300))
+            self._predicted = float(-(g @ p))
+            return p
+        p = -(self._h @ g)
+        norm = float(np.linalg.norm(p))
+        if norm > self._radius:
+            p *= self._radius / norm
+        b = np.linalg.pinv(self._h, hermitian=True)
+        self._predicted = float(-(g @ p) - 0.5 * p @ b @ p)
+        return p
+
+    def clamp(self, lower, upper):
+        for n in lower:
+            i = self.names.index(n)
+            self._x[i] = min(max(self._x[i], float(lower[n])), float(upper[n]))
+
+    def _save_state(self):
+        return {"values": self._x.copy(), "best_x": self._best_x.copy(), "best_g": self._best_g.copy(),
+                "best_f": np.array(self._best_f, np.float64), "h": self._h.copy(),
+                "radius": np.array(self._radius, np.float64), "predicted": np.array(self._predicted, np.float64),
+                "t": np.array(self._t, np.int64), "lr": np.array(self._lr, np.float64)}
+
+    def _restore_state(self, state):
+        n = len(self.names)
+        self._x = np.array(entry(state, "values"), np.float64)
+        if self._x.shape != (n,):
+            raise ValueError(f"checkpointed BFGS state is for {self._x.size} parameters, this optimiser holds {n}")
+        self._best_x, self._best_g = np.array(entry(state, "best_x"), np.float64), np.array(entry(state, "best_g"),
+                                                                                             np.float64)
+        self._h = np.array(entry(state, "h"), np.float64)
+        self._best_f, self._radius = float(entry(state, "best_f")), float(entry(state, "radius"))
+        self._predicted, self._lr = float(entry(state, "predicted")), float(entry(state, "lr"))
+        self._t = int(entry(state, "t"))
+
+
 # ============================================================================================== dispatchers
 #: Optimiser methods of :func:`make_optimizer`.
-METHODS = ("adam", "adam-full")
+METHODS = ("adam", "adam-full", "bfgs")
 
 
 def _gradient_backend(backend: Any, why: str):
@@ -304,11 +420,13 @@ def make_optimizer(backend: Any, values: Mapping[str, float], *, lr: float = 5e-
                    method: str = "adam", **options) -> Optimizer:
     """An optimiser over the named scalar ``values``: ``method="adam"`` the framework's own Adam
     (``Backend.adam``; see the module docstring for the exact rules), ``"adam-full"`` :class:`FullMatrixAdam`
-    (host state, any framework with gradients; ``options``: its beta1, beta2, rel_eps). ``backend``: a name or
-    a Backend."""
+    (host state, any framework with gradients; ``options``: its beta1, beta2, rel_eps), ``"bfgs"``
+    :class:`TrustRegionBFGS` (host state; its ``step`` takes the loss too). ``backend``: a name or a Backend."""
     b = _gradient_backend(backend, "fitting needs gradients")
     if method == "adam-full":
         return FullMatrixAdam(dict(values), lr, lr_decay, clip_norm, dtype, device, framework=b, **options)
+    if method == "bfgs":
+        return TrustRegionBFGS(dict(values), lr, lr_decay, clip_norm, dtype, device, framework=b, **options)
     if method != "adam":
         raise ValueError(f"unknown optimiser method {method!r}; choose one of {METHODS}")
     if options:

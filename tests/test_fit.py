@@ -656,7 +656,7 @@ def test_data_target_hits_are_split_by_batch(segments, backend):
     _torch_only(backend)
     truth = {"Ab": 0.85, "lifetime": 2600.0}
     data = toy_simulator(segments, truth, backend="torch").numpy()
-    res = _toy_fit(segments, backend, target=data, max_iter=150)
+    res = _toy_fit(segments, backend, target=data, max_iter=150, recipe="paper")
     assert res.target is None
     assert max(abs(res.params[n] / truth[n] - 1) for n in truth) < 0.01, res.summary()
 

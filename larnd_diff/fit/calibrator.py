@@ -201,7 +201,8 @@ class Calibrator:
             reason = "gradient is not finite: " + ", ".join(n for n in self.names if not math.isfinite(grad[n]))
         lr = opt.lr
         if reason is None:
-            opt.step({n: np.float64(v) for n, v in grad.items()})
+            grad64 = {n: np.float64(v) for n, v in grad.items()}
+            opt.step(grad64, loss) if getattr(opt, "needs_loss", False) else opt.step(grad64)
             lower, upper = self.coordinates.internal_box(self.names)
             if lower:
                 opt.clamp(lower, upper)

@@ -13,10 +13,11 @@ __all__ = ["Optimiser"]
 
 @dataclass(frozen=True)
 class Optimiser:
-    """``method`` "adam" (the framework's Adam, the paper's) or "adam-full" (full-matrix Adam,
-    :class:`larnd_diff.backends.optim.FullMatrixAdam`); learning rate ``lr`` decaying by ``lr_decay`` per
-    epoch; global gradient-norm clip ``clip_norm`` (None = off); ``options`` of adam-full (beta1, beta2,
-    rel_eps)."""
+    """``method`` "adam" (the framework's Adam, the paper's), "adam-full" (full-matrix Adam,
+    :class:`larnd_diff.backends.optim.FullMatrixAdam`) or "bfgs" (trust-region quasi-Newton,
+    :class:`larnd_diff.backends.optim.TrustRegionBFGS`: ``lr`` is its largest step); learning rate ``lr``
+    decaying by ``lr_decay`` per epoch; global gradient-norm clip ``clip_norm`` (None = off); ``options`` of
+    adam-full (beta1, beta2, rel_eps)."""
 
     method: str = "adam"
     lr: float = 5e-2
@@ -25,8 +26,9 @@ class Optimiser:
     options: Mapping[str, float] = field(default_factory=dict)
 
     OPTIONS = (
-        Option("optimizer", "--optimizer", "adam = the framework's Adam; adam-full = full-matrix Adam",
-               choices=("adam", "adam-full")),
+        Option("optimizer", "--optimizer", "adam = the framework's Adam; adam-full = full-matrix Adam; bfgs = "
+               "trust-region quasi-Newton (a deterministic loss: the whole sample per step)",
+               choices=("adam", "adam-full", "bfgs")),
         Option("lr", "--lr", "learning rate", parse=float),
         Option("lr_decay", "--lr-decay", "learning-rate factor per epoch", parse=float),
         Option("clip_norm", "--clip-norm", "global gradient-norm clip (0 = off)", parse=zero_is_none(float)),

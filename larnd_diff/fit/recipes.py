@@ -46,6 +46,7 @@ class Recipe:
     batch_length_cm: float = 100.0
     target: Dict[str, Any] = field(default_factory=lambda: {"target_simulator": "same", "target_noise": False,
                                                             "target_precision": "float64"})
+    uncertainty: HessianUncertainty = field(default_factory=HessianUncertainty)
 
     def keywords(self) -> Dict[str, Any]:
         """The recipe as :func:`fit` keywords (``fit(segs, target, **recipe.keywords())``)."""
@@ -53,7 +54,8 @@ class Recipe:
         return {**self.optimiser.keywords(), **self.coordinates.keywords(), **self.loss.keywords(),
                 **self.gradient.keywords(), "relaxation": self.relaxation, "batch_length_cm": self.batch_length_cm,
                 "stop_tol": None if conv is None else conv.tol, "stop_window": 20 if conv is None else conv.window,
-                "adapt_steps": None if self.adaptation is None else self.adaptation.settings(), **self.target}
+                "adapt_steps": None if self.adaptation is None else self.adaptation.settings(), **self.target,
+                **self.uncertainty.keywords()}
 
 
 #: The paper's recipe (arXiv 2309.04639): Adam on p / nominal, lr 5e-2 decaying x0.95 per epoch, global-norm clip 1,
@@ -72,14 +74,17 @@ CLOSURE = Recipe("closure", loss=HitsLoss("sdtw", {"scales": {"adc": 1.5}}),
                  convergence=Convergence(2e-3, 20, "log"), relaxation="smooth-continuous", batch_length_cm=1.0e6)
 #: Calibration against data (and the data-like closure): the negative log-likelihood of the hits under the
 #: expected-noise readout (:mod:`larnd_diff.fit.likelihood`): smooth in the parameters where hits appear at the
-#: threshold, so reverse mode throughout; full-matrix Adam on ln(p / nominal), eField's step x0.1, the Table I box,
-#: the stopping rule. A closure's target is made as a detector makes data: the Numba reference at larnd-sim
-#: precision with electronics noise, whole events.
+#: threshold, so reverse mode throughout; full-matrix Adam on ln(p / nominal) over the whole sample per step (lr
+#: 5e-2 x0.98 per step, eField's step x0.1, adapted step factors), the Table I box, the stopping rule; the
+#: covariance from the Hessian by differences of gradients 3 % apart (wider than the jumps that the reference's
+#: parameter-dependent sampling grids put into the loss, README "Calibration on data"). A closure's target is made
+#: as a detector makes data: the Numba reference at larnd-sim precision with electronics noise, whole events.
 DATA = Recipe("data", loss=NoiseLikelihood(), coordinates=Coordinates("log", {"eField": 0.1}, "ranges"),
-              optimiser=Optimiser("adam-full", 5e-2, 0.99, None), gradient=ReverseMode(),
+              optimiser=Optimiser("adam-full", 5e-2, 0.98, None), gradient=ReverseMode(),
               adaptation=StepAdaptation.from_settings({"shrink": 0.7, "tstat": 2.0}),
-              convergence=Convergence(1e-3, 20, "log"), relaxation="smooth", batch_length_cm=1.0e6,
-              target={"target_simulator": "reference", "target_noise": True, "target_precision": "larnd-sim"})
+              convergence=Convergence(1e-3, 10, "log"), relaxation="smooth", batch_length_cm=1.0e6,
+              target={"target_simulator": "reference", "target_noise": True, "target_precision": "larnd-sim"},
+              uncertainty=HessianUncertainty(step=0.03))
 RECIPES: Dict[str, Recipe] = {"paper": PAPER, "closure": CLOSURE, "data": DATA}
 PAPER_RECIPE: Dict[str, Any] = PAPER.keywords()
 CLOSURE_RECIPE: Dict[str, Any] = CLOSURE.keywords()
@@ -154,9 +159,8 @@ def build(segments, target, *, recipe=None, **kw) -> Calibrator:
     coords = Coordinates.from_keywords(r.coordinates, kw)
     optimiser = Optimiser.from_keywords(r.optimiser, kw)
     budget, controllers = controllers_from_keywords(settings, coords.parameterization, optimiser.method)
-    hessian = kw.get("hessian", True)
-    uncertainty = HessianUncertainty(kw.get("hessian_batches"), float(kw.get("hessian_step", 1e-3)),
-                                     float(kw.get("covariance_scale", 1.0))) if hessian else None
+    uncertainty = HessianUncertainty(settings.get("hessian_batches"), float(settings["hessian_step"]),
+                                     float(settings["covariance_scale"])) if kw.get("hessian", True) else None
     return Calibrator(objective, names, budget=budget, init=kw.get("init"), coordinates=coords, optimiser=optimiser,
                       gradient=gradient_from_keywords(r.gradient, kw), controllers=controllers,
                       recorder=Recorder.from_keywords(kw), progress=Progress(bool(kw.get("progress", True))),
@@ -165,7 +169,7 @@ def build(segments, target, *, recipe=None, **kw) -> Calibrator:
 
 #: Keywords whose None is a value (not "not given"): None switches the feature off.
 _NULLABLE = frozenset({"stop_tol", "adapt_steps", "clip_norm", "fd_until", "fd_switch", "bounds", "step_scales",
-                       "loss_options"})
+                       "hessian_batches", "loss_options"})
 
 
 def fit(segments, target, params=FIT_PARAMETERS, *, recipe=None, **keywords):
