@@ -1,4 +1,8 @@
-"""Expected-noise LArPix front end: the reference's electronics noise (spec 4.5 steps 1-7) integrated analytically.
+"""Expected-noise LArPix front end: the electronics noise of the reference front end integrated analytically.
+
+The noisy front end is :func:`larnd_diff.reference.scalars.pixel_triggers` (run per row by
+:func:`larnd_diff.reference.electronics.front_end` with ``noisy=True``); its digitisation is
+:func:`larnd_diff.reference.electronics.digitize`.
 
 The reference front end draws, per pixel row, a reset baseline R (900 e- at the start and after a stored sample,
 500 e- after a failed conversion), a fresh 500 e- discriminator term at every tick's comparison (never
@@ -30,11 +34,16 @@ Written by hand: no maintained library computes the readout distribution of a se
 reset front end with per-tick discriminator noise, and the generic tools (hidden Markov model or
 sequential Monte Carlo libraries) would need the state discretised on a charge grid per tick, which is neither
 exact nor differentiable in the charge.
+
+Modules, each importing only modules named after it: this one (the likelihood, :func:`observed_samples`, and the
+names below re-exported), :mod:`larnd_diff.sim.expected_noise_chain` (the Markov chain, :class:`ExpectedReadout`),
+:mod:`larnd_diff.sim.expected_noise_cycles` (the cycles' tensors and kernels),
+:mod:`larnd_diff.sim.expected_noise_math` (closed forms of one cycle, the baseline nodes) and
+:mod:`larnd_diff.sim.expected_noise_plan` (the host plan).
 """
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import eagerpy as ep
 import numpy as np
@@ -42,190 +51,17 @@ import numpy as np
 from larnd_diff import ops
 from larnd_diff.sim import expected_noise_cycles as cyc
 from larnd_diff.sim import expected_noise_plan as plan_mod
+from larnd_diff.sim.expected_noise_chain import ExpectedReadout
+from larnd_diff.sim.expected_noise_chain import expected_readout as chain_readout
+from larnd_diff.sim.expected_noise_math import (NODE_HALF_WIDTH, NOISE_NODES, adc_count_bounds_e, adc_moments,
+                                                baseline_nodes, log1mexp, log_adc_count_probability,
+                                                log_normal_interval, tail_trigger_tick_moments)
+from larnd_diff.sim.expected_noise_math import ADC_WINDOW, adc_scale, logsumexp  # noqa: F401 (re-exported here)
 
-#: Default number of baseline nodes. A uniform grid (trapezoid rule in the Gaussian weight) converges
-#: exponentially for these integrands, Gauss-Hermite does not: the survival over thousands of flat ticks is a
-#: step in R about 140 e- wide (tail hit probability of a 5 ke pixel: 10 % off with 16 Gauss-Hermite nodes,
-#: 1e-4 with 48 uniform ones). On a realistic batch, 40 nodes: log-likelihood within 1.6e-4 per row of 160
-#: nodes, its derivative with respect to the charge scale within 5e-7 (32 nodes: 1.3e-3, 1.1e-4;
-#: benchmarks/results/noise_model_accuracy.json).
-NOISE_NODES = 40
-#: Half-width of the node grid in baseline sigmas.
-NODE_HALF_WIDTH = 6.0
-#: ADC counts summed exactly around the converted charge's mean (+-7.5 conversion sigmas; the rest < 1e-13).
-ADC_WINDOW = 9
 LOG_ZERO = cyc.LOG_ZERO
 
 
-class ExpectedReadout(NamedTuple):
-    """Expected readout per pixel row, each a tensor of the charge's backend and dtype.
-
-    hit_probability   (n_rows,) probability of at least one stored sample
-    n_samples_mean    (n_rows,) expected number of stored samples
-    n_samples_var     (n_rows,) its variance
-    filled            (n_rows, K) probability that sample slot k is filled
-    adc_mean          (n_rows, K) mean ADC count of slot k given that it is filled (0 where its probability is
-                      below 1e-100, 1e-15 in float32)
-    adc_var           (n_rows, K) its variance
-    time_mean         (n_rows, K) mean trigger time (us from the event start) given filled
-    time_var          (n_rows, K) its variance (us^2)
-    """
-
-    hit_probability: ep.Tensor
-    n_samples_mean: ep.Tensor
-    n_samples_var: ep.Tensor
-    filled: ep.Tensor
-    adc_mean: ep.Tensor
-    adc_var: ep.Tensor
-    time_mean: ep.Tensor
-    time_var: ep.Tensor
-
-
-# ---------------------------------------------------------------------------------------------- small physics
-def baseline_nodes(n_nodes: int = NOISE_NODES, half_width: float = NODE_HALF_WIDTH):
-    """Standard-normal quadrature: nodes x_j uniform on [-half_width, half_width] and log weights
-    proportional to exp(-x^2/2), normalised to sum 1 (numpy float64). A baseline R ~ N(0, sigma^2) is integrated
-    as sum_j w_j f(sigma x_j)."""
-    if n_nodes < 2:
-        raise ValueError("n_nodes must be at least 2")
-    x = np.linspace(-half_width, half_width, int(n_nodes))
-    log_w = -0.5 * x * x
-    log_w -= np.log(np.sum(np.exp(log_w - log_w.max()))) + log_w.max()
-    return x, log_w
-
-
-def log1mexp(x):
-    """log(1 - exp(x)) for x <= 0, accurate for x near 0 and for x << 0 (x clipped to <= -1e-30: finite)."""
-    x = ep.minimum(x, -1e-30)
-    near = x > -math.log(2.0)
-    x_near = ep.where(near, x, -1.0)
-    x_far = ep.where(near, -1.0, x)
-    t = ep.tanh(0.5 * x_near)                     # expm1(x) = 2 t / (1 - t): no cancellation for small |x|
-    return ep.where(near, ep.log(-2.0 * t / (1.0 - t)), ep.log1p(-ep.exp(x_far)))
-
-
-def log_normal_interval(lo, hi):
-    """log(Phi(hi) - Phi(lo)) for lo < hi (standardised bounds), accurate in both tails: intervals above the
-    median are mirrored below it, where the two CDF values are not both close to 1."""
-    upper = (lo + hi) > 0
-    lo_m = ep.where(upper, -hi, lo)
-    hi_m = ep.where(upper, -lo, hi)
-    log_hi = ops.log_ndtr(hi_m)
-    return log_hi + log1mexp(ops.log_ndtr(lo_m) - log_hi)
-
-
-def adc_scale(electronics):
-    """(counts per electron, counts at zero charge) of larnd-sim's digitisation: x = alpha V + beta."""
-    e = electronics
-    alpha = e.gain_mv_per_e * e.adc_counts / (e.v_ref_mv - e.v_cm_mv)
-    beta = (e.v_pedestal_mv - e.v_cm_mv) * e.adc_counts / (e.v_ref_mv - e.v_cm_mv)
-    return alpha, beta
-
-
-def adc_count_bounds_e(adc: np.ndarray, electronics):
-    """Charge interval (e-) of a stored sample that digitises to each count (numpy): [lo, hi) with
-    lo = max(threshold, V(count - 1/2)) and hi = V(count + 1/2) (+inf at the 256 cap); NaN for counts no stored
-    sample can have (below digitize(threshold), above the cap, not integers)."""
-    e = electronics
-    alpha, beta = adc_scale(e)
-    adc = np.asarray(adc, np.float64)
-    lo = np.maximum((adc - 0.5 - beta) / alpha, e.threshold_e)
-    hi = np.where(adc >= e.adc_counts, np.inf, (adc + 0.5 - beta) / alpha)
-    valid = np.isfinite(adc) & (adc == np.round(adc)) & (adc <= e.adc_counts) & (hi > lo)
-    return np.where(valid, lo, np.nan), np.where(valid, hi, np.nan)
-
-
-def log_adc_count_probability(mean_e, lo_e, hi_e, sigma_e: float):
-    """log P(lo <= V < hi) for V ~ N(mean, sigma^2): the probability that a conversion of mean ``mean_e`` is
-    stored with the count whose charge interval is [lo_e, hi_e) (:func:`adc_count_bounds_e`; hi may be huge)."""
-    return log_normal_interval((lo_e - mean_e) / sigma_e, (hi_e - mean_e) / sigma_e)
-
-
-def adc_moments(mean_e, electronics, sigma_e: float, orders: int = 2, n_terms: int = ADC_WINDOW):
-    """Moments of the stored ADC count of a conversion V ~ N(mean, sigma^2) (elementwise):
-    (p_store, p_fail, [E[(ADC - ref)^k 1{stored}] for k = 1 .. orders], ref) about a local reference count
-    ``ref`` (no gradient), exact up to < 1e-12. For a stored sample ADC = 81 + sum_{a=82}^{256} 1{x >= a - 1/2}
-    (x = alpha V + beta), so E[(ADC - ref)^k 1{stored}] = (81 - ref)^k P(stored) + sum_a ((a - ref)^k -
-    (a - 1 - ref)^k) P(x >= a - 1/2); the ``n_terms`` counts around the mean are summed explicitly, those below
-    have probability 1 and those above 0 to that precision."""
-    e = electronics
-    alpha, beta = adc_scale(e)
-    s = alpha * sigma_e
-    lowest = math.floor(alpha * e.threshold_e + beta) + 2          # 82: first count above the threshold's count
-    mu = alpha * mean_e + beta
-    a0 = ep.clip(ops.ceil(ops.stop_gradient(mu) + 0.5 - 7.5 * s), float(lowest), float(e.adc_counts + 1 - n_terms))
-    ref = a0 - 1.0
-    p_fail = _ndtr((e.threshold_e - mean_e) / sigma_e)
-    p_store = _ndtr((mean_e - e.threshold_e) / sigma_e)
-    below = a0 - lowest
-    # counts below the window (probability 1) with the threshold's: (81 - ref)^k (p_store - 1)
-    moments = [(-1.0) ** (k + 1) * below ** k * p_fail for k in range(1, orders + 1)]
-    for i in range(n_terms):
-        p = _ndtr((mu - (a0 + (i - 0.5))) / s)
-        moments = [m + float((i + 1) ** k - i ** k) * p for k, m in zip(range(1, orders + 1), moments)]
-    return p_store, p_fail, moments, ref
-
-
-def tail_trigger_tick_moments(log_survival, n_ticks):
-    """Mean and variance of the tick offset m of a trigger in a flat tail of ``n_ticks`` ticks with per-tick
-    survival exp(log_survival), given a trigger there: P(m) ~ p^m (1 - p), m = 0 .. n - 1 (truncated
-    geometric). With lambda = -log p: mean = h(lambda) - n h(n lambda), var = v(lambda) - n^2 v(n lambda),
-    h(x) = 1/(e^x - 1) - 1/x, v(x) = 1/(4 sinh^2(x/2)) - 1/x^2 (series below x = 0.1; uniform at lambda = 0)."""
-    lam = -log_survival
-    n = n_ticks
-    return _h(lam) - n * _h(n * lam), _v(lam) - n * n * _v(n * lam)
-
-
-def _h(x):
-    small = x < 0.1
-    xs = ep.where(small, x, 0.1)
-    xl = ep.where(small, 0.1, x)
-    series = -0.5 + xs / 12.0 - xs ** 3 / 720.0 + xs ** 5 / 30240.0
-    em = ep.exp(-xl)
-    return ep.where(small, series, em / (1.0 - em) - 1.0 / xl)
-
-
-def _v(x):
-    small = x < 0.1
-    xs = ep.where(small, x, 0.1)
-    xl = ep.where(small, 0.1, x)
-    series = -1.0 / 12.0 + xs ** 2 / 240.0 - xs ** 4 / 6048.0
-    em = ep.exp(-xl)
-    return ep.where(small, series, em / (1.0 - em) ** 2 - 1.0 / (xl * xl))
-
-
-def _ndtr(x):
-    return 0.5 * (1.0 + ops.erf(x * (1.0 / math.sqrt(2.0))))
-
-
-def logsumexp(x, axis):
-    """log(sum(exp(x))) along ``axis`` (the maximum is a constant for the gradient: exact)."""
-    m = ops.stop_gradient(ep.max(x, axis=axis, keepdims=True))
-    return ep.log(ep.sum(ep.exp(x - m), axis=axis)) + ep.squeeze(m, axis=axis)
-
-
 # ---------------------------------------------------------------------------------------------- public API
-def _prepare(charge_per_tick, detector, total_ticks, n_nodes):
-    x = ep.astensor(charge_per_tick)
-    if x.ndim != 2:
-        raise ValueError(f"charge_per_tick must be (n_rows, n_ticks), got shape {x.shape}")
-    n_total = int(detector.n_ticks_event if total_ticks is None else total_ticks)
-    host = _host_value(x)
-    win = plan_mod.row_windows(host, n_total)
-    ch = cyc.charge_tensors(x, n_total, has_nan=bool(np.isnan(host).any()))
-    nodes, log_w = baseline_nodes(n_nodes)
-    dtype = ops.dtype_name(x)
-    return x, host, win, ch, ops.asarray(x, nodes, dtype), ops.asarray(x, log_w, dtype)
-
-
-def _host_value(x) -> np.ndarray:
-    try:
-        return np.asarray(ops.to_numpy(ops.stop_gradient(x)), np.float64)
-    except Exception as err:  # abstract values (inside jax.jit / tf.function)
-        raise ValueError("the expected-noise front end plans its ticks on the host: it needs concrete charge "
-                         "values (call it outside jax.jit / tf.function)") from err
-
-
 def readout_log_likelihood(charge_per_tick, detector, obs_tick, obs_adc, *, total_ticks=None,
                            n_nodes: int = NOISE_NODES, outlier_probability: float = 1e-6):
     """Log-likelihood of each pixel row's observed samples under the reference's electronics noise, (n_rows,).
@@ -258,7 +94,7 @@ def readout_log_likelihood(charge_per_tick, detector, obs_tick, obs_adc, *, tota
     - the baseline integral is a quadrature (:data:`NOISE_NODES`): <= 1.6e-4 per row with 40 nodes.
     Gradients with respect to the charge are finite everywhere (padding, empty rows, impossible patterns).
     """
-    x, host, win, ch, nodes, log_w = _prepare(charge_per_tick, detector, total_ticks, n_nodes)
+    x, host, win, ch, nodes, log_w = cyc.prepare(charge_per_tick, detector, total_ticks, n_nodes)
     dtype = ops.dtype_name(x)
     fee = detector.electronics
     window = fee.integration_ticks(detector.t_sampling)
@@ -317,8 +153,6 @@ def expected_readout(charge_per_tick, detector, *, total_ticks=None, n_nodes: in
     restarts after the row's charge (< 1e-8). Costs O(restart ticks x explicit ticks x nodes) per row: meant for
     validation and moment losses, not the inner loop of a fit (use :func:`readout_log_likelihood` there).
     """
-    from larnd_diff.sim.expected_noise_chain import expected_readout as chain_readout
-
     return chain_readout(charge_per_tick, detector, total_ticks=total_ticks, n_nodes=n_nodes, max_samples=max_samples)
 
 

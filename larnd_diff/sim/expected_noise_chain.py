@@ -10,13 +10,14 @@ on, so the series terminates: exact), then moved on by the stored samples.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import eagerpy as ep
 import numpy as np
 
 from larnd_diff import ops
-from larnd_diff.sim import expected_noise as en
 from larnd_diff.sim import expected_noise_cycles as cyc
+from larnd_diff.sim import expected_noise_math as nmath
 from larnd_diff.sim import expected_noise_plan as plan_mod
 
 #: ADC counts are accumulated about this count (moments about a fixed centre, so slots can be summed).
@@ -25,6 +26,28 @@ _ADC_CENTRE = 128.0
 CHUNK_ELEMENTS = 4_000_000
 
 
+class ExpectedReadout(NamedTuple):
+    """Expected readout per pixel row, each a tensor of the charge's backend and dtype.
+
+    hit_probability   (n_rows,) probability of at least one stored sample
+    n_samples_mean    (n_rows,) expected number of stored samples
+    n_samples_var     (n_rows,) its variance
+    filled            (n_rows, K) probability that sample slot k is filled
+    adc_mean          (n_rows, K) mean ADC count of slot k given that it is filled (0 where its probability is
+                      below 1e-100, 1e-15 in float32)
+    adc_var           (n_rows, K) its variance
+    time_mean         (n_rows, K) mean trigger time (us from the event start) given filled
+    time_var          (n_rows, K) its variance (us^2)
+    """
+
+    hit_probability: ep.Tensor
+    n_samples_mean: ep.Tensor
+    n_samples_var: ep.Tensor
+    filled: ep.Tensor
+    adc_mean: ep.Tensor
+    adc_var: ep.Tensor
+    time_mean: ep.Tensor
+    time_var: ep.Tensor
 
 
 def n_sums(orders: int) -> int:
@@ -55,7 +78,7 @@ def cycle_kernel(values, d, x_nodes, log_w, *, electronics, orders):
     w = ep.exp(log_w)
     sigma_c = fee.uncorrelated_noise_e
     p_trig = ep.exp(op.log_trig) * w[None, None, :]
-    p_store, p_fail, adc_m, ref = en.adc_moments(op.mean, fee, sigma_c, orders=orders)
+    p_store, p_fail, adc_m, ref = nmath.adc_moments(op.mean, fee, sigma_c, orders=orders)
     centred = _about([p_store] + adc_m, ref - _ADC_CENTRE)
     stored_t = ep.sum(p_trig * p_store, axis=2)
     failed_t = ep.sum(p_trig * p_fail, axis=2)
@@ -64,9 +87,9 @@ def cycle_kernel(values, d, x_nodes, log_w, *, electronics, orders):
     pulse += [ep.sum(stored_t * tau ** k, axis=1) for k in range(1, orders + 1)]
 
     p_tail = ep.exp(op.log_tail_trig) * w[None, :]
-    t_store, _, t_adc, t_ref = en.adc_moments(op.tail_mean, fee, sigma_c, orders=orders)
+    t_store, _, t_adc, t_ref = nmath.adc_moments(op.tail_mean, fee, sigma_c, orders=orders)
     t_centred = _about([t_store] + t_adc, t_ref - _ADC_CENTRE)
-    offset_mean, offset_var = en.tail_trigger_tick_moments(op.log_tail_tick, d["tail"][:, None])
+    offset_mean, offset_var = nmath.tail_trigger_tick_moments(op.log_tail_tick, d["tail"][:, None])
     tail_tau = d["tail_tau"][:, None] + offset_mean
     tail_stored = p_tail * t_store
     zero = ep.zeros_like(pulse[0])
@@ -129,7 +152,8 @@ def chunk_chain(ch, win, rows, width_restart, x_nodes, log_w, fee, window, n_slo
     reset = np.concatenate([np.ones((n, 1 + wp), bool), np.zeros((n, wp), bool)], axis=1)
     c_rows = np.repeat(rows, n_states)
     cycles = plan_mod.cycle_spans(win, c_rows, starts.ravel(), reset.ravel(), np.full(n * n_states, -1))
-    reach = fee.threshold_e + en.NODE_HALF_WIDTH * fee.reset_noise_e + plan_mod.DEAD_SIGMAS * fee.uncorrelated_noise_e
+    reach = (fee.threshold_e + nmath.NODE_HALF_WIDTH * fee.reset_noise_e
+             + plan_mod.DEAD_SIGMAS * fee.uncorrelated_noise_e)
     hi = cycles.lo + cycles.length - 1
     end = plan_mod.dead_end(win, cycles.row, cycles.start, cycles.lo, hi, np.full(len(c_rows), reach))
     cycles = cycles._replace(length=np.maximum(end - cycles.lo + 1, 0))
@@ -166,20 +190,20 @@ def chunk_chain(ch, win, rows, width_restart, x_nodes, log_w, fee, window, n_slo
     return ep.reshape(out, (n, n_slots, 2, n_sums(orders)))[:n_real]
 
 
-def expected_readout(charge_per_tick, detector, *, total_ticks=None, n_nodes: int = en.NOISE_NODES,
-                     max_samples=None) -> en.ExpectedReadout:
+def expected_readout(charge_per_tick, detector, *, total_ticks=None, n_nodes: int = nmath.NOISE_NODES,
+                     max_samples=None) -> ExpectedReadout:
     """See :func:`larnd_diff.sim.expected_noise.expected_readout`."""
     sums, win, x = slot_sums(charge_per_tick, detector, total_ticks=total_ticks, n_nodes=n_nodes,
                              max_samples=max_samples, orders=2)
     return _readout_from_sums(ep.sum(sums, axis=2), win, detector, x, charge_per_tick)
 
 
-def slot_sums(charge_per_tick, detector, *, total_ticks=None, n_nodes: int = en.NOISE_NODES, max_samples=None,
+def slot_sums(charge_per_tick, detector, *, total_ticks=None, n_nodes: int = nmath.NOISE_NODES, max_samples=None,
               orders: int = 2):
     """(sums (n_rows, K, 2, n_sums(orders)), row windows, charge tensor): per slot, for a trigger in the pulse (explicit
     ticks) and in the flat tail, P(filled) and the power sums of ADC - 128 and of tau = tick - windows.first, each
     times the filling probability (_cycle_outputs)."""
-    x, host, win, ch, nodes, log_w = en._prepare(charge_per_tick, detector, total_ticks, n_nodes)
+    x, host, win, ch, nodes, log_w = cyc.prepare(charge_per_tick, detector, total_ticks, n_nodes)
     fee = detector.electronics
     window = fee.integration_ticks(detector.t_sampling)
     n_slots = int(fee.max_adc_values if max_samples is None else max_samples)
@@ -225,6 +249,6 @@ def _readout_from_sums(sums, win, detector, like, original):
     n_mean = ep.sum(filled, axis=1)
     n_var = ep.sum((2.0 * k + 1.0)[None, :] * filled, axis=1) - n_mean * n_mean
     wrap = (lambda t: t) if isinstance(original, ep.Tensor) else (lambda t: t.raw)
-    return en.ExpectedReadout(*(wrap(t) for t in (filled[:, 0], n_mean, n_var, filled, adc_mean, adc_var,
-                                                  time_mean, time_var)))
+    return ExpectedReadout(*(wrap(t) for t in (filled[:, 0], n_mean, n_var, filled, adc_mean, adc_var,
+                                               time_mean, time_var)))
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from larnd_diff import ops
 from larnd_diff.sim import expected_noise_plan as plan_mod
+from larnd_diff.sim.expected_noise_math import baseline_nodes, log1mexp, log_normal_interval, logsumexp
 
 #: log of a probability that is zero (finite, so that gradients stay finite).
 LOG_ZERO = -1.0e4
@@ -88,6 +89,29 @@ class Gather:
         values = ops.gather(self.ch.cum, ops.asarray(like, idx, "int64"), 0)
         first = ops.asarray(like, (np.arange(len(idx)) > 0).astype(np.float64), ops.dtype_name(like))
         return values * first
+
+
+def prepare(charge_per_tick, detector, total_ticks, n_nodes):
+    """What the likelihood and the chain start from: (charge tensor, its host copy (numpy float64), the rows'
+    windows (expected_noise_plan.row_windows), :class:`Charge`, baseline nodes and log weights as tensors)."""
+    x = ep.astensor(charge_per_tick)
+    if x.ndim != 2:
+        raise ValueError(f"charge_per_tick must be (n_rows, n_ticks), got shape {x.shape}")
+    n_total = int(detector.n_ticks_event if total_ticks is None else total_ticks)
+    host = _host_value(x)
+    win = plan_mod.row_windows(host, n_total)
+    ch = charge_tensors(x, n_total, has_nan=bool(np.isnan(host).any()))
+    nodes, log_w = baseline_nodes(n_nodes)
+    dtype = ops.dtype_name(x)
+    return x, host, win, ch, ops.asarray(x, nodes, dtype), ops.asarray(x, log_w, dtype)
+
+
+def _host_value(x) -> np.ndarray:
+    try:
+        return np.asarray(ops.to_numpy(ops.stop_gradient(x)), np.float64)
+    except Exception as err:  # abstract values (inside jax.jit / tf.function)
+        raise ValueError("the expected-noise front end plans its ticks on the host: it needs concrete charge "
+                         "values (call it outside jax.jit / tf.function)") from err
 
 
 def _pad(a, count, fill=0):
@@ -212,8 +236,6 @@ def _take(values, positions):
 def observed_kernel(values, d, x_nodes, log_w, *, thr, sigma_d):
     """log P(first trigger of each observed cycle at its tick, stored with its count), (count,): survival over
     head, explicit ticks and tail, the trigger factor and the count's probability, per node, summed."""
-    from larnd_diff.sim.expected_noise import log_normal_interval, logsumexp
-
     inv = 1.0 / sigma_d
     c = _take(values, d["cycle_pos"])                           # (n, 7)
     before = c[:, 0]
@@ -246,8 +268,6 @@ class Open(NamedTuple):
 
 
 def open_cycles(values, d, x_nodes, *, thr, sigma_d) -> Open:
-    from larnd_diff.sim.expected_noise import log1mexp
-
     inv = 1.0 / sigma_d
     c = _take(values, d["cycle_pos"])                           # (P, 3)
     t = _take(values, d["tick_pos"])                            # (P, 4, W)
@@ -275,8 +295,6 @@ def open_cycles(values, d, x_nodes, *, thr, sigma_d) -> Open:
 def open_end_kernel(values, d, x_nodes, log_w, *, thr, sigma_d):
     """log P(no stored sample from the cycle's start to the end of the readout) (P,): no trigger, or a trigger
     whose conversion fails (nothing more is assumed stored after it; see readout_log_likelihood)."""
-    from larnd_diff.sim.expected_noise import logsumexp
-
     op = open_cycles(values, d, x_nodes, thr=thr, sigma_d=sigma_d)
     inv = 1.0 / sigma_d
     log_fail = ops.log_ndtr((thr - op.mean) * inv)
