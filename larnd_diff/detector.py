@@ -2,8 +2,8 @@
 
 All coordinates are in the *simulation frame*: after the edep-sim x<->z swap, z is the drift axis and (x, y)
 address the pixel plane. Lengths in cm, times in us. The geometry is derived exactly as larnd-sim derives it
-from a detector YAML plus a pixel-layout YAML (spec section 2.4); the package ships a compact description of
-module0 (``larnd_diff/data/module0.yaml``) and :func:`load_detector` reads a user's larnd-sim files.
+from a detector YAML plus a pixel-layout YAML (:func:`_geometry_from_layout`); the package ships a compact
+description of module0 (``larnd_diff/data/module0.yaml``) and :func:`load_detector` reads a user's larnd-sim files.
 """
 from __future__ import annotations
 
@@ -115,11 +115,11 @@ class Detector:
 
     @property
     def adc_tick_us(self) -> float:
-        """larnd-sim's ADC time step: linspace(0, 600, 6004) spacing = 600/6003 us (not 0.1 us, spec 4.5)."""
+        """larnd-sim's ADC time step: linspace(0, 600, 6004) spacing = 600/6003 us (not 0.1 us)."""
         return self.event_slot_us / self.n_ticks_event
 
     def pixel_index(self, x, y, plane):
-        """(I, J) of points (x, y) cm in TPC ``plane``: I = ix + n_x * plane (spec 2.5); floor division."""
+        """(I, J) of points (x, y) cm in TPC ``plane``: I = ix + n_x * plane, J = iy; floor division."""
         b = self.tpc_borders
         plane = np.asarray(plane)
         ix = np.floor((np.asarray(x) - b[plane, 0, 0]) / self.pixel_pitch).astype(np.int64)
@@ -152,7 +152,7 @@ class Detector:
 
 
 def _geometry_from_layout(layout: Mapping, tpc_centers, drift_length: float) -> dict:
-    """larnd-sim's consts.load_detector_properties, geometry part (spec 2.4), in the swapped frame."""
+    """larnd-sim's consts.load_detector_properties, geometry part, in the swapped frame."""
     pitch = float(layout["pixel_pitch"]) * _MM_TO_CM
     if "pixels_per_tile" in layout:
         ppt = tuple(int(v) for v in layout["pixels_per_tile"])

@@ -1,4 +1,4 @@
-"""LArPix-style packet export of simulated hits with the truth association (spec section 4.7).
+"""LArPix-style packet export of simulated hits with the truth association (read back by :mod:`larnd_diff.packets`).
 
 The chip/channel mapping comes from the full larnd-sim pixel-layout YAML (``chip_channel_to_position``,
 ``tile_chip_to_io``), which the compact built-in module0 description does not carry: pass ``layout_yaml``.

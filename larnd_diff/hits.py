@@ -18,7 +18,8 @@ class Hits:
 
     Attributes (n rows, K = 10 samples):
       event_id  (n,)      eventID of the row.
-      pixel     (n, 2)    pixel id (I, J), I = ix + 140 * TPC, J = iy (spec 2.5).
+      pixel     (n, 2)    pixel id (I, J), I = ix + 140 * TPC, J = iy
+                          (:meth:`larnd_diff.detector.Detector.pixel_index`).
       adc       (n, K)    digitised ADC value; NaN marks an empty slot.
       time      (n, K)    ADC time in us from the start of the event; NaN marks an empty slot.
       charge    (n, K)    converted charge in electrons before digitisation; NaN for an empty slot.

@@ -3,7 +3,7 @@
 Frames
 ------
 edep-sim writes segments in its own frame, in which the **drift axis is x**. Everything inside larnd-diff works in
-the *simulation frame*, in which the **drift axis is z** and (x, y) address the pixel plane (spec section 2.1). The
+the *simulation frame*, in which the **drift axis is z** and (x, y) address the pixel plane. The
 two frames differ only by exchanging the x and z columns (``x_start <-> z_start``, ``x_end <-> z_end``,
 ``x <-> z``); the exchange is its own inverse. :func:`load_segments` and :func:`save_segments` apply it by default
 (``swap_xz=True``), so that files on disk stay in the edep-sim frame and arrays in memory are in the simulation

@@ -1,6 +1,6 @@
 """Framework-free ops for the simulator: dispatch on the tensor's backend to its adapter.
 
-The simulator's stage modules import no framework (DESIGN principle 1). They use ``ep.*`` and, for what
+The simulator's stage modules import no framework. They use ``ep.*`` and, for what
 EagerPy 0.30 lacks, the functions below. Each takes EagerPy tensors (raw framework tensors are accepted
 too; then a raw tensor comes back, foolbox-style), finds the adapter from the tensor's type and keeps
 dtype and device. All work forward on every backend, and under autodiff, ``jax.jit`` and ``tf.function`` on

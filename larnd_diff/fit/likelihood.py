@@ -1,7 +1,8 @@
 """The likelihood loss: the negative log-likelihood of the target's hits under the expected-noise readout.
 
 The model side is the noiseless induced charge of every pixel row (:meth:`Model.waveforms`); the readout's
-electronics noise (900 e- reset, 500 e- discriminator and conversion, spec 4.5) enters analytically through
+electronics noise (900 e- reset, 500 e- discriminator and conversion: the reference front end's,
+larnd_diff/reference/scalars.py pixel_triggers) enters analytically through
 :func:`larnd_diff.sim.expected_noise.readout_log_likelihood`: per pixel, the probability of exactly the observed
 samples (trigger ticks and ADC counts) and of nothing more. Its minimum sits at the true parameters in
 expectation over the noise (a likelihood), and its curvature is the information the data carry, so the Hessian

@@ -1,6 +1,6 @@
 """Hits -> 3-D points: one point per ADC sample (the pixel centre in x, y; the drift coordinate z from the time).
 
-The drift coordinate follows the simulator's convention (:mod:`larnd_diff.sim.drift`, spec 4.2): charge that
+The drift coordinate follows the simulator's convention (:mod:`larnd_diff.sim.drift`): charge that
 starts at distance d from the anode of its TPC reaches the virtual plane 0.5 cm in front of the pixels at
 t0 + (d - 0.5 cm) / v_drift. The pixel triggers a little later, when enough of the induced current has been
 integrated; with the LArPix threshold of 7 ke- that *trigger latency* is 2.36 us on average (the reference on
@@ -8,9 +8,10 @@ generated 1 GeV muons, nearly independent of the drift distance: 0.372-0.385 cm 
 
     z = z_anode + s * (0.5 cm + v_drift * (t - t0 - latency)),   s = +1 where the cathode lies at larger z.
 
-The latency is a property of the front end (the induced-current shape is fixed in time, spec 4.4.6), so it is
-given in us and does not change with v_drift. It is a knob of :class:`~larnd_diff.reco.config.RecoConfig`; on
-a real detector it is measured with tracks that cross the anode or the cathode.
+The latency is a property of the front end (the current template of :mod:`larnd_diff.response` is fixed in
+time), so it is given in us and does not change with v_drift. It is a knob of
+:class:`~larnd_diff.reco.config.RecoConfig`; on a real detector it is measured with tracks that cross the anode or
+the cathode.
 
 The sample charge (electrons, from the ADC through the LArPix v2 conversion) is carried along for the particle
 hypothesis only (:mod:`larnd_diff.reco.hypothesis`); dE/dx never uses it.
@@ -53,7 +54,8 @@ class HitPoints:
 
 
 def adc_to_electrons(adc, electronics: Electronics) -> np.ndarray:
-    """Charge in electrons of digitised LArPix v2 samples (inverse of the digitisation, spec 4.5)."""
+    """Charge in electrons of digitised LArPix v2 samples (inverse of
+    :func:`larnd_diff.reference.electronics.digitize`)."""
     e = electronics
     volts_mv = np.asarray(adc, np.float64) * (e.v_ref_mv - e.v_cm_mv) / e.adc_counts
     return (volts_mv - (e.v_pedestal_mv - e.v_cm_mv)) / e.gain_mv_per_e

@@ -7,7 +7,7 @@ from typing import Literal, Optional
 
 @dataclass(frozen=True)
 class Relaxation:
-    """How each non-smooth step of the reference (spec section 5) is treated.
+    """How each non-smooth step of the reference (the Numba oracle, :mod:`larnd_diff.reference`) is treated.
 
     onset_sharpness  None = the reference's hard stop of the induced current at arrival; a number s replaces the
                      step by sigmoid(s * (t_s - t) / tau) (the paper uses 100) in the gradient, and in the value
@@ -96,12 +96,14 @@ class SimConfig:
                    in-pad row, placed on the pixels' ticks): "fused" = Numba kernels with a hand-written gradient
                    (CPU tensors; torch tensors on a GPU through numba-cuda; ~20x faster on CPU), "eager" = the
                    EagerPy implementation (any device), "auto" = fused where a kernel fits the tensors.
-    compile        whether the per-segment and per-pair inputs of the fused kernels (quench, drift, pair geometry:
-                   ~150 small operations forward and as many backward, whose cost on a GPU is one launch each) are
-                   compiled into a few fused kernels by the framework (``Backend.fuse``: torch.compile with dynamic
-                   shapes, one compilation per process of some tens of seconds, then no recompilation when the
-                   input's size changes): "auto" = for tensors on a GPU, "always" = also on the CPU (where the
-                   gain is small next to the kernels), "never". Backends without a compiler ignore it.
+    compile        whether the glue around the fused kernels (the per-segment and per-pair inputs: quench, drift,
+                   pair geometry, ~150 small operations forward and as many backward, whose cost on a GPU is one
+                   launch each; and the gathering of the triggered samples) is compiled into a few kernels by the
+                   backend (``Backend.compile_glue`` in backends/base.py, the feature "compile"; the torch
+                   adapter's is torch.compile with dynamic shapes: one compilation per process of some tens of
+                   seconds, then no recompilation when the input's size changes): "auto" = for tensors on a GPU,
+                   "always" = also on the CPU (where the gain is small next to the kernels), "never". Backends
+                   without the feature ignore it.
     """
 
     relaxation: Relaxation = HARD

@@ -1,4 +1,6 @@
-"""Drift of the ionisation electrons to the anode: TPC assignment, lifetime, diffusion, arrival times (spec 4.2).
+"""Drift of the ionisation electrons to the anode: TPC assignment, lifetime, diffusion, arrival times.
+
+The formulas of the reference, :mod:`larnd_diff.reference.drift`, on tensors.
 
 Frame: after the edep-sim x<->z swap, z is the drift axis. Lengths in cm, times in us, diffusion coefficients in
 cm^2/us, vdrift in cm/us (``params.vdrift_value``: the ``vdrift`` entry, or eField x mobility when linked).

@@ -1,8 +1,12 @@
-"""Integer geometry of the induced-current stage, planned on the host with NumPy (spec 4.3, 4.4.1-4.4.4).
+"""Integer geometry of the induced-current stage, planned on the host with NumPy.
+
+The reference computes the same per chunk: :mod:`larnd_diff.reference.pixels` (pixels under a segment),
+:mod:`larnd_diff.reference.induce` (time windows) and :mod:`larnd_diff.reference.scalars` (z interval, impact
+tolerance, sampling grid). (Q) marks a larnd-sim quirk kept on purpose, as in the reference.
 
 Everything here is *structure*: which pixels lie under each segment, which (segment, pixel) pairs overlap, the
 in-pad sample ranges, the number of z samples and the tick windows. It is computed from detached float64 values
-(no gradient flows through pixel choice, window sizes or sample counts, spec 5) and handed to
+(no gradient flows through pixel choice, window sizes or sample counts: they are integers) and handed to
 :mod:`larnd_diff.sim.induce`, which evaluates the differentiable charge and current on that structure.
 
 Conventions (simulation frame, z = drift): lengths in cm, times in us, pixel ids (I, J) with I = ix + n_x * plane.
@@ -113,7 +117,8 @@ def neighbour_pairs(seg, i, j, radius, detector):
     """Distinct (segment, I, J) within +-radius of the active pixels, with larnd-sim's range checks.
 
     A neighbour is kept if I >= 0, 0 <= J < n_y and floor(I / n_x) < number of TPCs (the plane is folded into I,
-    so a neighbour beyond the last column of TPC 0 is a TPC-1 pixel, spec 4.3 (Q)). Sorted by (segment, I, J).
+    so a neighbour beyond the last column of TPC 0 is a TPC-1 pixel (Q), as in
+    :func:`larnd_diff.reference.pixels.neighbourhood_pixels`). Sorted by (segment, I, J).
     """
     n_x, n_y = detector.n_pixels
     off = np.arange(-radius, radius + 1)
@@ -130,7 +135,8 @@ def neighbour_pairs(seg, i, j, radius, detector):
 
 # ---------------------------------------------------------------------------------------------- z interval
 def z_interval(xs, ys, zs, xe, ye, ze, x_p, y_p, tolerance):
-    """larnd-sim's z_interval (spec 4.4.3) in float64, vectorised over (segment, pixel) pairs.
+    """larnd-sim's z_interval (:func:`larnd_diff.reference.scalars.z_interval`) in float64, vectorised over
+    (segment, pixel) pairs.
 
     Returns (overlap, z_lo, z_hi, branch): the z range of the segment's infinite line that passes within
     ``tolerance`` (cm, xy distance) of the pixel centre; ``branch`` = 0 (foot inside), 1 (clamped to the
@@ -160,12 +166,14 @@ def z_interval(xs, ys, zs, xe, ye, ze, x_p, y_p, tolerance):
 
 
 def tolerance_of(sigma_T, pitch):
-    """Impact-factor tolerance tau = max(10 sqrt(2) sigma_T, p sqrt(2)) in cm (spec 4.4.3)."""
+    """Impact-factor tolerance tau = max(10 sqrt(2) sigma_T, p sqrt(2)) in cm
+    (:func:`larnd_diff.reference.scalars.impact_tolerance`)."""
     return 2 * np.maximum(5 * math.sqrt(2) * sigma_T, pitch * math.sqrt(2) / 2)
 
 
 def n_z_samples(z_lo, z_hi, sigma_L):
-    """Number of z samples N_z = max(30, ceil(|z_hi - z_lo + 8 sigma_L| / 0.05)) (spec 4.4.4)."""
+    """Number of z samples N_z = max(30, ceil(|z_hi - z_lo + 8 sigma_L| / 0.05 cm)), as in
+    :func:`larnd_diff.reference.scalars.pair_current`."""
     return np.maximum(30, np.ceil(np.abs(z_hi - z_lo + 8 * sigma_L) / Z_STEP_CM)).astype(np.int64)
 
 
@@ -201,7 +209,8 @@ def in_pad_range(origin, sign, step, sigma_T, centre, half_pitch, n_pts):
 
 # ---------------------------------------------------------------------------------------------- time windows
 def signal_windows(t_start, t_end, vdrift, detector):
-    """Signal windows of larnd-sim (spec 4.4.1-4.4.2), float64 on the host.
+    """Signal windows of larnd-sim (:func:`larnd_diff.reference.induce.signal_window`,
+    :func:`larnd_diff.reference.induce.first_tick_time`), float64 on the host.
 
     Returns (placement_tick, eval_start_us, n_ticks): placement tick = round_even(w_start / dt) with
     w_start = max(0, round_even((t_start - pad)/dt) dt); evaluation start T0 = max(0, floor((t_start - pad)/dt) dt)
@@ -226,7 +235,8 @@ class PairPlan:
     centre x_p / y_p (cm), branch of z_interval, n_z, in-pad x sample range [ix0, ix0 + nx) and y range
     [iy0, iy0 + ny) of the 30 x 30 grid, eval_start (T0, us), placement (event tick of window tick 0) and
     n_win (ticks of the pair's window that can carry current). nan_pair marks pairs of segments parallel to the
-    anode (z_start = z_end) whose current is NaN in the reference (spec 4.4.3 (Q)).
+    anode (z_start = z_end) whose current is NaN in the reference (Q;
+    :func:`larnd_diff.reference.scalars.line_point_at_z`).
     Output rows: rows (n_rows, 2) pixel ids, row_event (eventID), row_chunk; sorted (chunk order, I, J).
     """
 
@@ -306,7 +316,7 @@ def plan_pairs(seg, detector, relaxation, chunk_size, tilt_flat: float = 0.0, sm
     tol = tolerance_of(sigma_T[ps], pitch)
     overlap, z_lo, z_hi, branch = z_interval(xs[ps], ys[ps], zs[ps], xe[ps], ye[ps], ze[ps], x_p, y_p, tol)
     # pairs without charge are skipped, except the reference's NaN pairs (segments parallel to the anode):
-    # their NaN current silences the pixel whatever the charge (spec 4.4.3 (Q))
+    # their NaN current silences the pixel whatever the charge (Q; reference/scalars.py, line_point_at_z)
     keep = overlap & ((seg["n_electrons"][ps] != 0) | (flat[ps] & (tilt_flat == 0)))
     ps, pi, pj, x_p, y_p = ps[keep], pi[keep], pj[keep], x_p[keep], y_p[keep]
     z_lo, z_hi, branch = z_lo[keep], z_hi[keep], branch[keep]

@@ -1,4 +1,6 @@
-"""Recombination (quenching): ionisation electrons that escape recombination, per segment (spec 4.1).
+"""Recombination (quenching): ionisation electrons that escape recombination, per segment.
+
+The Birks and box models of the reference, :mod:`larnd_diff.reference.quench`, on tensors.
 
 Units: dE in MeV, dEdx in MeV/cm, eField in kV/cm, lArDensity in g/cm^3, MeVToElectrons in e-/MeV.
 Parameters come from a :class:`larnd_diff.params.Params` (or any mapping with the same names); each may be a

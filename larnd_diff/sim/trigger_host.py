@@ -21,9 +21,10 @@ except ImportError:  # pragma: no cover - numba is a hard dependency of the pack
 def _row_cycles(r, q, q_disc, clean, nans, last_tick, threshold, zero, window, dead_ticks, n_slots, n_cycles,
                 base_first, base_after_success, base_after_failure, conversion_noise,
                 trig, end, start, baseline, conversion, stored_nan, count):
-    """The conversion cycles of the front end (spec 4.5) for pixel row r, filling slot s = 0..count[r]-1 with the
-    trigger tick ``trig``, the window's last tick ``end``, the cycle's start tick ``start`` (charge before it is
-    q[start - 1]), the baseline and conversion noise (electrons) and whether the window holds a NaN tick.
+    """The conversion cycles of the front end (the reference's: :func:`larnd_diff.reference.scalars.pixel_triggers`)
+    for pixel row r, filling slot s = 0..count[r]-1 with the trigger tick ``trig``, the window's last tick ``end``,
+    the cycle's start tick ``start`` (charge before it is q[start - 1]), the baseline and conversion noise
+    (electrons) and whether the window holds a NaN tick.
 
     q, q_disc, clean: cumulative charge, the same plus discriminator noise, and the charge per tick with NaN -> 0
     (n_rows, n_ticks), all of one float dtype (``threshold``, ``zero`` and the noise arrays in that dtype too: the
