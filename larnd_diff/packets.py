@@ -9,6 +9,11 @@ This is the inverse of :mod:`larnd_diff.export` (spec 2.5 and 4.7) and reads wha
   know is an error (the file does not belong to this layout), never silently dropped.
 * **ADC and time.** ADC = ``dataword``; the sample time is ``timestamp`` x 0.1 us (the LArPix clock), measured from
   the event's t0. larnd-sim's export floors its times to the clock, so times come back within one 0.1 us tick.
+  With ``time_grid="ticks"`` the times are put back on the simulator's ADC tick grid (600/6003 us,
+  ``Detector.adc_tick_us``): each becomes the grid time inside its 0.1 us clock tick, the inverse of the
+  export's flooring (:func:`clock_to_grid_us`). A fit compares the model's ticks with the data's
+  (:mod:`larnd_diff.fit.likelihood` rounds times to that grid), so the fit reads packets this way; the clock
+  times would be one tick early below 100 us.
 * **Events and t0.** Each event starts at a t0; packets belong to the latest t0 not after their timestamp. The t0
   comes from the file's trigger packets (``packet_type`` 7; larnd-sim writes one per io_group and event, with the
   same timestamp) when there are any, otherwise from the caller's ``event_t0`` (absolute times in us on the packet
@@ -20,6 +25,9 @@ This is the inverse of :mod:`larnd_diff.export` (spec 2.5 and 4.7) and reads wha
   continuation rows of the same pixel (same event and pixel, next 10 samples), counted in
   ``PacketEvents.n_continuation_rows`` and announced by a warning. The simulator itself may give one pixel two rows
   (one per 600-segment chunk); reading its packets back merges them into one time-ordered row.
+* **Read-out pixels.** The export writes no packet for pixels without a read-out channel (the tile-edge
+  channels larnd-sim does not read out, larnd_diff/export.py); :func:`readout_pixels` lists the pixels that do
+  have one, so a fit can leave the others out of its model (a detector reports nothing there: no information).
 * **Truth.** ``backtrack`` comes from ``mc_packets_assn`` (``track_ids``: rows of the simulated segments table)
   when the file has it: for evaluation only, the reconstruction never reads it.
 
@@ -277,6 +285,16 @@ def _trigger_t0_ticks(timestamps: np.ndarray) -> np.ndarray:
     return ts[new]
 
 
+def parse_event_t0(text: str | None):
+    """The ``event_t0`` of a command line: None, ``"slots"`` or comma-separated absolute times in us."""
+    if text is None or text == "slots":
+        return text
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"event t0 must be 'slots' or comma-separated times in us, got {text!r}") from None
+
+
 def _caller_t0_ticks(event_t0, data_ts: np.ndarray, detector: Detector, path: Path):
     """(t0 in ticks, source) from the caller's ``event_t0`` when the file has no trigger packets."""
     if event_t0 is None:
@@ -294,6 +312,15 @@ def _caller_t0_ticks(event_t0, data_ts: np.ndarray, detector: Detector, path: Pa
     return np.floor(t0 / CLOCK_US + 1e-9).astype(np.int64), "event_t0 argument"
 
 
+def clock_to_grid_us(ticks, adc_tick_us: float) -> np.ndarray:
+    """Times (us) on the simulator's ADC grid (spacing ``adc_tick_us``) of samples whose clock timestamps, counted
+    from the event t0, are ``ticks``: the grid time nearest to the middle of the 0.1 us clock tick. The export
+    floors grid times to the clock, and the grid is finer than the clock, so that grid time is the one the export
+    floored (where two grid times share a clock tick, once every 2001 ticks: the later one, the earlier being the
+    tick's very start)."""
+    return np.rint((np.asarray(ticks, np.float64) + 0.5) * CLOCK_US / adc_tick_us) * adc_tick_us
+
+
 def _rows_of_samples(event: np.ndarray, pixel: np.ndarray, ts: np.ndarray, max_samples: int):
     """Order samples by (event, pixel, time) and give each its (row, slot); rows hold up to ``max_samples``."""
     order = np.lexsort((np.arange(len(ts)), ts, pixel[:, 1], pixel[:, 0], event))
@@ -308,13 +335,16 @@ def _rows_of_samples(event: np.ndarray, pixel: np.ndarray, ts: np.ndarray, max_s
 
 def read_packets(path: str | Path, layout_yaml: str | Path, *, detector=None, event_t0=None,
                  dataset: str = "packets", assn_dataset: str = "mc_packets_assn",
-                 max_samples: int = MAX_SAMPLES) -> PacketEvents:
+                 max_samples: int = MAX_SAMPLES, time_grid: str = "clock") -> PacketEvents:
     """Read a larpix-control packets file into hits, with the event t0s and where they came from.
 
     ``event_t0`` is used only when the file has no trigger packets: absolute event times in us on the packet
-    clock (one per event, increasing) or ``"slots"`` (larnd-sim's 600 us slot per event). See the module docstring
-    for the conventions; :class:`PacketError` for malformed or foreign files.
+    clock (one per event, increasing) or ``"slots"`` (larnd-sim's 600 us slot per event). ``time_grid``: "clock"
+    (times = timestamp x 0.1 us) or "ticks" (the simulator's ADC tick grid, :func:`clock_to_grid_us`). See the
+    module docstring for the conventions; :class:`PacketError` for malformed or foreign files.
     """
+    if time_grid not in ("clock", "ticks"):
+        raise ValueError(f"time_grid must be 'clock' or 'ticks', got {time_grid!r}")
     path = Path(path)
     det = resolve_detector(detector)
     lookup = build_pixel_lookup(layout_yaml, det)
@@ -354,7 +384,8 @@ def read_packets(path: str | Path, layout_yaml: str | Path, *, detector=None, ev
     h_adc = np.full((n_rows, max_samples), np.nan)
     h_time = np.full((n_rows, max_samples), np.nan)
     h_adc[row, slot] = adc[order]
-    h_time[row, slot] = (ts[order] - t0_ticks[event[order]]) * CLOCK_US
+    rel_ticks = ts[order] - t0_ticks[event[order]]
+    h_time[row, slot] = rel_ticks * CLOCK_US if time_grid == "clock" else clock_to_grid_us(rel_ticks, det.adc_tick_us)
     backtrack = None
     if assn is not None:
         backtrack = np.full((n_rows, max_samples, N_BACKTRACK), -1, np.int64)
@@ -370,9 +401,10 @@ def read_packets(path: str | Path, layout_yaml: str | Path, *, detector=None, ev
                         n_continuation_rows=n_cont, n_before_first_t0=int(early.sum()))
 
 
-def load_packets(path: str | Path, layout_yaml: str | Path, *, detector=None, event_t0=None) -> Hits:
+def load_packets(path: str | Path, layout_yaml: str | Path, *, detector=None, event_t0=None,
+                 time_grid: str = "clock") -> Hits:
     """Hits of a larpix-control packets file (see :func:`read_packets`); warns when the t0 is not the file's."""
-    result = read_packets(path, layout_yaml, detector=detector, event_t0=event_t0)
+    result = read_packets(path, layout_yaml, detector=detector, event_t0=event_t0, time_grid=time_grid)
     if result.t0_source != "trigger packets":
         warnings.warn(f"{path}: no trigger packets; event t0 from {result.t0_source} ({result.n_events} events)",
                       UserWarning, stacklevel=2)
@@ -397,7 +429,7 @@ def file_kind(path: str | Path) -> set[str]:
 
 
 def load_target(path: str | Path, layout_yaml: str | Path | None = None, *, detector=None,
-                event_t0=None) -> Hits:
+                event_t0=None, time_grid: str = "clock") -> Hits:
     """The hits of a fit target: a LArPix packets file or the project's own ``hits`` group.
 
     A file with a ``packets`` dataset is read with :func:`load_packets` when ``layout_yaml`` is given (the data
@@ -409,7 +441,7 @@ def load_target(path: str | Path, layout_yaml: str | Path | None = None, *, dete
 
     kind = file_kind(path)
     if "packets" in kind and layout_yaml is not None:
-        return load_packets(path, layout_yaml, detector=detector, event_t0=event_t0)
+        return load_packets(path, layout_yaml, detector=detector, event_t0=event_t0, time_grid=time_grid)
     if "hits" in kind:
         return load_hits(path)
     if "packets" in kind:
@@ -419,6 +451,24 @@ def load_target(path: str | Path, layout_yaml: str | Path | None = None, *, dete
                       f"{', '.join(sorted(kind)) or 'nothing usable'})", file=path)
 
 
+def readout_pixels(layout_yaml: str | Path, detector=None) -> np.ndarray:
+    """(n, 2) pixel ids (I, J), sorted, of every pixel with a read-out channel: those the export writes packets
+    for (:class:`larnd_diff.export.ChannelMap`: a channel in the layout, not one of larnd-sim's tile-edge channels
+    that are not read out)."""
+    det = resolve_detector(detector)
+    return _cached_readout(str(Path(layout_yaml).resolve()), det).copy()
+
+
+@lru_cache(maxsize=4)
+def _cached_readout(layout_path: str, det: Detector) -> np.ndarray:
+    from .export import ChannelMap
+
+    cmap = ChannelMap(layout_path, det)
+    n_i, n_j = det.n_pixels[0] * len(det.tile_map), det.n_pixels[1]
+    found = [(i, j) for i in range(n_i) for j in range(n_j) if cmap.lookup(i, j) is not None]
+    return np.asarray(found, np.int64).reshape(-1, 2)
+
+
 __all__ = ["CLOCK_US", "DATA_PACKET", "MAX_SAMPLES", "MissingPacketsError", "PacketError", "PacketEvents",
-           "PacketFileNotFoundError", "PixelLookup",
-           "TRIGGER_PACKET", "build_pixel_lookup", "file_kind", "load_packets", "load_target", "read_packets"]
+           "PacketFileNotFoundError", "PixelLookup", "TRIGGER_PACKET", "build_pixel_lookup", "clock_to_grid_us",
+           "file_kind", "load_packets", "load_target", "parse_event_t0", "read_packets", "readout_pixels"]

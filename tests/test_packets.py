@@ -10,8 +10,8 @@ import pytest
 import larnd_diff as ld
 from larnd_diff.errors import InputError
 from larnd_diff.export import DATA_PACKET, PACKET_DTYPE, TRIGGER_PACKET, ChannelMap, write_packets
-from larnd_diff.packets import (CLOCK_US, MissingPacketsError, PacketError, build_pixel_lookup, load_packets,
-                                load_target, read_packets)
+from larnd_diff.packets import (CLOCK_US, MissingPacketsError, PacketError, build_pixel_lookup, clock_to_grid_us,
+                                load_packets, load_target, read_packets)
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +60,22 @@ def test_round_trip_gives_the_simulated_hits_on_exported_pixels(hits, layout, pa
         assert np.all((dt > -CLOCK_US - 1e-9) & (dt <= 1e-9)), key
     assert back.charge is None
     assert np.all(np.isnan(back.adc) == np.isnan(back.time))
+
+
+def test_times_on_the_tick_grid_round_trip_exactly(hits, layout, packets_file):
+    """time_grid="ticks": the clock timestamps go back to the simulator's 600/6003 us grid, the very times
+    simulated (the export floors them to the 0.1 us clock; the grid is finer)."""
+    back = read_packets(packets_file, layout, time_grid="ticks").hits
+    cmap = ChannelMap(layout, ld.module0())
+    exported = np.array([cmap.lookup(int(i), int(j)) is not None for i, j in hits.pixel])
+    want, got = samples_by_pixel(hits, exported), samples_by_pixel(back)
+    for key in want:
+        np.testing.assert_allclose([t for t, *_ in got[key]], [t for t, *_ in want[key]], rtol=0, atol=1e-9)
+    ticks = np.arange(0, 6000)
+    grid = clock_to_grid_us(np.floor(ticks * ld.module0().adc_tick_us / CLOCK_US), ld.module0().adc_tick_us)
+    assert np.mean(np.isclose(grid, ticks * ld.module0().adc_tick_us, atol=1e-9)) > 0.998
+    with pytest.raises(ValueError, match="time_grid"):
+        read_packets(packets_file, layout, time_grid="seconds")
 
 
 def test_events_and_t0_come_from_the_trigger_packets(layout, packets_file):

@@ -22,7 +22,13 @@ progress           :mod:`.progress`; uncertainty :mod:`.uncertainty` (Hessian ->
 
 :class:`~.calibrator.Calibrator` composes them and runs the loop; :mod:`.recipes` holds named sets of parts and
 the keyword front end :func:`fit`; :mod:`.closure`, :mod:`.plots`, :mod:`.toy` and :mod:`.cli` use them.
+:mod:`.data` reads a detector's packets and reconstructs the fit's segments from them (calibration without truth).
+
+``larnd_diff.fit(...)`` calls :func:`fit`: once this package is imported, ``larnd_diff.fit`` is the package, so the
+package itself is callable.
 """
+import sys
+import types
 from .calibrator import Calibrator
 from .closure import closure, default_sample, random_targets, select
 from .controllers import ADAPT_DEFAULTS, Budget, Convergence, StepAdaptation
@@ -48,3 +54,14 @@ __all__ = ["Calibrator", "closure", "default_sample", "random_targets", "select"
            "CHECKPOINT_NAME", "HISTORY_NAME", "Recorder", "read_checkpoint", "read_history", "FitResult",
            "toy_loss", "toy_simulator", "HessianUncertainty", "correlation_from_covariance",
            "covariance_from_hessian"]
+
+
+class _CallablePackage(types.ModuleType):
+    """``larnd_diff.fit(segments, target, ...)`` = :func:`larnd_diff.fit.recipes.fit` (``import larnd_diff as ld;
+    ld.fit(...)`` then works whether or not the package was imported before)."""
+
+    def __call__(self, *args, **kwargs):
+        return fit(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallablePackage

@@ -1,6 +1,8 @@
 """``larnd-diff fit`` and ``larnd-diff closure``: calibration from the command line.
 
     larnd-diff fit SEGMENTS.h5 --target TARGET.h5 --checkpoint-dir DIR [--resume] ...
+    larnd-diff fit --target PACKETS.h5 --layout-yaml LAYOUT.yaml --checkpoint-dir DIR ...   (no truth: segments
+                                                                   reconstructed from the packets' hits)
     larnd-diff fit SEGMENTS.h5 --target-params Ab=0.85,lifetime=3000 --checkpoint-dir DIR ...
     larnd-diff closure --targets 10 --seed S --backend torch --max-iter N --json OUT.json
 
@@ -15,6 +17,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from ..params import FIT_PARAMETERS
 from . import controllers as _controllers
@@ -98,14 +102,20 @@ def _fit_keywords(args, options) -> dict:
 def add_fit_commands(subparsers) -> None:
     """Add the ``fit`` and ``closure`` sub-commands to an argparse sub-parser collection."""
     f = subparsers.add_parser("fit", help="fit detector parameters to target hits (calibration)")
-    f.add_argument("segments", type=Path, help="segments HDF5 (edep-sim frame unless --no-swap)")
+    f.add_argument("segments", type=Path, nargs="?", default=None,
+                   help="segments HDF5 (edep-sim frame unless --no-swap). Omitted: the segments are reconstructed "
+                        "from the --target hits (larnd_diff.reco: tracks, hypotheses, dE/dx from residual range; "
+                        "no truth is read), once, before the fit, with the drift velocity --reco-vdrift")
     tgt = f.add_mutually_exclusive_group(required=True)
-    tgt.add_argument("--target", type=Path, help="target hits HDF5 (group 'hits', e.g. from larnd-diff simulate)")
+    tgt.add_argument("--target", type=Path,
+                     help="target HDF5: LArPix packets (larpix-control 'packets' dataset, with --layout-yaml: "
+                          "the data path) or hits (group 'hits', e.g. from larnd-diff simulate)")
     tgt.add_argument("--target-params", type=parse_assignments, metavar="NAME=V,...",
-                     help="simulate the target with these values")
+                     help="simulate the target with these values (needs SEGMENTS)")
     f.add_argument("--select", action="store_true", help="apply the paper's track selection first")
     f.add_argument("--no-swap", action="store_true", help="segments are already in the simulation frame")
     f.add_argument("--json", type=Path, default=None, help="write the FitResult as JSON")
+    _add_data_options(f)
     f.set_defaults(func=cmd_fit, options=_add_common(f, "data", ("checkpoint_dir", "checkpoint_every", "resume",
                                                                   "overwrite", "history_path", "init")))
 
@@ -138,24 +148,123 @@ def add_fit_commands(subparsers) -> None:
                                                                         "resume", "overwrite")))
 
 
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    """Options of a packets target and of the reconstruction (larnd_diff/fit/data.py)."""
+    from .data import RECO_CATEGORIES
+
+    g = p.add_argument_group("data target and reconstruction (calibration without truth)")
+    g.add_argument("--layout-yaml", type=Path, default=None,
+                   help="larnd-sim pixel layout YAML: channel -> pixel map of a --target packets file, and the "
+                        "pixels with a read-out channel (the model leaves the others out). Without it a --target "
+                        "file is read as hits")
+    g.add_argument("--event-t0", default=None, metavar="slots|T0,T1,...",
+                   help="only for packets files without trigger packets: 'slots' (larnd-sim's one 600 us slot per "
+                        "event) or comma-separated absolute event times in us on the packet clock (default: from "
+                        "the trigger packets; a file without them and without --event-t0 is an error)")
+    g.add_argument("--reco-vdrift", type=float, default=None, metavar="CM_PER_US",
+                   help="drift velocity of the reconstruction in cm/us (default: the nominal 0.1587). It is not "
+                        "refreshed during the fit: a target whose drift velocity differs from it has its "
+                        "reconstructed tracks stretched along the drift, which pulls the fitted eField")
+    g.add_argument("--reco-tracks", type=_names, default=RECO_CATEGORIES, metavar="CATEGORY,...",
+                   help="reconstructed track categories that become the fit's segments (default "
+                        f"{','.join(RECO_CATEGORIES)}; 'stopping' = dE/dx from residual range, the others at the "
+                        "mean loss of a 1 GeV muon; shower-like tracks never become segments)")
+    g.add_argument("--reco-species", type=_names, default=None, metavar="SPECIES,...",
+                   help="keep only tracks of these hypotheses (mu-, pi+, proton; tracks that do not stop are "
+                        "mu-), e.g. --reco-tracks stopping --reco-species proton for a proton selection "
+                        "(default: every hypothesis)")
+    g.add_argument("--reco", type=_reco_knobs, default={}, metavar="KNOB=V,...",
+                   help="reconstruction knobs (fields of larnd_diff.reco.RecoConfig, e.g. cluster_eps_cm=2.0,"
+                        "trigger_latency_us=2.36; see its docstring)")
+    g.add_argument("--reco-out", type=Path, default=None, metavar="SEGMENTS.h5",
+                   help="also write the reconstructed segments here (edep-sim frame, as larnd-diff reco -o)")
+    g.add_argument("--overwrite-reco-out", action="store_true", help="replace an existing --reco-out file")
+
+
+def _reco_knobs(text: str) -> dict:
+    from ..reco.config import parse_knobs
+
+    try:
+        return parse_knobs(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _names(text: str) -> tuple:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
 def _load_segments(path: Path, no_swap: bool):
     from ..io import load_segments
 
     return load_segments(path, swap_xz=not no_swap)
 
 
-def cmd_fit(args) -> int:
-    from ..hits import load_hits
+def _fit_inputs(args):
+    """(segments, target, readout) of ``larnd-diff fit``: the segments file, or the segments reconstructed from
+    the target's hits; the target's hits (packets or hits file) or parameter values; the read-out pixels."""
+    from ..packets import parse_event_t0
     from .closure import select
+    from .data import check_events, load_data, reconstructed_input, save_reconstructed
+
+    if args.segments is None and args.target is None:
+        raise SystemExit("larnd-diff fit: --target-params simulates its target from SEGMENTS; give a segments file")
+    if args.reco_out is not None:
+        if args.segments is not None:
+            raise SystemExit("larnd-diff fit: --reco-out writes reconstructed segments; it needs the segments to "
+                             "be reconstructed (no SEGMENTS argument)")
+        from ..io import check_output
+
+        check_output(args.reco_out, overwrite=args.overwrite_reco_out, inputs=(args.target,))
+    try:
+        event_t0 = parse_event_t0(args.event_t0)
+    except ValueError as err:
+        raise SystemExit(f"larnd-diff fit: --event-t0: {err}") from None
+    data = load_data(args.target, args.layout_yaml, event_t0=event_t0) if args.target is not None else None
+    if data is not None:
+        print(f"target {data.path}: {data.source}; {len(data.hits)} pixel rows, "
+              f"{int(data.hits.n_samples.sum())} samples")
+    if args.segments is not None:
+        segs = _load_segments(args.segments, args.no_swap)
+        if data is not None:
+            n = check_events(segs, data.hits, args.segments)
+            print(f"segments {args.segments}: {len(segs)} segments covering {n} of the target's "
+                  f"{len(np.unique(data.hits.event_id))} events")
+    else:
+        data = data.without_truth()
+        segs, report = reconstructed_input(data.hits, vdrift=args.reco_vdrift, categories=args.reco_tracks,
+                                           species=args.reco_species, **args.reco)
+        print(_reco_summary(report, segs, args))
+        if args.reco_out is not None:
+            save_reconstructed(args.reco_out, segs, overwrite=args.overwrite_reco_out)
+            print(f"reconstructed segments (edep-sim frame) -> {args.reco_out}")
+    segs = select(segs) if args.select else segs
+    target = data.hits if data is not None else args.target_params
+    return segs, target, (data.readout if data is not None else None)
+
+
+def _reco_summary(report, segs, args) -> str:
+    from ..reco import CATEGORIES
+
+    counts = report.counts()
+    kept = len(np.unique(segs["eventID"].astype(np.int64) * (1 << 20) + segs["trackID"]))
+    species = f" / {','.join(args.reco_species)}" if args.reco_species else ""
+    return (f"segments reconstructed from the target (no truth; vdrift {report.vdrift} cm/us, not refreshed during "
+            f"the fit): {len(report.tracks)} tracks ({', '.join(f'{counts[c]} {c}' for c in CATEGORIES)}); kept "
+            f"{kept} tracks ({','.join(args.reco_tracks)}{species}): {len(segs)} segments, "
+            f"{float(segs['dx'].sum()):.0f} cm")
+
+
+def cmd_fit(args) -> int:
     from .plots import plot_loss, plot_trajectories
     from .recipes import fit
 
     kw = _fit_keywords(args, args.options)
     if kw.get("checkpoint_dir") is None:
         raise SystemExit("larnd-diff fit needs --checkpoint-dir (checkpoints and history.jsonl go there)")
-    segs = _load_segments(args.segments, args.no_swap)
-    segs = select(segs) if args.select else segs
-    target = load_hits(args.target) if args.target is not None else args.target_params
+    segs, target, readout = _fit_inputs(args)
+    if readout is not None:
+        kw["readout"] = readout
     if kw.get("epochs") is None and kw.get("max_iter") is None:
         kw["epochs"] = 10
     res = fit(segs, target, params=kw.pop("params", FIT_PARAMETERS), recipe=args.recipe, **kw)

@@ -83,6 +83,12 @@ def _unwrap(x):
     return getattr(x, "raw", x)
 
 
+def _pixel_keys(pixels) -> np.ndarray:
+    """One int64 per pixel (I, J)."""
+    pixels = np.asarray(pixels, np.int64).reshape(-1, 2)
+    return (pixels[:, 0] << 20) | pixels[:, 1]
+
+
 # ============================================================================================== model
 def _simulate(segments, params, *, backend, dtype, device, relaxation, noise, seed):
     from ..api import simulate
@@ -94,7 +100,9 @@ def _simulate(segments, params, *, backend, dtype, device, relaxation, noise, se
 @dataclass(frozen=True)
 class Model:
     """The differentiable simulator of the fit. ``simulator`` replaces it by a stand-in with the signature of
-    :func:`larnd_diff.fit.toy.toy_simulator` (tests, demos)."""
+    :func:`larnd_diff.fit.toy.toy_simulator` (tests, demos). ``readout``: (n, 2) pixel ids (I, J) that the
+    target's detector reads out (:func:`larnd_diff.packets.readout_pixels`); the model's rows on other pixels are
+    dropped, since data say nothing about them (None: every pixel is read out)."""
 
     backend: str = "torch"
     dtype: str = "float64"
@@ -104,6 +112,7 @@ class Model:
     fixed: Mapping[str, float] = field(default_factory=dict)
     noise: bool = False
     simulator: Optional[Callable] = None
+    readout: Optional[Any] = field(default=None, compare=False)
 
     OPTIONS = (
         Option("backend", "--backend", "framework of the differentiable simulator"),
@@ -119,12 +128,22 @@ class Model:
                "seed every iteration)", action="store_true"),
         Option("fixed", "", "values of parameters held fixed (default nominal)"),
         Option("simulator", "", "a stand-in simulator (the signature of larnd_diff.fit.toy.toy_simulator)"),
+        Option("readout", "", "(n, 2) pixel ids the target's detector reads out; model rows elsewhere are dropped"),
     )
 
     def keywords(self) -> dict:
-        return {"backend": self.backend, "dtype": self.dtype, "link_vdrift": self.link_vdrift,
-                "fixed": dict(self.fixed), "model_noise": self.noise,
-                "relaxation": self.relaxation if isinstance(self.relaxation, str) else repr(self.relaxation)}
+        out = {"backend": self.backend, "dtype": self.dtype, "link_vdrift": self.link_vdrift,
+               "fixed": dict(self.fixed), "model_noise": self.noise,
+               "relaxation": self.relaxation if isinstance(self.relaxation, str) else repr(self.relaxation)}
+        if self.readout is not None:
+            out["readout_sha256"] = content_hash(np.asarray(self.readout, np.int64))
+        return out
+
+    def read_out(self, pixels) -> Optional[np.ndarray]:
+        """Boolean mask of the rows whose pixels (n, 2) are read out, or None when every pixel is."""
+        if self.readout is None:
+            return None
+        return np.isin(_pixel_keys(pixels), _pixel_keys(self.readout))
 
     def params(self, fitted: Mapping[str, Any]):
         """The parameter mapping handed to the simulator: fitted values (floats or tensors) + fixed ones."""
@@ -137,8 +156,16 @@ class Model:
 
     def hits(self, segments, fitted: Mapping[str, Any], *, noise: bool, seed: int) -> Hits:
         sim = self.simulator or _simulate
-        return sim(segments, self.params(fitted), backend=self.backend, dtype=self.dtype, device=self.device,
-                   relaxation=self.relaxation, noise=noise, seed=seed)
+        out = sim(segments, self.params(fitted), backend=self.backend, dtype=self.dtype, device=self.device,
+                  relaxation=self.relaxation, noise=noise, seed=seed)
+        keep = self.read_out(np.asarray(out.numpy().pixel))
+        if keep is None or keep.all():
+            return out
+        from ..ops import gather
+
+        index = np.flatnonzero(keep)
+        return Hits(**{f: None if getattr(out, f) is None else _unwrap(gather(getattr(out, f), index, 0))
+                       for f in ("event_id", "pixel", "adc", "time", "charge", "backtrack")})
 
     def waveforms(self, segments, fitted: Mapping[str, Any], *, chunk_size=None):
         """The noiseless induced charge per tick of every pixel row, (n_rows, n_ticks) electrons (a framework
@@ -149,7 +176,13 @@ class Model:
         config = SimConfig(relaxation=resolve_relaxation(self.relaxation), dtype=self.dtype, chunk_size=chunk_size)
         _, charge, plan = simulate(segments, backend=self.backend, device=self.device, params=self.params(fitted),
                                    config=config, return_waveforms=True)
-        return charge, plan.rows, plan.row_event
+        keep = self.read_out(plan.rows)
+        if keep is None or keep.all():
+            return charge, plan.rows, plan.row_event
+        from ..ops import gather
+
+        index = np.flatnonzero(keep)
+        return _unwrap(gather(charge, index, 0)), np.asarray(plan.rows)[index], np.asarray(plan.row_event)[index]
 
     def to_backend(self, hits: Hits) -> Hits:
         """NumPy hits -> this model's tensors (floats in the fit's dtype, ids as int64)."""

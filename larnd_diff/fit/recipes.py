@@ -138,7 +138,8 @@ def build(segments, target, *, recipe=None, **kw) -> Calibrator:
     model = Model(backend=settings.get("backend", "torch"), dtype=settings.get("dtype", "float64"),
                   device=kw.get("device"), relaxation=settings["relaxation"],
                   link_vdrift=("eField" in names) if link is None else bool(link), fixed=fixed,
-                  noise=bool(kw.get("model_noise", False)), simulator=kw.get("simulator"))
+                  noise=bool(kw.get("model_noise", False)), simulator=kw.get("simulator"),
+                  readout=kw.get("readout"))
     if isinstance(target, Hits):
         tgt = DataTarget(target.numpy())
     elif isinstance(target, Mapping):
@@ -181,9 +182,9 @@ def fit(segments, target, params=FIT_PARAMETERS, *, recipe=None, **keywords):
     recipe     "paper", "closure" (self-consistent closures), "data" or a :class:`Recipe`: the parts used unless
                keywords say otherwise; default "data" for a Hits target, "paper" for parameter values.
     keywords   every part's settings (``larnd-diff fit --help`` lists them with their flags): backend, device,
-               dtype, relaxation, link_vdrift, model_noise, fixed, simulator; target_simulator, target_noise; loss,
-               loss_options; parameterization, step_scales, bounds; optimizer, lr, lr_decay, clip_norm,
-               optimizer_options; fd_params, fd_step, fd_until, fd_switch; max_iter, epochs, time_budget_s,
+               dtype, relaxation, link_vdrift, model_noise, fixed, simulator, readout; target_simulator,
+               target_noise; loss, loss_options; parameterization, step_scales, bounds; optimizer, lr, lr_decay,
+               clip_norm, optimizer_options; fd_params, fd_step, fd_until, fd_switch; max_iter, epochs, time_budget_s,
                stop_tol, stop_window, adapt_steps; checkpoint_dir, checkpoint_every, checkpoint_on_error, resume,
                overwrite, history_path; progress; hessian, hessian_batches, hessian_step, covariance_scale; init,
                batch_length_cm, seed, callback.

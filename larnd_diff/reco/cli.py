@@ -9,12 +9,12 @@ from pathlib import Path
 
 
 def _event_t0(text: str | None):
-    if text is None or text == "slots":
-        return text
+    from larnd_diff.packets import parse_event_t0
+
     try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise SystemExit(f"--event-t0 expects 'slots' or comma-separated times in us, got {text!r}") from None
+        return parse_event_t0(text)
+    except ValueError as err:
+        raise SystemExit(f"--event-t0: {err}") from None
 
 
 def _truth(args, packets_path: Path):

@@ -76,3 +76,28 @@ class RecoConfig:
         if unknown:
             raise TypeError(f"unknown reconstruction knob(s) {unknown}; see RecoConfig")
         return replace(self, **knobs)
+
+
+def parse_knobs(text: str) -> dict:
+    """``"cluster_eps_cm=2.0,cluster_min_samples=3"`` -> knobs of :class:`RecoConfig` in their types (ints stay
+    ints; ``none`` switches ``delta_cut_mev`` off). Unknown names and bad values raise ``ValueError``."""
+    defaults = {f.name: getattr(RecoConfig(), f.name) for f in fields(RecoConfig)}
+    out = {}
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        name, sep, value = item.partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep or name not in defaults:
+            raise ValueError(f"reconstruction knob {item!r}: expected NAME=VALUE with NAME one of "
+                             f"{', '.join(defaults)}")
+        default = defaults[name]
+        kind = "an integer" if isinstance(default, int) else "a number"
+        try:
+            if value.lower() == "none" and name == "delta_cut_mev":
+                out[name] = None
+            elif isinstance(default, int) and not isinstance(default, bool):
+                out[name] = int(value)
+            else:
+                out[name] = float(value)
+        except ValueError:
+            raise ValueError(f"reconstruction knob {name}: {value!r} is not {kind}") from None
+    return out
