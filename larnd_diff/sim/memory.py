@@ -35,7 +35,7 @@ CELL_BYTES = {"float64": 64, "float32": 48}
 #: framework's intermediates of the per-pair glue (forward and gradient).
 PAIR_BYTES = 2048
 #: Share of the budget for the fused kernels' scratch (rows expanded from the pairs, waveforms on their windows,
-#: ``pipeline._host_groups``); the rest bounds the row groups.
+#: ``charge._host_groups``); the rest bounds the row groups.
 KERNEL_SHARE = 0.25
 
 #: PairPlan fields indexed by pair (the others are per output row, or scalars).
@@ -100,12 +100,35 @@ def row_windows(plan: pixels.PairPlan, n_ticks_event: int) -> Tuple[np.ndarray, 
     return first, np.maximum(np.minimum(last + TAIL_TICKS, n_ticks_event) - first, 1)
 
 
-def row_groups(plan: pixels.PairPlan, width: np.ndarray, budget: float, cell_bytes: float,
-               pair_bytes: float) -> List[Tuple[int, int]]:
-    """Consecutive output-row ranges [(r0, r1)] whose dense charge (rows x the widest row window in the range, at
-    ``cell_bytes`` a cell) and pairs (``pair_bytes`` each) fit ``budget``; a row that alone exceeds it is a group."""
+@dataclasses.dataclass(frozen=True)
+class PartPlan:
+    """The host plan of one part with what its row groups need: ``plan`` (segments numbered as in the call),
+    ``pair_consts`` (rows of ``pipeline._pair_constants``), the rows' windows ``first``, ``width``
+    (:func:`row_windows`) and the pairs grouped by output row: ``by_row`` lists the pair indices sorted by
+    (row, pair), those of row r at ``by_row[row_start[r]:row_start[r + 1]]``."""
+
+    plan: pixels.PairPlan
+    pair_consts: np.ndarray
+    first: np.ndarray
+    width: np.ndarray
+    by_row: np.ndarray
+    row_start: np.ndarray
+
+
+def part_plan(plan: pixels.PairPlan, pair_consts: np.ndarray, n_ticks_event: int) -> PartPlan:
+    """:class:`PartPlan` of a made plan."""
+    first, width = row_windows(plan, n_ticks_event)
+    by_row = np.argsort(plan.out_row, kind="stable")
+    row_start = np.searchsorted(plan.out_row[by_row], np.arange(len(plan.rows) + 1))
+    return PartPlan(plan, pair_consts, first, width, by_row, row_start)
+
+
+def row_groups(part: PartPlan, budget: float, cell_bytes: float, pair_bytes: float) -> List[Tuple[int, int]]:
+    """Consecutive output-row ranges [(r0, r1)] of a part whose dense charge (rows x the widest row window in the
+    range, at ``cell_bytes`` a cell) and pairs (``pair_bytes`` each) fit ``budget``; a row that alone exceeds it
+    is a group of its own."""
+    width, pairs_before = part.width, part.row_start
     n_rows = len(width)
-    pairs_before = np.concatenate([[0], np.cumsum(np.bincount(plan.out_row, minlength=n_rows))])
     groups, r0 = [], 0
     while r0 < n_rows:
         widest = np.maximum.accumulate(width[r0:])
@@ -120,32 +143,32 @@ def row_groups(plan: pixels.PairPlan, width: np.ndarray, budget: float, cell_byt
 @dataclasses.dataclass(frozen=True)
 class GroupPlan:
     """One row group in its own coordinates: ``plan`` holds the group's pairs (in the order of the part's plan)
-    with output rows 0..n_rows-1 and placements on the rows' own tick windows; ``pairs`` their indices in the
-    part's plan; ``first`` (n_rows,) the event tick of each row's tick 0 and ``width`` its ticks that matter;
-    ``n_ticks`` the group's tick axis (its widest row)."""
+    with output rows 0..n_rows-1 and placements on the rows' own tick windows; ``pair_consts`` their constants;
+    ``first`` (n_rows,) the event tick of each row's tick 0 and ``width`` its ticks that matter; ``n_ticks`` the
+    group's tick axis (its widest row)."""
 
     plan: pixels.PairPlan
-    pairs: np.ndarray
+    pair_consts: np.ndarray
     first: np.ndarray
     width: np.ndarray
     n_ticks: int
 
 
-def group_plan(plan: pixels.PairPlan, r0: int, r1: int, first: np.ndarray, width: np.ndarray) -> GroupPlan:
-    """The rows [r0, r1) of ``plan`` and their pairs as a :class:`GroupPlan` (``first``, ``width`` of
-    :func:`row_windows`)."""
-    pairs = np.flatnonzero((plan.out_row >= r0) & (plan.out_row < r1))
+def group_plan(part: PartPlan, r0: int, r1: int) -> GroupPlan:
+    """The rows [r0, r1) of a part and their pairs as a :class:`GroupPlan`."""
+    plan = part.plan
+    pairs = np.sort(part.by_row[part.row_start[r0]:part.row_start[r1]])
     local = plan.out_row[pairs] - r0
-    first_g, width_g = first[r0:r1], width[r0:r1]
+    first, width = part.first[r0:r1], part.width[r0:r1]
     fields = {k: getattr(plan, k)[pairs] for k in PAIR_ARRAYS}
     fields.update({k: getattr(plan, k)[r0:r1] for k in ROW_ARRAYS})
-    fields.update(out_row=local, placement=plan.placement[pairs] - first_g[local])
-    return GroupPlan(dataclasses.replace(plan, **fields), pairs, first_g, width_g,
-                     int(width_g.max()) if len(width_g) else 1)
+    fields.update(out_row=local, placement=plan.placement[pairs] - first[local])
+    return GroupPlan(dataclasses.replace(plan, **fields), part.pair_consts[pairs], first, width,
+                     int(width.max()) if len(width) else 1)
 
 
 class PartPlans:
-    """The host plans of a call's parts, made on demand by ``make(rows)`` (rows: ascending segment indices);
+    """The :class:`PartPlan` of a call's parts, made on demand by ``make(rows)`` (rows: ascending segment indices);
     the latest one is kept, since a part's row groups are evaluated one after the other (forward, and in reverse
     when the gradient recomputes them). ``first``: an already made plan of part 0."""
 
@@ -164,5 +187,6 @@ class PartPlans:
         return self._kept[1]
 
 
-__all__ = ["TAIL_TICKS", "PLAN_BYTES_PER_CANDIDATE", "CELL_BYTES", "PAIR_BYTES", "KERNEL_SHARE", "GroupPlan",
-           "PartPlans", "candidate_pairs", "segment_parts", "subset", "row_windows", "row_groups", "group_plan"]
+__all__ = ["TAIL_TICKS", "PLAN_BYTES_PER_CANDIDATE", "CELL_BYTES", "PAIR_BYTES", "KERNEL_SHARE", "PartPlan",
+           "GroupPlan", "PartPlans", "candidate_pairs", "segment_parts", "subset", "row_windows", "part_plan",
+           "row_groups", "group_plan"]
