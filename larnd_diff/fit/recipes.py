@@ -76,15 +76,16 @@ CLOSURE = Recipe("closure", loss=HitsLoss("sdtw", {"scales": {"adc": 1.5}}),
 #: expected-noise readout (:mod:`larnd_diff.fit.likelihood`): smooth in the parameters where hits appear at the
 #: threshold, so reverse mode throughout; full-matrix Adam on ln(p / nominal) over the whole sample per step (lr
 #: 5e-2 x0.98 per step, eField's step x0.1, adapted step factors), the Table I box, the stopping rule; the
-#: covariance from the Hessian by differences of gradients 3 % apart (wider than the jumps that the reference's
-#: parameter-dependent sampling grids put into the loss, README "Calibration on data"). A closure's target is made
-#: as a detector makes data: the Numba reference at larnd-sim precision with electronics noise, whole events.
+#: covariance from the Hessian by differences of gradients 3 % apart (the curvature on that scale: the loss of a
+#: closure has kinks at the truth, where the target's and the model's tick, electron and ADC roundings coincide,
+#: README "Calibration on data"). A closure's target is made as a detector makes data: the Numba reference at
+#: larnd-sim precision with electronics noise, whole events.
 DATA = Recipe("data", loss=NoiseLikelihood(), coordinates=Coordinates("log", {"eField": 0.1}, "ranges"),
               optimiser=Optimiser("adam-full", 5e-2, 0.98, None), gradient=ReverseMode(),
               adaptation=StepAdaptation.from_settings({"shrink": 0.7, "tstat": 2.0}),
               convergence=Convergence(1e-3, 10, "log"), relaxation="smooth", batch_length_cm=1.0e6,
               target={"target_simulator": "reference", "target_noise": True, "target_precision": "larnd-sim"},
-              uncertainty=HessianUncertainty(step=0.03))
+              uncertainty=HessianUncertainty(step=0.03, method="fd"))
 RECIPES: Dict[str, Recipe] = {"paper": PAPER, "closure": CLOSURE, "data": DATA}
 PAPER_RECIPE: Dict[str, Any] = PAPER.keywords()
 CLOSURE_RECIPE: Dict[str, Any] = CLOSURE.keywords()
@@ -161,7 +162,8 @@ def build(segments, target, *, recipe=None, **kw) -> Calibrator:
     optimiser = Optimiser.from_keywords(r.optimiser, kw)
     budget, controllers = controllers_from_keywords(settings, coords.parameterization, optimiser.method)
     uncertainty = HessianUncertainty(settings.get("hessian_batches"), float(settings["hessian_step"]),
-                                     float(settings["covariance_scale"])) if kw.get("hessian", True) else None
+                                     float(settings["covariance_scale"]), settings.get("hessian_method", "auto")
+                                     ) if kw.get("hessian", True) else None
     return Calibrator(objective, names, budget=budget, init=kw.get("init"), coordinates=coords, optimiser=optimiser,
                       gradient=gradient_from_keywords(r.gradient, kw), controllers=controllers,
                       recorder=Recorder.from_keywords(kw), progress=Progress(bool(kw.get("progress", True))),

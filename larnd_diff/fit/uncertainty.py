@@ -50,17 +50,21 @@ class HessianUncertainty:
     batches: Optional[Sequence[int]] = None
     step: float = 1e-3
     scale: float = 1.0
+    #: "auto" (forward-over-reverse where the framework can, else differences of gradients), "fd" (differences of
+    #: gradients ``step`` apart: the curvature on that scale, for losses with kinks finer than it) or "fwd_over_rev"
+    method: str = "auto"
 
     OPTIONS = (
         Option("hessian", "--no-hessian", "skip the Hessian/covariance at the end", action="store_true", negate=True),
         Option("hessian_batches", "", "batches of the Hessian (default all)"),
         Option("hessian_step", "", "finite-difference step of the Hessian fallback (optimiser coordinates)"),
         Option("covariance_scale", "", "factor on H^-1 (see larnd_diff.fit.uncertainty)"),
+        Option("hessian_method", "", "auto | fd | fwd_over_rev (see larnd_diff.fit.uncertainty)"),
     )
 
     def keywords(self) -> dict:
         return {"hessian_batches": None if self.batches is None else [int(b) for b in self.batches],
-                "hessian_step": self.step, "covariance_scale": self.scale}
+                "hessian_step": self.step, "covariance_scale": self.scale, "hessian_method": self.method}
 
     def estimate(self, loss: Callable, u: Mapping[str, float], coords, normalized: Mapping[str, float],
                  backend: str, dtype: str, device) -> dict:
@@ -69,7 +73,7 @@ class HessianUncertainty:
         from ..backends.optim import hessian
 
         names = list(u)
-        h, method = hessian(backend, loss, dict(u), step=self.step, dtype=dtype, device=device)
+        h, method = hessian(backend, loss, dict(u), method=self.method, step=self.step, dtype=dtype, device=device)
         cov_u, posdef = covariance_from_hessian(h, self.scale)
         jac = np.array([coords.jacobian(n, normalized[n]) for n in names])
         cov = cov_u * np.outer(jac, jac)
