@@ -40,8 +40,14 @@ def run_one(out: Path, seed: int, index: int, n_targets: int, extra: list, cores
     t0 = time.perf_counter()
     env = dict(os.environ, **({"OMP_NUM_THREADS": str(len(cores)), "NUMBA_NUM_THREADS": str(len(cores))}
                               if cores else {}))
-    code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=pinned(cores))
-    print(f"seed {seed} target {index}: exit {code} after {time.perf_counter() - t0:.0f} s", flush=True)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=pinned(cores))
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall, cpu = time.perf_counter() - t0, usage.ru_utime + usage.ru_stime
+    (out / f"seed{seed}_target{index:03d}.usage.json").write_text(json.dumps(
+        {"exit_status": os.waitstatus_to_exitcode(status), "wall_s": wall, "cpu_s": cpu,
+         "max_rss_mb": usage.ru_maxrss / 1024, "cores": sorted(cores) if cores else None}))
+    print(f"seed {seed} target {index}: exit {os.waitstatus_to_exitcode(status)} after {wall:.0f} s "
+          f"({cpu:.0f} CPU s)", flush=True)
     return target_json
 
 
@@ -67,8 +73,9 @@ def summarize(rows: list, tolerance: float) -> dict:
 
 def table(rows: list) -> str:
     names = list(rows[0]["target"]) if rows else []
-    head = "| seed | target | " + " | ".join(f"{n} err (sigma)" for n in names) + " | iterations | wall s |"
-    lines = [head, "|" + "---|" * (len(names) + 4)]
+    head = ("| seed | target | " + " | ".join(f"{n} err (sigma)" for n in names)
+            + " | iterations | fit wall s | process wall s (CPU s) |")
+    lines = [head, "|" + "---|" * (len(names) + 5)]
     for r in rows:
         cells = []
         for n in names:
@@ -76,7 +83,8 @@ def table(rows: list) -> str:
             s = (r.get("errors") or {}).get(n)
             cells.append(f"{e:+.2f} % ({s / r['fitted'][n] * 100:.2f} %)" if s else f"{e:+.2f} % (-)")
         lines.append(f"| {r['seed']} | {r['index']} | " + " | ".join(cells)
-                     + f" | {r['iterations']} | {r['wall_time_s']:.0f} |")
+                     + f" | {r['iterations']} | {r['wall_time_s']:.0f} | {r['process_wall_s']:.0f} "
+                       f"({r['process_cpu_s']:.0f}) |")
     return "\n".join(lines)
 
 
@@ -121,8 +129,9 @@ def main(argv=None) -> int:
     rows = []
     for (seed, _), f in zip(jobs, files):
         if f.exists():
+            usage = json.loads(f.with_suffix(".usage.json").read_text())
             for r in json.loads(f.read_text())["targets"]:
-                rows.append({**r, "seed": seed})
+                rows.append({**r, "seed": seed, "process_wall_s": usage["wall_s"], "process_cpu_s": usage["cpu_s"]})
     out = {"command": " ".join(["python", "benchmarks/closure_campaign.py", *argv]),
            "wall_s": time.perf_counter() - t0, "summary": summarize(rows, args.tolerance), "fits": rows}
     (args.out / "campaign.json").write_text(json.dumps(out, indent=1, allow_nan=False))
