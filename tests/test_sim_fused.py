@@ -33,10 +33,32 @@ def segments():
     return segs[:20]
 
 
+#: results of _waves and _gradients on the module's segments, shared by the tests that need the same run (several
+#: ask for the smooth preset's waveforms and gradients; on jax each costs tens of seconds of tracing and compiling)
+_RUNS: dict = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _forget_runs():
+    yield
+    _RUNS.clear()
+
+
+def _memo(key, run):
+    if key not in _RUNS:
+        _RUNS[key] = run()
+    return _RUNS[key]
+
+
 def _waves(segs, backend, relaxation, config, params=None, device=None):
-    hits, waves, _ = simulate(segs, backend=backend, relaxation=relaxation, config=config, params=params,
-                              return_waveforms=True, device=device)
-    return hits, waves
+    def run():
+        hits, waves, _ = simulate(segs, backend=backend, relaxation=relaxation, config=config, params=params,
+                                  return_waveforms=True, device=device)
+        return hits, waves
+
+    if params is not None:
+        return run()
+    return _memo(("waves", id(segs), backend, relaxation, config, device), run)
 
 
 @pytest.mark.parametrize("relaxation", ["hard", "smooth", SOFT, SHARP], ids=["hard", "smooth", "soft", "sharp"])
@@ -52,6 +74,11 @@ def test_fused_forward_matches_eager(segments, backend, relaxation):
 
 def _gradients(segs, backend, relaxation, config, device=None):
     """d/d(six parameters, segment dE, x_start) of a weighted sum of the per-tick charge (float64)."""
+    return _memo(("gradients", id(segs), backend, relaxation, config, device),
+                 lambda: _run_gradients(segs, backend, relaxation, config, device))
+
+
+def _run_gradients(segs, backend, relaxation, config, device):
     b = ops.get_backend(backend)
     weights = np.random.default_rng(1).random(200_000)
     fields = {n: segs[n] for n in segs.dtype.names}
