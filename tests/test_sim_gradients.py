@@ -82,9 +82,29 @@ def make_loss(segs, backend, weights, relaxation=FD_RELAXATION):
     return loss
 
 
+#: grads_of at the nominal point, per (backend, segments, weights): the six parametrisations of the finite-difference
+#: test share one value_and_grad (each computes all six gradients)
+_NOMINAL_GRADS: dict = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _forget_nominal_grads():
+    yield
+    _NOMINAL_GRADS.clear()
+
+
 def grads_of(segs, backend, weights, point=None):
+    if point is None:
+        key = (backend, id(segs), id(weights))
+        if key not in _NOMINAL_GRADS:
+            _NOMINAL_GRADS[key] = _grads_of(segs, backend, weights, NOMINAL)
+        value, grads = _NOMINAL_GRADS[key]
+        return value, dict(grads)
+    return _grads_of(segs, backend, weights, point)
+
+
+def _grads_of(segs, backend, weights, point):
     b = ops.get_backend(backend)
-    point = point or NOMINAL
     params = {k: b.asarray(np.asarray(v, np.float64), "float64") for k, v in point.items()}
     value, grads = b.value_and_grad(make_loss(segs, backend, weights), params)
     return float(ops.to_numpy(value)), {k: float(ops.to_numpy(g)) for k, g in grads.items()}
