@@ -96,6 +96,8 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[1])
     p.add_argument("--targets", type=int, default=10)
     p.add_argument("--procs", type=int, default=4, help="fits running at the same time")
+    p.add_argument("--indices", type=int, nargs="+", default=None,
+                   help="fit only these targets of each seed's list (default all --targets)")
     p.add_argument("--tolerance", type=float, default=0.01)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--cores-per-fit", type=int, default=None,
@@ -103,7 +105,7 @@ def main(argv=None) -> int:
                         "main job as on a 2-core machine; needs procs x this many cores")
     args = p.parse_args(own)
     args.out.mkdir(parents=True, exist_ok=True)
-    jobs = [(s, i) for s in args.seeds for i in range(args.targets)]
+    jobs = [(s, i) for s in args.seeds for i in (args.indices or range(args.targets))]
     t0 = time.perf_counter()
     free = queue.Queue()
     if args.cores_per_fit:
