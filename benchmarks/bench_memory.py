@@ -14,14 +14,16 @@ evaluated at once, as before the budget held) or a number of bytes. The referenc
 
 Every case runs in a fresh process: after a warm-up call on the event's first 300 segments (Numba and framework
 compilation, caches), the resident set size (RSS) is sampled every 5 ms during the measured call; reported are the
-peak RSS, its growth over the RSS before the call, the kernel's ``ru_maxrss`` and the wall time. The call is also
+peak RSS (the samples' or, when the call raised it, the kernel's ``ru_maxrss``), its growth over the RSS before the
+call and the wall time. The call is also
 instrumented (without changing it) to report its pieces: the dense charges built (recomputations for the gradient
 included) and the largest of them with its pairs, by the cost model of larnd_diff/sim/memory.py. Modes:
 ``forward`` = ``simulate`` (hard preset, the command line's default); ``grad`` = forward + reverse-mode gradient of
-a fixed linear function of the ADC values with respect to the six fit parameters (smooth preset). A case above
-``--max-rss-gb``, or one that leaves the machine less than ``--reserve-gb`` available, is stopped (this machine may
-be shared) and recorded as such with the RSS it had reached, like one over ``--timeout`` or one that fails. The JSON
-(``--out``) is rewritten after every case, so a long run keeps what it measured; a Markdown table goes to stdout.
+a fixed linear function of the ADC values with respect to the six fit parameters (smooth preset). This process
+watches each case: one above ``--max-rss-gb``, or one that leaves the machine less than ``--reserve-gb`` available,
+is stopped (this machine may be shared) and recorded as such with the RSS it had reached, like one over
+``--timeout`` or one that fails. The JSON (``--out``; ``--append`` keeps the runs of an earlier invocation) is
+rewritten after every case, so a long run keeps what it measured; a Markdown table goes to stdout.
 """
 from __future__ import annotations
 
@@ -55,6 +57,7 @@ def _rss_bytes() -> int:
 
 
 def _available_bytes() -> int:
+    """The machine's available memory (MemAvailable)."""
     with open("/proc/meminfo") as f:
         for line in f:
             if line.startswith("MemAvailable:"):
@@ -62,39 +65,23 @@ def _available_bytes() -> int:
     return 2**62
 
 
-def _stop_self(reason: str):
-    print(reason, file=sys.stderr, flush=True)
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
 def _maxrss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024      # kilobytes on Linux
 
 
 class _PeakRss:
-    """Highest RSS seen by a background thread while the ``with`` block runs. The process stops itself (a line on
-    stderr says why) when its RSS passes ``cap_bytes`` or the machine's available memory falls below
-    ``reserve_bytes``: this machine may be shared, and the kernel's out-of-memory killer could pick another's
-    process."""
+    """Highest RSS seen by a background thread while the ``with`` block runs (a thread needs the GIL, so a burst
+    inside one long call can be missed: ``ru_maxrss`` is reported beside it)."""
 
-    def __init__(self, cap_bytes: float, reserve_bytes: float, period_s: float = 0.005):
-        self.cap_bytes = cap_bytes
-        self.reserve_bytes = reserve_bytes
+    def __init__(self, period_s: float = 0.005):
         self.period_s = period_s
         self.peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
     def _watch(self):
-        tick = 0
         while not self._stop.is_set():
             self.peak = max(self.peak, _rss_bytes())
-            if self.peak > self.cap_bytes:
-                _stop_self(f"stopped: RSS {self.peak / 2**30:.1f} GiB over the cap")
-            if tick % 20 == 0 and _available_bytes() < self.reserve_bytes:
-                _stop_self(f"stopped at RSS {self.peak / 2**30:.1f} GiB: the machine's available memory fell below "
-                           f"{self.reserve_bytes / 2**30:.1f} GiB")
-            tick += 1
             time.sleep(self.period_s)
 
     def __enter__(self):
@@ -200,13 +187,14 @@ def child(args) -> dict:
     _gpu_peak_reset(args.backend, args.device)
     fn = _measured_call(segs, args.backend, args.mode, args.device, args.dtype, args.budget)
     rss0, maxrss0 = _rss_bytes(), _maxrss_bytes()
-    with _PeakRss(args.max_rss_gb * 2**30, args.reserve_gb * 2**30) as sampler:
+    with _PeakRss() as sampler:
         t0 = time.perf_counter()
         rows = fn()
         seconds = time.perf_counter() - t0
     maxrss = _maxrss_bytes()
+    peak = max(sampler.peak, maxrss if maxrss > maxrss0 else 0)
     return dict(segments=int(len(segs)), hit_rows=rows, seconds=round(seconds, 2), rss_before_bytes=rss0,
-                peak_rss_bytes=int(sampler.peak), rss_growth_bytes=int(sampler.peak - rss0),
+                peak_rss_bytes=int(peak), rss_growth_bytes=int(peak - rss0),
                 maxrss_bytes=maxrss, maxrss_raised_by_call=maxrss > maxrss0,
                 dense_charges=None if pieces is None else len(pieces),
                 largest_dense_charge_model_bytes=None if not pieces else int(max(pieces)),
@@ -229,22 +217,52 @@ def make_inputs(names, folder) -> dict:
     return paths
 
 
-def measure(path, backend, mode, budget, args) -> dict:
-    """Run one child process; its result, or why it gave none (timeout, stopped or killed, error)."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", "--input", path, "--backends", backend,
-           "--modes", mode, "--budgets", budget, "--dtype", args.dtype, "--max-rss-gb", str(args.max_rss_gb),
-           "--reserve-gb", str(args.reserve_gb)]
-    cmd += ["--device", args.device] if args.device else []
+def _process_rss_bytes(pid: int) -> int:
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        return dict(error=f"over the {args.timeout:.0f} s limit")
-    if done.returncode != 0:
-        tail = " ".join(done.stderr.strip().splitlines()[-1:])
-        if done.returncode in (-signal.SIGKILL, 137):
-            return dict(error=tail if tail.startswith("stopped") else "killed (out of memory?)")
-        return dict(error=f"exit {done.returncode}: {tail}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError):
+        return 0
+
+
+def _guarded(cmd, args):
+    """Run ``cmd``, watching it from this process every 5 ms (no GIL of its own to wait for): stopped past
+    ``--max-rss-gb``, when the machine's available memory falls below ``--reserve-gb`` or past ``--timeout``.
+    Returns (exit code, stdout, stderr, why it was stopped or None)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        child_process = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+        start, peak, why = time.perf_counter(), 0, None
+        while child_process.poll() is None:
+            peak = max(peak, _process_rss_bytes(child_process.pid))
+            if peak > args.max_rss_gb * 2**30:
+                why = f"stopped at RSS {peak / 2**30:.1f} GiB: over the {args.max_rss_gb:g} GiB cap"
+            elif _available_bytes() < args.reserve_gb * 2**30:
+                why = (f"stopped at RSS {peak / 2**30:.1f} GiB: the machine's available memory fell below "
+                       f"{args.reserve_gb:g} GiB")
+            elif time.perf_counter() - start > args.timeout:
+                why = f"over the {args.timeout:.0f} s limit"
+            if why:
+                child_process.kill()
+                child_process.wait()
+                break
+            time.sleep(0.005)
+        out.seek(0)
+        err.seek(0)
+        return child_process.returncode, out.read(), err.read(), why
+
+
+def measure(path, backend, mode, budget, args) -> dict:
+    """Run one child process; its result, or why it gave none (stopped, killed, error)."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", "--input", path, "--backends", backend,
+           "--modes", mode, "--budgets", budget, "--dtype", args.dtype]
+    cmd += ["--device", args.device] if args.device else []
+    code, stdout, stderr, why = _guarded(cmd, args)
+    if why:
+        return dict(error=why)
+    if code != 0:
+        tail = " ".join(stderr.strip().splitlines()[-1:])
+        return dict(error="killed (out of memory?)" if code == -signal.SIGKILL else f"exit {code}: {tail}")
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def cases(args):
@@ -304,7 +322,7 @@ def machine() -> dict:
 
 
 def _mb(x) -> str:
-    return "" if x is None else f"{x / 2**20:,.0f} MB"
+    return "" if x is None else f"{x / 2**20:,.0f} MiB"
 
 
 def table(runs) -> str:
@@ -334,8 +352,11 @@ def main(argv=None):
     ap.add_argument("--max-rss-gb", type=float, default=14.0, help="stop a case whose RSS passes this (GiB)")
     ap.add_argument("--reserve-gb", type=float, default=2.0, help="stop a case when the machine's available "
                     "memory falls below this (GiB)")
-    ap.add_argument("--note", default="", help="free text stored with the results")
+    ap.add_argument("--note", default="", help="free text stored with the results (with --append: replaces the "
+                    "stored one)")
     ap.add_argument("--out", default=str(DEFAULT_OUT), help="JSON file for the results")
+    ap.add_argument("--append", action="store_true", help="keep the runs already in --out that this invocation "
+                    "does not measure again")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--input", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -345,22 +366,37 @@ def main(argv=None):
         print(json.dumps(child(args)))
         return
 
-    result = dict(benchmark="bench_memory", note=args.note, code=_commit(), date=time.strftime("%Y-%m-%d"),
-                  device=args.device or "cpu", dtype=args.dtype, budgets={
-                      b: _budget_bytes(b) for b in args.budgets.split(",")},
+    result = dict(benchmark="bench_memory", note=args.note, code=_commit(), device=args.device or "cpu",
+                  dtype=args.dtype, budgets={b: _budget_bytes(b) for b in args.budgets.split(",")},
                   events={k: EVENTS[k] for k in args.events.split(",")}, machine=machine(), runs=[])
+    if args.append and Path(args.out).exists():
+        result = _merged(json.loads(Path(args.out).read_text()), result, set(cases(args)))
     with tempfile.TemporaryDirectory() as folder:
         paths = make_inputs(args.events.split(","), folder)
         for event, backend, mode, budget in cases(args):
             run = dict(event=event, backend=backend, mode=mode, budget=budget,
-                       budget_bytes=None if budget == "n/a" else _budget_bytes(budget))
+                       budget_bytes=None if budget == "n/a" else _budget_bytes(budget),
+                       date=time.strftime("%Y-%m-%d %H:%M"), load_average_1_5_15=list(os.getloadavg()))
             run.update(measure(paths[event], backend, mode, budget, args))
             print(json.dumps(run), file=sys.stderr, flush=True)
             result["runs"].append(run)
             Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    result["machine"]["load_average_after"] = list(os.getloadavg())
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(table(result["runs"]))
+
+
+def _case_of(run) -> tuple:
+    return run["event"], run["backend"], run["mode"], run["budget"]
+
+
+def _merged(old: dict, new: dict, measuring: set) -> dict:
+    """``new`` with the runs of ``old`` that this invocation does not measure again (``--append``), each kept run
+    with the code it measured and the load it ran under; the events and budgets of both; this invocation's note
+    (the old one when none is given) and machine."""
+    before = dict(code=old.get("code"), load_average_1_5_15=old.get("machine", {}).get("load_average_1_5_15"))
+    kept = [{**before, **r} for r in old.get("runs", []) if _case_of(r) not in measuring]
+    return dict(new, note=new["note"] or old.get("note", ""), events={**old.get("events", {}), **new["events"]},
+                budgets={**old.get("budgets", {}), **new["budgets"]}, runs=kept)
 
 
 if __name__ == "__main__":
