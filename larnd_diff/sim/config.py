@@ -89,8 +89,10 @@ class SimConfig:
     dtype          "float64" or "float32" for the differentiable arithmetic.
     chunk_size     larnd-sim processes an event in chunks of 600 consecutive segments (a quirk: a pixel touched by
                    two chunks gets two independent waveforms). None = whole events.
-    memory_budget_bytes  upper bound for the working memory of one chunk of (segment, pixel) pairs; the induced
-                   current is evaluated in chunks that fit (and, with gradients, checkpointed per chunk).
+    memory_budget_bytes  upper bound (bytes, default 512 MiB) for the working memory of one simulate call: calls
+                   whose host plan or dense charge (rows x ticks) would exceed it are evaluated in pieces, runs of
+                   whole chunks and groups of pixel rows on their own tick windows (larnd_diff/sim/memory.py),
+                   each piece checkpointed on differentiable backends; the hits are those of the unsplit call.
     pad_multiple   padded sizes are rounded up to a power-of-two-ish grid so that jitted backends see few shapes.
     kernel         the induced current (rows expanded from the (segment, pixel) pairs, z samples x ticks per
                    in-pad row, placed on the pixels' ticks): "fused" = Numba kernels with a hand-written gradient
