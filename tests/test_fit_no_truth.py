@@ -84,8 +84,15 @@ def test_reconstructed_input_selects_tracks(packets, layout):
         select_reco_tracks(segs, report, ("straight",))
 
 
-def test_fit_cli_reconstructs_its_segments_from_packets(tmp_path, packets, layout, capsys):
+def _torch_only(backend):
+    """A fit needs gradients: the fit machinery runs once, in the torch environment (as in tests/test_fit.py)."""
+    if backend != "torch":
+        pytest.skip("framework-independent fit machinery: tested on torch only")
+
+
+def test_fit_cli_reconstructs_its_segments_from_packets(tmp_path, packets, layout, capsys, backend):
     """`larnd-diff fit --target packets.h5 --layout-yaml L`: no segments file, one iteration of the data recipe."""
+    _torch_only(backend)
     out, reco = tmp_path / "fit.json", tmp_path / "reco.h5"
     code = main(["fit", "--target", str(packets), "--layout-yaml", str(layout), "--checkpoint-dir",
                  str(tmp_path / "ck"), "--max-iter", "1", "--no-hessian", "-q", "--json", str(out),
@@ -100,7 +107,8 @@ def test_fit_cli_reconstructs_its_segments_from_packets(tmp_path, packets, layou
     assert len(segs) and np.all(segs["eventID"] == 0)
 
 
-def test_fit_api_takes_reconstructed_segments_and_packet_hits(packets, layout):
+def test_fit_api_takes_reconstructed_segments_and_packet_hits(packets, layout, backend):
+    _torch_only(backend)
     import larnd_diff.fit  # noqa: F401  (ld.fit is then the package, which is callable)
 
     data = load_data(packets, layout)

@@ -158,8 +158,12 @@ class Model:
         sim = self.simulator or _simulate
         out = sim(segments, self.params(fitted), backend=self.backend, dtype=self.dtype, device=self.device,
                   relaxation=self.relaxation, noise=noise, seed=seed)
-        keep = self.read_out(np.asarray(out.numpy().pixel))
-        if keep is None or keep.all():
+        if self.readout is None:
+            return out
+        from ..ops import to_numpy
+
+        keep = self.read_out(np.asarray(to_numpy(out.pixel)))  # host-side pixel ids only: adc may be traced (jax)
+        if keep.all():
             return out
         from ..ops import gather
 
