@@ -114,6 +114,69 @@ def test_tail_trigger_time_vs_monte_carlo(mc_case):
     assert t.max() > 20.0          # noise triggers well after the pulse (tick 55), as the model's tail has
 
 
+def _track(start, end, n, dedx):
+    from larnd_diff.io import SEGMENT_DTYPE
+
+    pts = np.asarray(start, float) + np.linspace(0, 1, n + 1)[:, None] * (np.asarray(end, float) - start)
+    seg = np.zeros(n, SEGMENT_DTYPE)
+    for i, ax in enumerate("xyz"):
+        seg[f"{ax}_start"], seg[f"{ax}_end"] = pts[:-1, i], pts[1:, i]
+        seg[ax] = 0.5 * (pts[:-1, i] + pts[1:, i])
+    seg["dx"] = np.linalg.norm(np.diff(pts, axis=0), axis=1)
+    seg["dEdx"] = dedx
+    seg["dE"] = dedx * seg["dx"]
+    return seg
+
+
+def test_expected_readout_vs_noisy_reference_forward():
+    """The whole noisy reference forward (``reference.simulate(noise=True)``, 64 seeds) on a short track: per
+    pixel, the hit frequency, the first sample's mean ADC and mean time (us, from the Hits) and the mean number of
+    samples against expected_readout of the noiseless waveforms (``return_waveforms``): checks the conventions
+    between them (charge units, time = tick x 600/6003 us, ADC, rows by pixel) besides the noise model.
+    Pixels of 23, 17, 14, 9.9, 8.3 and 4.8 ke: hit probabilities 1, 1, 1, 0.999, 0.92 and 0.017 (the rest 0),
+    1.75 samples on average on the first."""
+    from larnd_diff.reference import simulate
+    from larnd_diff.reference.electronics import E_CHARGE
+
+    seg = _track([0.1, -20.1, -27.0], [1.6, -19.4, -24.0], 8, 0.7)
+    _, waves = simulate(seg, detector=DET, return_waveforms=True)
+    assert len(waves) == 1
+    charge = waves[0].waveforms * DET.t_sampling / E_CHARGE
+    row_of = {tuple(p): r for r, p in enumerate(waves[0].pixels.tolist())}
+    er = en.expected_readout(tensor("numpy", charge), DET)
+    m = {k: numpy_of(getattr(er, k)) for k in er._fields}
+    n_seeds = 64
+    n_rows = len(charge)
+    hits = np.zeros(n_rows)
+    adc_sum, time_sum, count_sum = np.zeros(n_rows), np.zeros(n_rows), np.zeros(n_rows)
+    for seed in range(1, n_seeds + 1):
+        h = simulate(seg, detector=DET, noise=True, seed=seed).numpy()
+        rows = [row_of[tuple(p)] for p in np.asarray(h.pixel).tolist()]
+        assert len(set(rows)) == len(rows)                 # one chunk: one hit row per pixel
+        filled = np.isfinite(np.asarray(h.time))
+        for i, r in enumerate(rows):
+            hits[r] += filled[i, 0]
+            adc_sum[r] += h.adc[i, 0]
+            time_sum[r] += h.time[i, 0]
+            count_sum[r] += filled[i].sum()
+    p = m["hit_probability"]
+    assert np.sum(p > 0.99) >= 4 and np.any((p > 0.5) & (p < 0.95)) and np.any((p > 0.005) & (p < 0.05))
+    assert np.max(m["n_samples_mean"]) > 1.5                              # the case covers what it claims
+    pulls = []
+    for r in range(n_rows):
+        err = math.sqrt(max(p[r] * (1 - p[r]), 1.0 / n_seeds) / n_seeds)
+        pulls.append((hits[r] / n_seeds - p[r]) / err)
+        count_err = math.sqrt(max(m["n_samples_var"][r], 1.0 / n_seeds) / n_seeds)
+        pulls.append((count_sum[r] / n_seeds - m["n_samples_mean"][r]) / count_err)
+        if hits[r] >= 20:
+            k = hits[r]
+            pulls.append((adc_sum[r] / k - m["adc_mean"][r, 0]) / math.sqrt(max(m["adc_var"][r, 0], 1e-6) / k))
+            pulls.append((time_sum[r] / k - m["time_mean"][r, 0]) / math.sqrt(max(m["time_var"][r, 0], 1e-8) / k))
+    pulls = np.asarray(pulls)
+    assert np.max(np.abs(pulls)) < 4.5, pulls
+    assert np.mean(pulls ** 2) < 3.0, np.mean(pulls ** 2)
+
+
 # ---------------------------------------------------------------------------------------------- likelihood
 TINY_TOTAL = 120
 
