@@ -535,6 +535,45 @@ def model_tasks(samples, procs, n_nodes):
     return [tasks[i] for i in np.argsort(-np.asarray(costs), kind="stable")]
 
 
+def compute_model(imap, samples, procs, n_nodes):
+    """Model quantities of every row (tasks over the pool): (models, cpu s, largest task's cpu s, wall s)."""
+    from tqdm import tqdm
+
+    t0 = time.time()
+    parts = {name: [] for name in samples}
+    model_cpu = model_max = 0.0
+    n_total_rows = sum(len(c) for c in samples.values())
+    with tqdm(total=n_total_rows, desc="model (rows)", unit="row", file=sys.stdout, mininterval=5) as bar:
+        for name, idx, q, cpu in imap(model_task, model_tasks(samples, procs, n_nodes)):
+            parts[name].append((idx, q))
+            model_cpu += cpu
+            model_max = max(model_max, cpu)
+            bar.update(len(idx))
+    models = {}
+    for name, pieces in parts.items():
+        n = len(samples[name])
+        models[name] = {k: np.empty(n, dtype=pieces[0][1][k].dtype) for k in pieces[0][1]}
+        for idx, q in pieces:
+            for k, v in q.items():
+                models[name][k][idx] = v
+    return models, model_cpu, model_max, time.time() - t0
+
+
+def reused_model(path, samples, n_nodes):
+    """The model quantities of an earlier run's --rows-out file (deterministic: they do not depend on the seeds),
+    after checking that it covers the same rows (count and total charge of each) with the same quadrature."""
+    raw = load_rows(path)
+    for name, charge in samples.items():
+        if name not in raw["models"] or raw["info"][name]["n_nodes"] != n_nodes or \
+                len(raw["totals"][name]) != len(charge) or not np.allclose(raw["totals"][name], charge.sum(axis=1),
+                                                                           rtol=1e-12, atol=0.0):
+            raise SystemExit(f"{path} does not hold the model of these {name} rows (other sample or --nodes)")
+    t = raw["timing"]
+    print(f"model values of {len(samples)} sample(s) from {path} ({t['model_cpu_s']:.0f} cpu-s there)", flush=True)
+    return ({name: raw["models"][name] for name in samples}, t["model_cpu_s"], t["model_largest_task_cpu_s"],
+            t["model_wall_s"])
+
+
 def run(args):
     from tqdm import tqdm
 
@@ -561,26 +600,10 @@ def run(args):
               f"{n_out} with less ({time.time() - t0:.0f} s)", flush=True)
 
     imap, close = _pool(args.procs, samples)
-    # model: rows of similar cost per task
-    t0 = time.time()
-    parts = {name: [] for name in samples}
-    model_cpu = model_max = 0.0
-    tasks = model_tasks(samples, args.procs, n_nodes)
-    n_total_rows = sum(len(c) for c in samples.values())
-    with tqdm(total=n_total_rows, desc="model (rows)", unit="row", file=sys.stdout, mininterval=5) as bar:
-        for name, idx, q, cpu in imap(model_task, tasks):
-            parts[name].append((idx, q))
-            model_cpu += cpu
-            model_max = max(model_max, cpu)
-            bar.update(len(idx))
-    model_wall = time.time() - t0
-    models = {}
-    for name, pieces in parts.items():
-        n = len(samples[name])
-        models[name] = {k: np.empty(n, dtype=pieces[0][1][k].dtype) for k in pieces[0][1]}
-        for idx, q in pieces:
-            for k, v in q.items():
-                models[name][k][idx] = v
+    if args.model_from:
+        models, model_cpu, model_max, model_wall = reused_model(args.model_from, samples, n_nodes)
+    else:
+        models, model_cpu, model_max, model_wall = compute_model(imap, samples, args.procs, n_nodes)
     split = {name: (np.nan_to_num(m["time_mean"]), m["last_tick"]) for name, m in models.items()}
 
     # Monte Carlo: blocks of seeds
@@ -610,6 +633,8 @@ def run(args):
                   reference_s=sum(i["reference_s"] for i in info.values()), total_wall_s=time.time() - t_start)
     timing["estimate_s"] = {f"{s}_seeds_{n}_procs": estimate(timing, s, n, args.failure_reps)
                             for s, n in ((1000, 16), (1000, 2))}
+    if args.model_from:
+        timing["model_from"] = args.model_from            # model times are that run's; this one ran the MC only
     for name in samples:
         info[name].update(min_charge_e=args.min_charge, n_seeds=args.seeds, n_nodes=n_nodes, failure_reps=reps,
                           left_out_rows=left_out_check(left_out[name], info[name]["n_rows_left_out"], det, n_nodes,
@@ -729,6 +754,8 @@ def main(argv=None):
                     help="rows with less total charge (e-) are left out (their expected hits are reported)")
     ap.add_argument("--out", default=str(RESULTS / "noise_model_validation.json"))
     ap.add_argument("--rows-out", default=None, help="also write the per-row model values and MC sums (npz)")
+    ap.add_argument("--model-from", default=None,
+                    help="reuse the model values of a --rows-out file made on the same samples (only the MC runs)")
     ap.add_argument("--from-rows", default=None,
                     help="redo the comparison from a --rows-out file instead of running (other options ignored)")
     args = ap.parse_args(argv)
