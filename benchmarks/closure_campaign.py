@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import queue
 import subprocess
@@ -63,12 +62,17 @@ def summarize(rows: list, tolerance: float) -> dict:
             "within_tolerance_or_2_sigma": sum(map(within_or_2_sigma, rows)), "tolerance": tolerance,
             "wall_s_per_fit": [r["wall_time_s"] for r in rows], "iterations": [r["iterations"] for r in rows],
             "max_abs_relative_error": {n: max(abs(r["relative_error"][n]) for r in rows) for n in names},
-            "median_relative_sigma": {n: float(np.median([r["errors"][n] / r["fitted"][n] for r in rows
-                                                          if r.get("errors") and r["errors"].get(n)] or [math.nan]))
+            "median_relative_sigma": {n: _median_or_none([r["errors"][n] / r["fitted"][n] for r in rows
+                                                          if r.get("errors") and r["errors"].get(n)])
                                       for n in names},
             "pull_mean": {n: float(np.mean(p)) if p else None for n, p in pulls.items()},
             "pull_std": {n: float(np.std(p, ddof=1)) if len(p) > 1 else None for n, p in pulls.items()},
             "max_abs_pull": {n: float(np.max(np.abs(p))) if p else None for n, p in pulls.items()}}
+
+
+def _median_or_none(values):
+    """The median, or None (JSON null) where no fit has the value (never NaN: JSON has no NaN)."""
+    return float(np.median(values)) if values else None
 
 
 def table(rows: list) -> str:
