@@ -51,10 +51,10 @@ def pair_dict(seg, vdrift, pair_seg, pair_consts):
 @dataclasses.dataclass(frozen=True)
 class ChargeMethod:
     """How a call evaluates the induced charge: its ``backend`` (``ops.get_backend``) and ``dtype``, the sampling
-    ``grid`` (pixel pitch cm, z samples per pitch, tick us), the onset ``relaxation`` and its smoothing windows
-    ``k_fast``, ``k_slow`` (ticks), where the hot loop runs (``kernel_target`` of :func:`fused_target`), whether
-    every pair goes to the kernels in one call (``one_call``) and the padding multiple of the blocks
-    (``SimConfig.pad_multiple``)."""
+    ``grid`` (pixel pitch cm, z samples per pitch, tick us, half-width of the linear pad edge cm or 0), the onset
+    ``relaxation`` and its smoothing windows ``k_fast``, ``k_slow`` (ticks), where the hot loop runs
+    (``kernel_target`` of :func:`fused_target`), whether every pair goes to the kernels in one call (``one_call``)
+    and the padding multiple of the blocks (``SimConfig.pad_multiple``)."""
 
     backend: Any
     relaxation: Any

@@ -27,6 +27,12 @@ class Relaxation:
                      (x + stop_gradient(round(x) - x)). The smooth preset uses "straight-through"; for the fully
                      continuous ADC (e.g. finite differences of an ADC loss) use SMOOTH.replace(adc="continuous")
                      or the "smooth-continuous" preset (which also takes the soft onset).
+    pad_edge         "hard" = larnd-sim's sampling of a pixel's pad: the grid points inside the pad, each weight 1
+                     (the grid spans the segment +- 4 sigma_T, so points enter and leave the pad as sigma_T
+                     changes: a pixel's charge jumps, by up to ~70 % on the edge pixels of a track, and between
+                     jumps the grid's slope is not the charge's); "linear" = each grid point weighted by the share
+                     of its cell inside the pad (the points within half a step outside included), the same sum on
+                     average and continuous in sigma_T and the positions (README "Calibration on data").
     """
 
     onset_sharpness: Optional[float] = None
@@ -34,8 +40,11 @@ class Relaxation:
     charge: Literal["truncate", "continuous"] = "truncate"
     trigger: Literal["tick", "interpolated"] = "tick"
     adc: Literal["round", "continuous", "straight-through"] = "round"
+    pad_edge: Literal["hard", "linear"] = "hard"
 
     def __post_init__(self):
+        if self.pad_edge not in ("hard", "linear"):
+            raise ValueError(f"Relaxation.pad_edge must be 'hard' or 'linear', not {self.pad_edge!r}")
         if self.onset not in ("soft", "straight-through"):
             raise ValueError(f"Relaxation.onset must be 'soft' or 'straight-through', not {self.onset!r}")
         if self.onset_sharpness is not None and not self.onset_sharpness > 0:
@@ -56,12 +65,20 @@ HARD = Relaxation()
 SMOOTH = Relaxation(onset_sharpness=100.0, onset="straight-through", charge="continuous", trigger="interpolated",
                     adc="straight-through")
 #: The fully relaxed simulator (the paper's forward): the smooth preset with the sigmoid onset in the value too and
-#: real-valued, unrounded ADC counts, so that every output is a continuous function of the parameters (what central
-#: differences of a loss need; the closure recipe's relaxation). Its values differ from the reference's.
+#: real-valued, unrounded ADC counts, so that every output is a continuous function of the parameters except through
+#: larnd-sim's pad sampling grid (:data:`CONTINUOUS` removes that too); the closure recipe's relaxation. Its values
+#: differ from the reference's.
 SMOOTH_CONTINUOUS = SMOOTH.replace(adc="continuous", onset="soft")
 
+#: Every value a continuous function of the parameters: the fully relaxed simulator with linear pad edges, so that
+#: a pixel's charge is also continuous in the transverse diffusion and the positions (larnd-sim's hard in-pad
+#: selection of its sampling grid makes the charge jump and turns the reverse-mode gradient of tran_diff into the
+#: slope between jumps, of the wrong sign more often than not: README "Calibration on data"). The data recipe's
+#: forward (its likelihood takes the induced charge, not the ADC).
+CONTINUOUS = SMOOTH_CONTINUOUS.replace(pad_edge="linear")
+
 #: Relaxation presets by name, the same for ``ld.simulate``, ``larnd-diff simulate --relaxation`` and the fit.
-PRESETS = {"hard": HARD, "smooth": SMOOTH, "smooth-continuous": SMOOTH_CONTINUOUS}
+PRESETS = {"hard": HARD, "smooth": SMOOTH, "smooth-continuous": SMOOTH_CONTINUOUS, "continuous": CONTINUOUS}
 
 
 def as_relaxation(relaxation) -> Relaxation:

@@ -21,6 +21,7 @@ import math
 from larnd_diff.response import (AMPLITUDE_A, DELAY_US, MIN_TAU_US, TAU_B_US, TAU_C_US, pad_polynomial,
                                  pad_polynomial_slopes)
 from larnd_diff.sim.induce_layout import (AMP, COEF, DELAY, HZ, ONSET_TOLERANCE, P_AX, P_AY, P_E1X, P_E1Y, P_E1Z,
+                                          P_EDGE,
                                           P_HZ, P_NORM, P_Q2, P_RZ0, P_RZ0_UZ_WL, P_SQRT_A, P_SX, P_SY, P_TWO_A,
                                           P_U1, P_ULEN, P_UX, P_UY, P_UZ, P_VD, P_WL, P_WT, P_X0, P_XP, P_Y0, P_YP,
                                           P_ZAN, Q0, Q1, Q2, TF, TS, U0, U1, ULEN, VD, ZAN)
@@ -235,10 +236,31 @@ def sign(x):
     return 1.0 if x > 0 else (-1.0 if x < 0 else 0.0)
 
 
+def pad_edge_weight(d, step, edge):
+    """Share of the grid cell of width |step| centred ``d`` (cm) from the pixel centre that lies in the pad of
+    half-width ``edge`` (cm): 1 inside, 0 outside, linear across the edge, so that the pad's sum over the sampling
+    grid changes continuously when the grid moves; ``edge`` 0 = larnd-sim's hard selection (weight 1, the planner
+    keeps only the samples inside)."""
+    if edge <= 0.0:
+        return 1.0
+    return min(max((edge - abs(d)) / abs(step) + 0.5, 0.0), 1.0)
+
+
+def pad_edge_slopes(d, step, edge):
+    """(d w / d d, d w / d step) of :func:`pad_edge_weight` (0 where the weight is clamped)."""
+    if edge <= 0.0:
+        return 0.0, 0.0
+    v = (edge - abs(d)) / abs(step) + 0.5
+    if v <= 0.0 or v >= 1.0:
+        return 0.0, 0.0
+    return -sign(d) / abs(step), -(v - 0.5) * sign(step) / abs(step)
+
+
 def expand_row(p, i, j, valid, out):
     """Row inputs (ROW_FIELDS) of the in-pad sample (i, j) of the pair with inputs ``p`` into ``out``."""
     x_i = p[P_X0] + i * p[P_SX]
     y_j = p[P_Y0] + j * p[P_SY]
+    valid *= pad_edge_weight(p[P_XP] - x_i, p[P_SX], p[P_EDGE]) * pad_edge_weight(p[P_YP] - y_j, p[P_SY], p[P_EDGE])
     dx, dy = abs(p[P_XP] - x_i), abs(p[P_YP] - y_j)
     out[AMP] = min(pad_polynomial(AMPLITUDE_A, dx, dy), 1.0)
     out[TF] = max(pad_polynomial(TAU_B_US, dx, dy), MIN_TAU_US)
@@ -260,11 +282,24 @@ def expand_row_gradient(p, i, j, valid, g, acc):
     """Add d loss / d p of one row to ``acc`` (len(PAIR_FIELDS)), given g = d loss / d row inputs."""
     for rc, pc in PASSED_ON:
         acc[pc] += g[rc]
-    acc[P_NORM] += g[COEF] * valid
     # forward values
     x_i = p[P_X0] + i * p[P_SX]
     y_j = p[P_Y0] + j * p[P_SY]
     ddx, ddy = p[P_XP] - x_i, p[P_YP] - y_j
+    # coef = norm valid w_x w_y (pad-edge weights of the sample's distances to the pixel centre and the grid steps)
+    w_x, w_y = pad_edge_weight(ddx, p[P_SX], p[P_EDGE]), pad_edge_weight(ddy, p[P_SY], p[P_EDGE])
+    acc[P_NORM] += g[COEF] * valid * w_x * w_y
+    g_w = g[COEF] * p[P_NORM] * valid
+    if g_w != 0.0 and p[P_EDGE] > 0.0:
+        wd_x, ws_x = pad_edge_slopes(ddx, p[P_SX], p[P_EDGE])
+        wd_y, ws_y = pad_edge_slopes(ddy, p[P_SY], p[P_EDGE])
+        g_ddx_w, g_ddy_w = g_w * w_y * wd_x, g_w * w_x * wd_y
+        acc[P_XP] += g_ddx_w
+        acc[P_YP] += g_ddy_w
+        acc[P_X0] -= g_ddx_w
+        acc[P_Y0] -= g_ddy_w
+        acc[P_SX] += g_w * w_y * ws_x - g_ddx_w * i
+        acc[P_SY] += g_w * w_x * ws_y - g_ddy_w * j
     dx, dy = abs(ddx), abs(ddy)
     ux, uy, uz, w_t, w_l = p[P_UX], p[P_UY], p[P_UZ], p[P_WT], p[P_WL]
     e1x, e1y, e1z = p[P_E1X], p[P_E1Y], p[P_E1Z]
@@ -339,8 +374,8 @@ def expand_row_gradient(p, i, j, valid, g, acc):
 NO_ONSET = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
 
 SCALARS = (arrival, gauss_floor, row_negligible, entry, bucket, onset_window, onset_constants, onset, next_exp,
-           entry_gradient, onset_deposits, pad_polynomial, pad_polynomial_slopes, clip_slope, sign, expand_row,
-           expand_row_gradient)
+           entry_gradient, onset_deposits, pad_polynomial, pad_polynomial_slopes, clip_slope, sign, pad_edge_weight,
+           pad_edge_slopes, expand_row, expand_row_gradient)
 
 
 def add(arr, i, j, value):

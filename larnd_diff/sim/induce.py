@@ -151,7 +151,7 @@ def pair_inputs(g, *, grid):
 
     g: per-pair tensors (see :func:`pair_geometry`, plus n_electrons, z_anode, vdrift).
     """
-    pitch, n_pts, dt = grid
+    pitch, n_pts, dt, edge = grid
     geo = pair_geometry(g, pitch, n_pts)
     ax, ay, az, bx, by, bz = g["ax"], g["ay"], g["az"], g["bx"], g["by"], g["bz"]
     s_T, s_L = g["sigma_T"], g["sigma_L"]
@@ -174,7 +174,16 @@ def pair_inputs(g, *, grid):
                 ax=ax, ay=ay, ux=ux, uy=uy, uz=uz, w_t=w_t, w_l=w_l, two_a=two_a, rz0=rz0, rz0_uz_wl=rz0 * uz * w_l,
                 e1x=e1x, e1y=e1y, e1z=e1z, sqrt_a=sqrt_a, norm=norm,
                 q2=(e1x * e1x + e1y * e1y) * w_t / 2 + e1z * e1z * w_l / 2, u1=sqrt_a * s1,
-                u_len=sqrt_a * length, h_z=hz, z_an=g["z_anode"] - geo["z0"], vdrift=ep.zeros_like(hz) + g["vdrift"])
+                u_len=sqrt_a * length, h_z=hz, z_an=g["z_anode"] - geo["z0"], vdrift=ep.zeros_like(hz) + g["vdrift"],
+                edge=ep.zeros_like(hz) + edge)
+
+
+def pad_edge_weight(d, step, edge):
+    """Share of the grid cell of width |step| centred ``d`` (cm) from the pixel centre inside the pad of half-width
+    ``edge`` (1 where ``edge`` is 0: larnd-sim's hard selection); tensors
+    (:func:`larnd_diff.sim.fused_scalars.pad_edge_weight` in the kernels)."""
+    linear = ep.minimum(ep.maximum((edge - ep.abs(d)) / ep.abs(step) + 0.5, 0.0), 1.0)
+    return ep.where(edge > 0, linear, ep.ones_like(linear))
 
 
 def expand_rows(pairf, rows, *, dtype):
@@ -190,6 +199,8 @@ def expand_rows(pairf, rows, *, dtype):
     col = {name: per_row[:, c] for c, name in enumerate(PAIR_FIELDS)}
     x_i = col["x0"] + ops.cast(rows["i"], dtype) * col["step_x"]
     y_j = col["y0"] + ops.cast(rows["j"], dtype) * col["step_y"]
+    weight = (pad_edge_weight(col["x_p"] - x_i, col["step_x"], col["edge"])
+              * pad_edge_weight(col["y_p"] - y_j, col["step_y"], col["edge"]))
     amp, tau_fast, tau_slow, delay = current_template(ep.abs(col["x_p"] - x_i), ep.abs(col["y_p"] - y_j))
     # in-pad samples have B >= 0.087 us, C >= 1.84 us; the floor only guards padded rows
     tau_fast, tau_slow = ep.maximum(tau_fast, MIN_TAU_US), ep.maximum(tau_slow, MIN_TAU_US)
@@ -201,7 +212,7 @@ def expand_rows(pairf, rows, *, dtype):
     return dict(q0=(e0x * e0x + e0y * e0y) * w_t / 2 + e0z * e0z * w_l / 2,
                 q1=(e0x * e1x + e0y * e1y) * w_t + e0z * e1z * w_l,
                 q2=col["q2"], u0=col["sqrt_a"] * s0, u1=col["u1"],          # erf arguments sqrt(a) s*(k)
-                u_len=col["u_len"], coef=col["norm"] * rows["valid"], h_z=col["h_z"], z_an=col["z_an"],
+                u_len=col["u_len"], coef=col["norm"] * rows["valid"] * weight, h_z=col["h_z"], z_an=col["z_an"],
                 vdrift=col["vdrift"], delay=delay, tau_fast=tau_fast, tau_slow=tau_slow, amp=amp)
 
 

@@ -14,12 +14,13 @@ ONSET_TOLERANCE = 16.0
 #: stacked ``pairf``: sampling grid origin and steps (cm) and the pixel centre; segment start A (x, y) and unit
 #: direction; Mahalanobis weights 1/sigma^2 (cm^-2), 2a, the z offset of the first sample from A (cm) and its share
 #: of the metric projection; the residual direction per z step e1; sqrt(a); the charge normalisation; then the
-#: row-independent fields of :data:`ROW_FIELDS` (q2, u1, u_len, h_z, z_an, vdrift).
+#: row-independent fields of :data:`ROW_FIELDS` (q2, u1, u_len, h_z, z_an, vdrift); the pad's half-width (cm) of the
+#: linear pad edge (:func:`pad_edge_weight`; 0 = larnd-sim's hard in-pad selection).
 PAIR_FIELDS = ("x0", "step_x", "y0", "step_y", "x_p", "y_p", "ax", "ay", "ux", "uy", "uz", "w_t", "w_l", "two_a",
                "rz0", "rz0_uz_wl", "e1x", "e1y", "e1z", "sqrt_a", "norm", "q2", "u1", "u_len", "h_z", "z_an",
-               "vdrift")
+               "vdrift", "edge")
 (P_X0, P_SX, P_Y0, P_SY, P_XP, P_YP, P_AX, P_AY, P_UX, P_UY, P_UZ, P_WT, P_WL, P_TWO_A, P_RZ0, P_RZ0_UZ_WL,
- P_E1X, P_E1Y, P_E1Z, P_SQRT_A, P_NORM, P_Q2, P_U1, P_ULEN, P_HZ, P_ZAN, P_VD) = range(len(PAIR_FIELDS))
+ P_E1X, P_E1Y, P_E1Z, P_SQRT_A, P_NORM, P_Q2, P_U1, P_ULEN, P_HZ, P_ZAN, P_VD, P_EDGE) = range(len(PAIR_FIELDS))
 
 #: Per-row inputs (one in-pad sample row of a pair), in column order of the kernels' ``rowf``:
 #: Gaussian exponent coefficients q0 + q1 k + q2 k^2 of z sample k; erf arguments u0 + u1 k and u_len;

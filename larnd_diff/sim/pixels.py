@@ -178,13 +178,13 @@ def n_z_samples(z_lo, z_hi, sigma_L):
 
 
 # ---------------------------------------------------------------------------------------------- sampling grid
-def _in_pad_range(origin, sign, step, sigma_T, centre, half_pitch, n_pts):
+def _in_pad_range(origin, sign, step, sigma_T, centre, half_width, n_pts):
     first = np.zeros(len(origin), np.int64)
     count = np.zeros(len(origin), np.int64)
     for p in range(len(origin)):
         for k in range(n_pts):
             # the operations of larnd-sim's sample position, in its order: origin + sign (k step - 4 sigma_T)
-            if abs(centre[p] - (origin[p] + sign[p] * (k * step[p] - 4 * sigma_T[p]))) <= half_pitch:
+            if abs(centre[p] - (origin[p] + sign[p] * (k * step[p] - 4 * sigma_T[p]))) <= half_width[p]:
                 if count[p] == 0:
                     first[p] = k
                 count[p] += 1
@@ -199,12 +199,14 @@ except ImportError:  # pragma: no cover - numba is a hard dependency of the pack
     pass
 
 
-def in_pad_range(origin, sign, step, sigma_T, centre, half_pitch, n_pts):
+def in_pad_range(origin, sign, step, sigma_T, centre, half_width, n_pts):
     """(first, count) of the sampling grid's positions origin + sign (k step - 4 sigma_T), k = 0..n_pts-1, within
-    ``half_pitch`` of the pixel centre, per pair (one axis; float64 arrays, cm). In-pad samples are contiguous
-    (the grid is monotone); a NaN grid has none. Comparisons in the reference's float64 arithmetic."""
+    ``half_width`` (cm, a number or one per pair) of the pixel centre, per pair (one axis; float64 arrays, cm).
+    In-pad samples are contiguous (the grid is monotone); a NaN grid has none. Comparisons in the reference's
+    float64 arithmetic."""
     args = [np.ascontiguousarray(a, np.float64) for a in (origin, sign, step, sigma_T, centre)]
-    return _in_pad_range(*args, float(half_pitch), int(n_pts))
+    width = np.ascontiguousarray(np.broadcast_to(np.asarray(half_width, np.float64), args[0].shape))
+    return _in_pad_range(*args, width, int(n_pts))
 
 
 # ---------------------------------------------------------------------------------------------- time windows
@@ -339,8 +341,10 @@ def plan_pairs(seg, detector, relaxation, chunk_size, tilt_flat: float = 0.0, sm
         h_y = (np.abs(yb_ - ya_) + 8 * s_T) / (n_pts - 1)
     sgn_x = np.where(bx - ax >= 0, 1.0, -1.0)
     sgn_y = np.where(by - ay >= 0, 1.0, -1.0)
-    ix0, nx = in_pad_range(xa_, sgn_x, h_x, s_T, x_p, pitch / 2, n_pts)
-    iy0, ny = in_pad_range(ya_, sgn_y, h_y, s_T, y_p, pitch / 2, n_pts)
+    # a linear pad edge also weighs the points within half a step outside the pad (sim/fused_scalars.py)
+    linear = relaxation.pad_edge == "linear"
+    ix0, nx = in_pad_range(xa_, sgn_x, h_x, s_T, x_p, pitch / 2 + (np.abs(h_x) / 2 if linear else 0.0), n_pts)
+    iy0, ny = in_pad_range(ya_, sgn_y, h_y, s_T, y_p, pitch / 2 + (np.abs(h_y) / 2 if linear else 0.0), n_pts)
     # in-pad samples are contiguous (the grid is monotone); NaN pairs keep every sample (comparisons fail)
     nx = np.where(nan_pair, n_pts, nx)
     ny = np.where(nan_pair, n_pts, ny)
