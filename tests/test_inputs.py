@@ -392,10 +392,12 @@ def test_value_and_grad_accepts_framework_containers(backend, muons):
 # ---------------------------------------------------------------------------------------------- item 9: presets
 def test_one_set_of_relaxation_presets(muons):
     from larnd_diff.cli import build_parser
-    from larnd_diff.sim.config import PRESETS, SMOOTH, SMOOTH_CONTINUOUS, SimConfig, as_relaxation, preset_name
+    from larnd_diff.sim.config import (CONTINUOUS, PRESETS, SMOOTH, SMOOTH_CONTINUOUS, SimConfig, as_relaxation,
+                                       preset_name)
 
-    assert set(PRESETS) == {"hard", "smooth", "smooth-continuous"}
+    assert set(PRESETS) == {"hard", "smooth", "smooth-continuous", "continuous"}
     assert SMOOTH_CONTINUOUS == SMOOTH.replace(adc="continuous", onset="soft")
+    assert CONTINUOUS == SMOOTH_CONTINUOUS.replace(pad_edge="linear") and preset_name(CONTINUOUS) == "continuous"
     assert as_relaxation("smooth-continuous") is SMOOTH_CONTINUOUS and preset_name(SMOOTH_CONTINUOUS) == \
         "smooth-continuous"
     seg = muons[:30]
