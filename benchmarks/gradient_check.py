@@ -34,23 +34,16 @@ def _numpy(x):
 
 
 def row_terms(cal, physical: dict):
-    """Per-row log-likelihood and total charge (e-) of the model at physical parameter values."""
+    """Per (event, pixel) row of the model: (log-likelihood, total charge e-, observed samples) at physical
+    parameter values (the data recipe's NoiseLikelihood.row_terms)."""
     import eagerpy as ep
 
-    from larnd_diff.detector import resolve_detector
-    from larnd_diff.fit.likelihood import match_rows
-    from larnd_diff.sim.expected_noise import NOISE_NODES, readout_log_likelihood
-
     be, model, obj = cal.backend, cal.objective.model, cal.objective
-    det = resolve_detector(None)
     fitted = {n: ep.astensor(be.raw_asarray(float(v), model.dtype, model.device)) for n, v in physical.items()}
-    charge, rows, events = model.waveforms(obj.batches[0], fitted, chunk_size=None)
-    tick, adc, _, _ = match_rows(rows, events, obj.target_hits(0).numpy(), det.adc_tick_us)
-    ll = readout_log_likelihood(charge, det, tick, adc, n_nodes=NOISE_NODES,
-                                outlier_probability=obj.loss_part.outlier_probability)
-    keys = [(int(e), int(r[0]), int(r[1])) for e, r in zip(np.asarray(events), np.asarray(rows))]
-    return dict(zip(keys, zip(_numpy(ll).tolist(), _numpy(charge).sum(axis=1).tolist(),
-                              np.isfinite(adc).sum(axis=1).tolist())))
+    t = obj.loss_part.row_terms(model, obj.batches[0], fitted, obj.target_hits(0))
+    keys = [(int(e), int(r[0]), int(r[1])) for e, r in zip(np.asarray(t["events"]), np.asarray(t["rows"]))]
+    return dict(zip(keys, zip(_numpy(t["log_likelihood"]).tolist(), _numpy(t["charge"]).sum(axis=1).tolist(),
+                              np.isfinite(t["adc"]).sum(axis=1).tolist())))
 
 
 def largest_row_change(cal, before: dict, after: dict) -> dict:
@@ -76,7 +69,7 @@ def check(cal, point: dict, steps=STEPS) -> dict:
     out = {"loss": base, "params": {}}
     for n in names:
         g = float(np.asarray(be.to_numpy(grads[n])).reshape(()))
-        rows, worst = [], None
+        rows = []
         for h in steps:
             diff = {}
             for sign in (1, -1):

@@ -56,6 +56,8 @@ from pathlib import Path
 import numpy as np
 from numba import njit, prange, uint64
 
+from larnd_diff.fit.recorder import json_safe
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 QUANTITIES = ("hit_probability", "likelihood_hit_probability", "adc_mean", "adc_var", "time_mean", "time_var",
@@ -468,21 +470,6 @@ def summarise(pulls, total_charge, n_worst: int = 5):
     return summary
 
 
-def _clean(x):
-    """JSON-ready: numpy scalars and arrays to Python, NaN and infinities to None."""
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _clean(x.tolist())
-    if isinstance(x, (np.integer, np.bool_)):
-        return x.item()
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(x) else None
-    return x
-
-
 def _fmt(x, spec):
     return "–" if x is None else format(x, spec)
 
@@ -660,7 +647,7 @@ def report(raw):
 
 def save_rows(raw, path):
     """Per-row model values and MC sums of a run (npz), so that the comparison can be redone (--from-rows)."""
-    arrays = {"meta": np.array(json.dumps(_clean(dict(info=raw["info"], timing=raw["timing"],
+    arrays = {"meta": np.array(json.dumps(json_safe(dict(info=raw["info"], timing=raw["timing"],
                                                       command=raw["command"]))))}
     for name in raw["info"]:
         arrays[f"{name}/n"] = np.array(raw["moments"][name].n)
@@ -782,7 +769,7 @@ def main(argv=None):
                results=results, table=table)
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_clean(out), indent=1, allow_nan=False) + "\n")
+    path.write_text(json.dumps(json_safe(out), indent=1, allow_nan=False) + "\n")
     print(f"wrote {path}")
 
 

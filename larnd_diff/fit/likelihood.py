@@ -93,7 +93,10 @@ class NoiseLikelihood:
                                                     "outlier_probability": self.outlier_probability,
                                                     "chunk_size": self.chunk_size}}
 
-    def __call__(self, model, segments, fitted, target: Hits, *, noise_seed: int = 0) -> Any:
+    def row_terms(self, model, segments, fitted, target: Hits) -> dict:
+        """The likelihood row by row: ``log_likelihood`` (raw framework tensor, one per model row), the model's
+        ``charge`` per row and tick (electrons), its ``rows`` (pixel ids) and ``events``, the matched target samples
+        ``adc`` (NaN = empty), and the target's ``lost_rows`` / ``lost_samples`` on pixels the model has no row for."""
         from ..detector import resolve_detector
         from ..sim.expected_noise import NOISE_NODES, readout_log_likelihood
 
@@ -102,11 +105,15 @@ class NoiseLikelihood:
         tick, adc, lost_rows, lost_samples = match_rows(rows, events, target.numpy(), detector.adc_tick_us)
         ll = readout_log_likelihood(charge, detector, tick, adc, n_nodes=self.n_nodes or NOISE_NODES,
                                     outlier_probability=self.outlier_probability)
-        ll = getattr(ll, "raw", ll)
+        return dict(log_likelihood=getattr(ll, "raw", ll), charge=charge, rows=rows, events=events, adc=adc,
+                    lost_rows=lost_rows, lost_samples=lost_samples, n_ticks_event=detector.n_ticks_event)
+
+    def __call__(self, model, segments, fitted, target: Hits, *, noise_seed: int = 0) -> Any:
+        t = self.row_terms(model, segments, fitted, target)
         # target pixels the model has no row for: the outlier term alone (a constant, no gradient)
-        outlier = (lost_rows * math.log(self.outlier_probability)
-                   - lost_samples * math.log(detector.n_ticks_event * 176.0))
-        return -(_sum(ll) + outlier)
+        outlier = (t["lost_rows"] * math.log(self.outlier_probability)
+                   - t["lost_samples"] * math.log(t["n_ticks_event"] * 176.0))
+        return -(_sum(t["log_likelihood"]) + outlier)
 
 
 def _sum(x):
