@@ -450,6 +450,24 @@ def _hessian_fd(b, f, names, x0, dtype, device, step):
     return h
 
 
+def _hessian_loss(b, f, names, x0, dtype, device, step):
+    """Central second differences of the value of ``f`` alone (1 + 2n + 2n(n - 1) forward passes): the curvature
+    on the scale ``step``, for a loss whose gradient is not its slope on that scale (jumps finer than it)."""
+    def value_at(x):
+        return float(b.to_numpy(f({n: b.raw_asarray(x[i], dtype, device) for i, n in enumerate(names)})))
+
+    n = len(names)
+    f0 = value_at(x0)
+    e = np.eye(n) * step
+    h = np.zeros((n, n))
+    for i in range(n):
+        h[i, i] = (value_at(x0 + e[i]) - 2 * f0 + value_at(x0 - e[i])) / step ** 2
+        for j in range(i):
+            h[i, j] = h[j, i] = (value_at(x0 + e[i] + e[j]) - value_at(x0 + e[i] - e[j])
+                                 - value_at(x0 - e[i] + e[j]) + value_at(x0 - e[i] - e[j])) / (4 * step ** 2)
+    return h
+
+
 def hessian(backend: Any, f: Callable[[Dict[str, Any]], Any], values: Mapping[str, float], *,
             method: str = "auto", step: float = 1e-3, dtype: str = "float64", device: Any = None
             ) -> Tuple[np.ndarray, str]:
@@ -458,11 +476,12 @@ def hessian(backend: Any, f: Callable[[Dict[str, Any]], Any], values: Mapping[st
     ``method``: "fwd_over_rev" (``Backend.hessian``: a jvp of the gradient, exact to rounding), "fd" (central
     differences of gradients with step ``step`` in the parameters' units; O(step^2) truncation error), or "auto"
     (forward-over-reverse, falling back to "fd" when the backend has none or cannot push tangents through ``f``:
-    e.g. a simulator step that leaves autodiff for NumPy, or data-dependent shapes under jax tracing). The result
-    is symmetrised, (H + H^T) / 2, which for "fwd_over_rev" only removes rounding noise.
+    e.g. a simulator step that leaves autodiff for NumPy, or data-dependent shapes under jax tracing), or "loss"
+    (central second differences of the value alone, step ``step``: no gradient used). The result is symmetrised,
+    (H + H^T) / 2, which for "fwd_over_rev" only removes rounding noise.
     """
-    if method not in ("auto", "fwd_over_rev", "fd"):
-        raise ValueError(f"method must be 'auto', 'fwd_over_rev' or 'fd', got {method!r}")
+    if method not in ("auto", "fwd_over_rev", "fd", "loss"):
+        raise ValueError(f"method must be 'auto', 'fwd_over_rev', 'fd' or 'loss', got {method!r}")
     b = _gradient_backend(backend, "the Hessian needs derivatives")
     names = list(values)
     x0 = np.array([float(values[n]) for n in names], dtype=np.float64)
@@ -476,5 +495,7 @@ def hessian(backend: Any, f: Callable[[Dict[str, Any]], Any], values: Mapping[st
             warnings.warn(f"forward-over-reverse Hessian failed on {b.name} ({type(exc).__name__}: "
                           f"{str(exc)[:200]}); using finite differences of gradients", RuntimeWarning,
                           stacklevel=2)
+    if method == "loss":
+        return _hessian_loss(b, f, names, x0, dtype, device, step), "loss"
     h = _hessian_fd(b, f, names, x0, dtype, device, step)
     return (h + h.T) / 2, "fd"

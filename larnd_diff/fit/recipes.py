@@ -73,21 +73,22 @@ CLOSURE = Recipe("closure", loss=HitsLoss("sdtw", {"scales": {"adc": 1.5}}),
                  adaptation=StepAdaptation.from_settings({"shrink": 0.7, "tstat": 2.0}),
                  convergence=Convergence(2e-3, 20, "log"), relaxation="smooth-continuous", batch_length_cm=1.0e6)
 #: Calibration against data (and the data-like closure): the negative log-likelihood of the hits under the
-#: expected-noise readout (:mod:`larnd_diff.fit.likelihood`) of the continuous simulator (the ``continuous``
-#: relaxation: sigmoid onset and linear pad edges, so that the induced charge is a continuous function of every
-#: parameter and reverse mode gives the loss's slope; with larnd-sim's hard pad sampling, tran_diff's reverse-mode
-#: gradient is the slope between the charge's jumps, often of the other sign: README "Calibration on data",
-#: benchmarks/gradient_check.py); full-matrix Adam on ln(p / nominal) over the whole sample per step (lr 5e-2 x0.98
-#: per step, eField's step x0.1, adapted step factors), the Table I box, the stopping rule; the covariance from the
-#: Hessian by differences of gradients 3 % apart (the curvature on that scale: the loss of a closure has kinks at
-#: the truth, where the target's and the model's roundings coincide). A closure's target is made as a detector
-#: makes data: the Numba reference at larnd-sim precision with electronics noise, whole events.
+#: expected-noise readout (:mod:`larnd_diff.fit.likelihood`) of the smooth simulator, whose induced charge has
+#: larnd-sim's values (its hard pad sampling, z grid and tick phases: any continuous quadrature differs from them by
+#: 5-12 % rms per pixel and biases the diffusion, README "Calibration on data"); the loss is therefore a staircase
+#: in the diffusion parameters whose reverse-mode gradient is the slope between its jumps, so long_diff and
+#: tran_diff take central differences 2 % apart (benchmarks/gradient_check.py); full-matrix Adam on ln(p / nominal)
+#: over the whole sample per step (lr 5e-2 x0.98 per step, eField's step x0.1, adapted step factors), the Table I
+#: box, the stopping rule; the covariance from second differences of the loss 3 % apart (no gradient: the
+#: curvature of the staircase on that scale). A closure's target is made as a detector makes data: the Numba
+#: reference at larnd-sim precision with electronics noise, whole events.
 DATA = Recipe("data", loss=NoiseLikelihood(), coordinates=Coordinates("log", {"eField": 0.1}, "ranges"),
-              optimiser=Optimiser("adam-full", 5e-2, 0.98, None), gradient=ReverseMode(),
+              optimiser=Optimiser("adam-full", 5e-2, 0.98, None),
+              gradient=CentralDifferences(params=("long_diff", "tran_diff"), step=0.02),
               adaptation=StepAdaptation.from_settings({"shrink": 0.7, "tstat": 2.0}),
-              convergence=Convergence(1e-3, 10, "log"), relaxation="continuous", batch_length_cm=1.0e6,
+              convergence=Convergence(1e-3, 10, "log"), relaxation="smooth", batch_length_cm=1.0e6,
               target={"target_simulator": "reference", "target_noise": True, "target_precision": "larnd-sim"},
-              uncertainty=HessianUncertainty(step=0.03, method="fd"))
+              uncertainty=HessianUncertainty(step=0.03, method="loss"))
 RECIPES: Dict[str, Recipe] = {"paper": PAPER, "closure": CLOSURE, "data": DATA}
 PAPER_RECIPE: Dict[str, Any] = PAPER.keywords()
 CLOSURE_RECIPE: Dict[str, Any] = CLOSURE.keywords()

@@ -51,7 +51,9 @@ class HessianUncertainty:
     step: float = 1e-3
     scale: float = 1.0
     #: "auto" (forward-over-reverse where the framework can, else differences of gradients), "fd" (differences of
-    #: gradients ``step`` apart: the curvature on that scale, for losses with kinks finer than it) or "fwd_over_rev"
+    #: gradients ``step`` apart: the curvature on that scale, for losses with kinks finer than it), "loss" (second
+    #: differences of the loss alone, ``step`` apart: for losses whose gradient is not their slope on that scale,
+    #: e.g. larnd-sim's sampling jumps) or "fwd_over_rev"
     method: str = "auto"
 
     OPTIONS = (
@@ -59,7 +61,7 @@ class HessianUncertainty:
         Option("hessian_batches", "", "batches of the Hessian (default all)"),
         Option("hessian_step", "", "finite-difference step of the Hessian fallback (optimiser coordinates)"),
         Option("covariance_scale", "", "factor on H^-1 (see larnd_diff.fit.uncertainty)"),
-        Option("hessian_method", "", "auto | fd | fwd_over_rev (see larnd_diff.fit.uncertainty)"),
+        Option("hessian_method", "", "auto | fd | loss | fwd_over_rev (see larnd_diff.fit.uncertainty)"),
     )
 
     def keywords(self) -> dict:

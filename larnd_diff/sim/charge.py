@@ -51,10 +51,10 @@ def pair_dict(seg, vdrift, pair_seg, pair_consts):
 @dataclasses.dataclass(frozen=True)
 class ChargeMethod:
     """How a call evaluates the induced charge: its ``backend`` (``ops.get_backend``) and ``dtype``, the sampling
-    ``grid`` (pixel pitch cm, z samples per pitch, tick us, half-width of the linear pad edge cm or 0), the onset
-    ``relaxation`` and its smoothing windows ``k_fast``, ``k_slow`` (ticks), where the hot loop runs
-    (``kernel_target`` of :func:`fused_target`), whether every pair goes to the kernels in one call (``one_call``)
-    and the padding multiple of the blocks (``SimConfig.pad_multiple``)."""
+    ``grid`` (pixel pitch cm, z samples per pitch, tick us, half-width of the linear pad edge cm or 0, fixed z
+    step cm or 0), the onset ``relaxation`` and its smoothing windows ``k_fast``, ``k_slow`` (ticks), where the hot
+    loop runs (``kernel_target`` of :func:`fused_target`), whether every pair goes to the kernels in one call
+    (``one_call``) and the padding multiple of the blocks (``SimConfig.pad_multiple``)."""
 
     backend: Any
     relaxation: Any
@@ -285,9 +285,21 @@ def induced_charge(m: ChargeMethod, plan: pixels.PairPlan, pair_consts, n_rows: 
         pair_tensors = lambda gather: pair_dict(seg, vdrift, asarr(plan.seg[gather], "int64"),  # noqa: E731
                                                 asarr(pair_consts[gather]))
         charge = _blocks_charge(m, plan, blocks, pair_tensors, asarr, like, n_rows, n_ticks)
+    if m.relaxation.tick_phase == "averaged":
+        charge = average_tick_phase(charge)
     if sharp is None and plan.nan_pair.any():
         charge = _nan_overlay(charge, plan, n_ticks, asarr)
     return charge
+
+
+def average_tick_phase(charge):
+    """The mean of larnd-sim's two placements of a segment's current (``Relaxation.tick_phase="averaged"``): sampled
+    on the ticks it lands on (``charge``, (n_rows, n_ticks), planned so by
+    :func:`larnd_diff.sim.pixels.signal_windows`) and one tick later, which the reference's floor of the evaluation
+    start gives when t_start's phase in its tick is >= 1/2. Half of each tick's charge moves to the next tick: the
+    total is kept (the tick axis ends after the front end's tail) and nothing jumps as t_start crosses a half tick."""
+    later = ep.concatenate([ep.zeros_like(charge[:, :1]), charge[:, :-1]], axis=1)
+    return 0.5 * (charge + later)
 
 
 def _blocks_charge(m: ChargeMethod, plan, blocks, pair_tensors, asarr, like, n_rows, n_ticks):
@@ -326,5 +338,5 @@ def _nan_overlay(charge, plan, n_ticks, asarr):
     return ep.where(asarr(mask, "bool"), float("nan"), charge)
 
 
-__all__ = ["SEGMENT_INPUTS", "PAIR_CONSTANTS", "ChargeMethod", "pair_dict", "induced_charge", "fused_target",
-           "trace_count"]
+__all__ = ["SEGMENT_INPUTS", "PAIR_CONSTANTS", "ChargeMethod", "pair_dict", "induced_charge", "average_tick_phase",
+           "fused_target", "trace_count"]

@@ -33,6 +33,17 @@ class Relaxation:
                      jumps the grid's slope is not the charge's); "linear" = each grid point weighted by the share
                      of its cell inside the pad (the points within half a step outside included), the same sum on
                      average and continuous in sigma_T and the positions (README "Calibration on data").
+    z_step           "spanning" = larnd-sim's z sampling: N_z = max(30, ceil(range / 0.05 cm)) points spanning the
+                     z range exactly, so the step changes when N_z does and every sample moves (a pixel's pulse
+                     shape jumps as sigma_L or the geometry changes); "fixed" = the same 30 spanning points while
+                     the step range / 29 is at least 0.05 cm, else a 0.05 cm step from the range's start, the extra
+                     point past its end (where the charge is negligible): continuous in the parameters.
+    tick_phase       "reference" = larnd-sim's evaluation start floor((t_start - 5 us) / dt) dt with the placement
+                     round(...): a segment's current is sampled 0 or 1 tick before the tick it lands on, flipping
+                     each time its start time crosses a half tick (the whole pulse moves by a tick as the drift
+                     velocity changes by ~1e-4); "averaged" = the mean of the two: every segment sampled on its
+                     placement ticks, then half of each tick's charge moved to the next tick (the total and the
+                     tick values of the reference's two cases kept, continuous in the drift velocity).
     """
 
     onset_sharpness: Optional[float] = None
@@ -41,10 +52,14 @@ class Relaxation:
     trigger: Literal["tick", "interpolated"] = "tick"
     adc: Literal["round", "continuous", "straight-through"] = "round"
     pad_edge: Literal["hard", "linear"] = "hard"
+    z_step: Literal["spanning", "fixed"] = "spanning"
+    tick_phase: Literal["reference", "averaged"] = "reference"
 
     def __post_init__(self):
-        if self.pad_edge not in ("hard", "linear"):
-            raise ValueError(f"Relaxation.pad_edge must be 'hard' or 'linear', not {self.pad_edge!r}")
+        for name, allowed in (("pad_edge", ("hard", "linear")), ("z_step", ("spanning", "fixed")),
+                              ("tick_phase", ("reference", "averaged"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"Relaxation.{name} must be one of {allowed}, not {getattr(self, name)!r}")
         if self.onset not in ("soft", "straight-through"):
             raise ValueError(f"Relaxation.onset must be 'soft' or 'straight-through', not {self.onset!r}")
         if self.onset_sharpness is not None and not self.onset_sharpness > 0:
@@ -70,12 +85,14 @@ SMOOTH = Relaxation(onset_sharpness=100.0, onset="straight-through", charge="con
 #: differ from the reference's.
 SMOOTH_CONTINUOUS = SMOOTH.replace(adc="continuous", onset="soft")
 
-#: Every value a continuous function of the parameters: the fully relaxed simulator with linear pad edges, so that
-#: a pixel's charge is also continuous in the transverse diffusion and the positions (larnd-sim's hard in-pad
-#: selection of its sampling grid makes the charge jump and turns the reverse-mode gradient of tran_diff into the
-#: slope between jumps, of the wrong sign more often than not: README "Calibration on data"). The data recipe's
-#: forward (its likelihood takes the induced charge, not the ADC).
-CONTINUOUS = SMOOTH_CONTINUOUS.replace(pad_edge="linear")
+#: Every value a continuous function of the parameters: the fully relaxed simulator with linear pad edges (a
+#: pixel's charge continuous in the transverse diffusion and the positions), a fixed z step (the pulse shape
+#: continuous in the longitudinal diffusion) and averaged tick phases (the pulse times continuous in the drift
+#: velocity, hence eField): reverse mode gives the slope of any loss of its outputs (benchmarks/gradient_check.py).
+#: Its values are not larnd-sim's: per pixel the charge differs from the hard pad sampling by 5-12 % rms and every
+#: pulse is half a tick wider, which biases fits to data made by the reference (tran_diff -3 to -11 %, long_diff
+#: -16 to -19 % on the CPU data-like closures: README "Calibration on data"); the data recipe keeps :data:`SMOOTH`.
+CONTINUOUS = SMOOTH_CONTINUOUS.replace(pad_edge="linear", z_step="fixed", tick_phase="averaged")
 
 #: Relaxation presets by name, the same for ``ld.simulate``, ``larnd-diff simulate --relaxation`` and the fit.
 PRESETS = {"hard": HARD, "smooth": SMOOTH, "smooth-continuous": SMOOTH_CONTINUOUS, "continuous": CONTINUOUS}

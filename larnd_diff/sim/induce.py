@@ -26,6 +26,7 @@ import numpy as np
 from larnd_diff import ops
 from larnd_diff.response import AMPLITUDE_A, DELAY_US, MIN_TAU_US, TAU_B_US, TAU_C_US, pad_polynomial
 from larnd_diff.sim.induce_layout import ONSET_TOLERANCE, PAIR_FIELDS
+from larnd_diff.sim.pixels import N_Z_MIN
 
 #: Block length of the recurrence solver.
 BLOCK = 16
@@ -101,13 +102,24 @@ def smooth_window_ticks(sharpness, tau_max, dt, tol: float | None = None) -> int
     return int(math.ceil(tau_max * tol / (float(sharpness) * dt))) + 1
 
 
-def pair_geometry(g, pitch, n_pts):
+def z_step_of(z_range, n_z, fixed_step):
+    """Step of the z samples (cm): larnd-sim's z_range / (N_z - 1) (the points span the range), or with
+    ``fixed_step`` (cm, ``Relaxation.z_step="fixed"``) min(z_range / (N_Z_MIN - 1), fixed_step): larnd-sim's step
+    while its N_Z_MIN points are at most ``fixed_step`` apart, then ``fixed_step``, N_z following the range
+    (:func:`larnd_diff.sim.pixels.n_z_samples`)."""
+    if not fixed_step:
+        return z_range / (n_z - 1)
+    return ep.minimum(z_range / (N_Z_MIN - 1), fixed_step)
+
+
+def pair_geometry(g, pitch, n_pts, z_step=0.0):
     """Differentiable per-pair geometry (larnd-sim's z_interval and sampling grid) from gathered per-pair tensors
     ``g`` (dict).
 
     Needs: z-ordered endpoints ax, ay, az, bx, by, bz; sigma_T, sigma_L; pixel centre x_p, y_p; host constants
-    swap (x-ordering), branch (z_interval case), n_z, sgn_x, sgn_y. Returns a dict with the sampling grid origin
-    and steps, the z range and the volume weight.
+    swap (x-ordering), branch (z_interval case), n_z, sgn_x, sgn_y. ``z_step``: 0 = larnd-sim's z samples spanning
+    the range, else the fixed step in cm (:func:`z_step_of`). Returns a dict with the sampling grid origin and
+    steps, the z range and the volume weight.
     """
     ax, ay, az, bx, by, bz = g["ax"], g["ay"], g["az"], g["bx"], g["by"], g["bz"]
     s_T, s_L = g["sigma_T"], g["sigma_L"]
@@ -140,7 +152,7 @@ def pair_geometry(g, pitch, n_pts):
     h_x = (ep.abs(xb_ - xa_) + 8 * s_T) / (n_pts - 1)
     h_y = (ep.abs(yb_ - ya_) + 8 * s_T) / (n_pts - 1)
     z_range = z_hi - z_lo + 8 * s_L
-    h_z = z_range / (g["n_z"] - 1)
+    h_z = z_step_of(z_range, g["n_z"], z_step)
     return dict(x0=xa_ - g["sgn_x"] * 4 * s_T, y0=ya_ - g["sgn_y"] * 4 * s_T, step_x=g["sgn_x"] * h_x,
                 step_y=g["sgn_y"] * h_y, z0=z_lo - 4 * s_L, h_z=h_z, volume=ep.abs(h_x * h_y * h_z))
 
@@ -151,8 +163,8 @@ def pair_inputs(g, *, grid):
 
     g: per-pair tensors (see :func:`pair_geometry`, plus n_electrons, z_anode, vdrift).
     """
-    pitch, n_pts, dt, edge = grid
-    geo = pair_geometry(g, pitch, n_pts)
+    pitch, n_pts, dt, edge, z_step = grid
+    geo = pair_geometry(g, pitch, n_pts, z_step)
     ax, ay, az, bx, by, bz = g["ax"], g["ay"], g["az"], g["bx"], g["by"], g["bz"]
     s_T, s_L = g["sigma_T"], g["sigma_L"]
     ddx, ddy, ddz = bx - ax, by - ay, bz - az

@@ -279,7 +279,8 @@ def simulate(segments, backend: str = "numpy", device=None, params=None, relaxat
     compile_inputs = one_call and compile_glue
     c = _Call(backend=b, relaxation=relax, dtype=dtype,
               grid=(float(detector.pixel_pitch), int(detector.sampled_points), float(detector.t_sampling),
-                    float(detector.pixel_pitch) / 2 if relax.pad_edge == "linear" else 0.0),
+                    float(detector.pixel_pitch) / 2 if relax.pad_edge == "linear" else 0.0,
+                    pixels.Z_STEP_CM if relax.z_step == "fixed" else 0.0),
               k_fast=k_fast, k_slow=k_slow, kernel_target=kernel_target, one_call=one_call,
               pad_multiple=config.pad_multiple, detector=detector, config=config, device=device, tilt=tilt,
               link_vdrift=params.link_vdrift, compile_inputs=compile_inputs, compile_glue=compile_glue, noise=noise,

@@ -20,6 +20,8 @@ import numpy as np
 
 #: Target spacing (cm) of the z samples (larnd-sim writes it as t_sampling / 2 but uses it as a length).
 Z_STEP_CM = 0.05
+#: larnd-sim's fewest z samples of a pair
+N_Z_MIN = 30
 #: Upper bound (us) of the arrival delay t_s - t0 of the current model over the quarter pad (4.032 us at a corner).
 MAX_ARRIVAL_DELAY_US = 4.04
 #: Largest current-model time constant (us) over the quarter pad (C at a corner, 3.7497 us).
@@ -171,10 +173,13 @@ def tolerance_of(sigma_T, pitch):
     return 2 * np.maximum(5 * math.sqrt(2) * sigma_T, pitch * math.sqrt(2) / 2)
 
 
-def n_z_samples(z_lo, z_hi, sigma_L):
+def n_z_samples(z_lo, z_hi, sigma_L, fixed_step: bool = False):
     """Number of z samples N_z = max(30, ceil(|z_hi - z_lo + 8 sigma_L| / 0.05 cm)), as in
-    :func:`larnd_diff.reference.scalars.pair_current`."""
-    return np.maximum(30, np.ceil(np.abs(z_hi - z_lo + 8 * sigma_L) / Z_STEP_CM)).astype(np.int64)
+    :func:`larnd_diff.reference.scalars.pair_current` (the points span the range, step range / (N_z - 1)).
+    ``fixed_step`` (``Relaxation.z_step="fixed"``): max(30, ceil(range / 0.05 cm) + 1), the points of a 0.05 cm
+    step from the range's start covering it (:func:`larnd_diff.sim.induce.z_step_of`)."""
+    steps = np.ceil(np.abs(z_hi - z_lo + 8 * sigma_L) / Z_STEP_CM)
+    return np.maximum(N_Z_MIN, steps + 1 if fixed_step else steps).astype(np.int64)
 
 
 # ---------------------------------------------------------------------------------------------- sampling grid
@@ -210,20 +215,23 @@ def in_pad_range(origin, sign, step, sigma_T, centre, half_width, n_pts):
 
 
 # ---------------------------------------------------------------------------------------------- time windows
-def signal_windows(t_start, t_end, vdrift, detector):
+def signal_windows(t_start, t_end, vdrift, detector, on_placement: bool = False):
     """Signal windows of larnd-sim (:func:`larnd_diff.reference.induce.signal_window`,
     :func:`larnd_diff.reference.induce.first_tick_time`), float64 on the host.
 
     Returns (placement_tick, eval_start_us, n_ticks): placement tick = round_even(w_start / dt) with
     w_start = max(0, round_even((t_start - pad)/dt) dt); evaluation start T0 = max(0, floor((t_start - pad)/dt) dt)
     (floor, not round: the quirk); n_ticks = ceil((w_end - w_start)/dt) per segment (time_max = its chunk maximum).
+    ``on_placement`` (``Relaxation.tick_phase="averaged"``): T0 = placement dt for every segment (the reference's
+    floor puts it 0 or 1 tick earlier, by the phase of t_start; :func:`larnd_diff.sim.charge.average_tick_phase`
+    then takes the mean of the two).
     """
     dt, pad = detector.t_sampling, detector.time_padding
     lo, hi = detector.time_interval
     w_end = np.minimum(hi, np.round((t_end + pad + 0.5 / vdrift) / dt) * dt)
     w_start = np.maximum(lo, np.round((t_start - pad) / dt) * dt)
     placement = np.round(w_start / dt).astype(np.int64)
-    t0 = np.maximum(lo, np.floor((t_start - pad) / dt) * dt)
+    t0 = placement * dt if on_placement else np.maximum(lo, np.floor((t_start - pad) / dt) * dt)
     n_ticks = np.ceil((w_end - w_start) / dt).astype(np.int64)
     return placement, t0, n_ticks
 
@@ -290,7 +298,8 @@ def plan_pairs(seg, detector, relaxation, chunk_size, tilt_flat: float = 0.0, sm
 
     _, chunk, _ = chunk_index(seg["eventID"], chunk_size)
     n_chunks = int(chunk.max()) + 1 if len(chunk) else 0
-    placement, t0, n_ticks = signal_windows(seg["t_start"], seg["t_end"], vdrift, detector)
+    placement, t0, n_ticks = signal_windows(seg["t_start"], seg["t_end"], vdrift, detector,
+                                            on_placement=relaxation.tick_phase == "averaged")
     time_max = np.zeros(n_chunks, np.int64)
     np.maximum.at(time_max, chunk, n_ticks)
 
@@ -350,7 +359,7 @@ def plan_pairs(seg, detector, relaxation, chunk_size, tilt_flat: float = 0.0, sm
     ny = np.where(nan_pair, n_pts, ny)
     ix0 = np.where(nan_pair, 0, ix0)
     iy0 = np.where(nan_pair, 0, iy0)
-    n_z = np.where(nan_pair, n_pts, n_z_samples(z_lo, z_hi, s_L))
+    n_z = np.where(nan_pair, n_pts, n_z_samples(z_lo, z_hi, s_L, fixed_step=relaxation.z_step == "fixed"))
     live = (nx > 0) & (ny > 0)
 
     # ---- tick windows: the pair carries current only until its last arrival (the hard stop)
