@@ -167,3 +167,19 @@ def test_data_target_part_cuts_batches(segments, backend):
 def test_unknown_keyword_is_named(segments, backend):
     with pytest.raises(TypeError, match="unknown fit keyword.*lr_decy"):
         _toy(segments, lr_decy=0.9)
+
+
+def test_central_differences_take_each_parameters_own_step():
+    """``steps`` replaces ``step`` for the parameters it names (the data recipe: eField 2e-4, the diffusion 2 %):
+    on L = a^3 + b^3 at a = b = 1 the central difference is 3 + h^2 for the step h used."""
+    from larnd_diff.fit.gradients import Point
+
+    point = Point(value_and_grad=lambda: (2.0, {"Ab": 3.0, "lifetime": 3.0}),
+                  loss_at=lambda shift: sum((1.0 + shift.get(n, 0.0)) ** 3 for n in ("Ab", "lifetime")),
+                  relative_step=lambda name, h: h, iteration=0)
+    est = CentralDifferences(("Ab", "lifetime"), step=0.5, steps=(("lifetime", 0.1),))
+    _, grad, _ = est(point, est.init())
+    assert grad["Ab"] == pytest.approx(3 + 0.25) and grad["lifetime"] == pytest.approx(3 + 0.01)
+    assert est.keywords()["fd_steps"] == {"lifetime": 0.1}
+    with pytest.raises(ValueError, match="lifetime step must be > 0"):
+        CentralDifferences(("lifetime",), steps=(("lifetime", 0.0),))

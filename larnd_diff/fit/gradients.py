@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
-from .options import Option, parse_fd_names, zero_is_none
+from .options import Option, parse_assignments, parse_fd_names, zero_is_none
 
 __all__ = ["Point", "ReverseMode", "CentralDifferences", "FD_STEP", "gradient_from_keywords"]
 
@@ -47,7 +47,7 @@ class ReverseMode:
         return loss, grad, state
 
     def keywords(self) -> dict:
-        return {"fd_params": (), "fd_step": FD_STEP, "fd_until": None, "fd_switch": None}
+        return {"fd_params": (), "fd_step": FD_STEP, "fd_steps": {}, "fd_until": None, "fd_switch": None}
 
 
 @dataclass(frozen=True)
@@ -64,13 +64,17 @@ class CentralDifferences:
 
     params: Tuple[str, ...] = ("tran_diff",)
     step: float = FD_STEP
+    #: per-parameter relative steps ((name, step), ...) replacing ``step`` for those names (eField's loss changes
+    #: on a scale 100 times finer than the diffusion's)
+    steps: Tuple[Tuple[str, float], ...] = ()
     until: Optional[int] = None
     switch: Optional[int] = None
     inner: Any = field(default_factory=ReverseMode)
 
     def __post_init__(self):
-        if not float(self.step) > 0:
-            raise ValueError(f"fd_step must be > 0 (relative change of the parameter), got {self.step}")
+        for name, step in (("fd_step", self.step), *self.steps):
+            if not float(step) > 0:
+                raise ValueError(f"{name} step must be > 0 (relative change of the parameter), got {step}")
         if self.switch is not None and int(self.switch) < 1:
             raise ValueError(f"fd_switch must be >= 1 or None, got {self.switch}")
         if self.until is not None and int(self.until) < 1:
@@ -96,14 +100,17 @@ class CentralDifferences:
             grad = {**grad, **fd}
         return loss, grad, {"agree": agree, "inner": inner_state}
 
+    def step_of(self, name: str) -> float:
+        return float(dict(self.steps).get(name, self.step))
+
     def difference(self, point: Point, name: str) -> float:
-        h = point.relative_step(name, float(self.step))
+        h = point.relative_step(name, self.step_of(name))
         plus, minus = (point.loss_at({name: sign * h}) for sign in (1.0, -1.0))
         return (plus - minus) / (2.0 * h)
 
     def keywords(self) -> dict:
-        return {"fd_params": tuple(self.params), "fd_step": float(self.step), "fd_until": self.until,
-                "fd_switch": self.switch}
+        return {"fd_params": tuple(self.params), "fd_step": float(self.step), "fd_steps": dict(self.steps),
+                "fd_until": self.until, "fd_switch": self.switch}
 
 
 OPTIONS = (
@@ -111,6 +118,8 @@ OPTIONS = (
            "(two forward passes each) instead of reverse mode, which cannot see hits appearing or vanishing at "
            "the trigger threshold; 'none' = reverse mode only", parse=parse_fd_names, metavar="NAME,...|none"),
     Option("fd_step", "--fd-step", f"relative parameter step of --fd-params (default {FD_STEP})", parse=float),
+    Option("fd_steps", "--fd-steps", "per-parameter relative steps replacing --fd-step for those parameters "
+           "(the data recipe: eField=2e-4)", parse=parse_assignments, metavar="NAME=STEP,..."),
     Option("fd_until", "--fd-until", "take the --fd-params gradients by central differences only in the first N "
            "iterations (the far field, where reverse mode is biased), reverse mode after; 0 = in every "
            "iteration", parse=zero_is_none(int), metavar="N"),
@@ -128,9 +137,10 @@ def gradient_from_keywords(base, kw: Mapping[str, Any]):
     if not params:
         return ReverseMode()
     until, switch = settings["fd_until"], settings["fd_switch"]
-    return CentralDifferences(params=params, step=float(settings["fd_step"]),
+    steps = tuple((str(n), float(v)) for n, v in (settings.get("fd_steps") or {}).items())
+    return CentralDifferences(params=params, step=float(settings["fd_step"]), steps=steps,
                               until=None if until is None else int(until),
                               switch=None if switch is None else int(switch))
 
 
-_KEYS = ("fd_params", "fd_step", "fd_until", "fd_switch")
+_KEYS = ("fd_params", "fd_step", "fd_steps", "fd_until", "fd_switch")

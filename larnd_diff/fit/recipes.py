@@ -76,15 +76,17 @@ CLOSURE = Recipe("closure", loss=HitsLoss("sdtw", {"scales": {"adc": 1.5}}),
 #: expected-noise readout (:mod:`larnd_diff.fit.likelihood`) of the smooth simulator, whose induced charge has
 #: larnd-sim's values (its hard pad sampling, z grid and tick phases: any continuous quadrature differs from them by
 #: 5-12 % rms per pixel and biases the diffusion, README "Calibration on data"); the loss is therefore a staircase
-#: in the diffusion parameters whose reverse-mode gradient is the slope between its jumps, so long_diff and
-#: tran_diff take central differences 2 % apart (benchmarks/gradient_check.py); full-matrix Adam on ln(p / nominal)
+#: in the diffusion parameters and eField (tick phases) whose reverse-mode gradient is the slope between its jumps,
+#: so long_diff and tran_diff take central differences 2 % apart and eField 2e-4 apart (about two of its sigma;
+#: benchmarks/gradient_check.py); full-matrix Adam on ln(p / nominal)
 #: over the whole sample per step (lr 5e-2 x0.98 per step, eField's step x0.1, adapted step factors), the Table I
 #: box, the stopping rule; the covariance from second differences of the loss 3 % apart (no gradient: the
 #: curvature of the staircase on that scale). A closure's target is made as a detector makes data: the Numba
 #: reference at larnd-sim precision with electronics noise, whole events.
 DATA = Recipe("data", loss=NoiseLikelihood(), coordinates=Coordinates("log", {"eField": 0.1}, "ranges"),
               optimiser=Optimiser("adam-full", 5e-2, 0.98, None),
-              gradient=CentralDifferences(params=("long_diff", "tran_diff"), step=0.02),
+              gradient=CentralDifferences(params=("eField", "long_diff", "tran_diff"), step=0.02,
+                                          steps=(("eField", 2e-4),)),
               adaptation=StepAdaptation.from_settings({"shrink": 0.7, "tstat": 2.0}),
               convergence=Convergence(1e-3, 10, "log"), relaxation="smooth", batch_length_cm=1.0e6,
               target={"target_simulator": "reference", "target_noise": True, "target_precision": "larnd-sim"},
@@ -189,10 +191,10 @@ def fit(segments, target, params=FIT_PARAMETERS, *, recipe=None, **keywords):
     keywords   every part's settings (``larnd-diff fit --help`` lists them with their flags): backend, device,
                dtype, relaxation, link_vdrift, model_noise, fixed, simulator, readout; target_simulator,
                target_noise; loss, loss_options; parameterization, step_scales, bounds; optimizer, lr, lr_decay,
-               clip_norm, optimizer_options; fd_params, fd_step, fd_until, fd_switch; max_iter, epochs, time_budget_s,
-               stop_tol, stop_window, adapt_steps; checkpoint_dir, checkpoint_every, checkpoint_on_error, resume,
-               overwrite, history_path; progress; hessian, hessian_batches, hessian_step, covariance_scale; init,
-               batch_length_cm, seed, callback.
+               clip_norm, optimizer_options; fd_params, fd_step, fd_steps, fd_until, fd_switch; max_iter, epochs,
+               time_budget_s, stop_tol, stop_window, adapt_steps; checkpoint_dir, checkpoint_every,
+               checkpoint_on_error, resume, overwrite, history_path; progress; hessian, hessian_batches, hessian_step,
+               covariance_scale, hessian_method; init, batch_length_cm, seed, callback.
     """
     if "checkpoint_dir" in keywords and keywords["checkpoint_dir"] is not None:
         keywords["checkpoint_dir"] = Path(keywords["checkpoint_dir"])
