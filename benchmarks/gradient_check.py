@@ -150,9 +150,14 @@ def main(argv=None) -> int:
     out = {"command": " ".join(["python", "benchmarks/gradient_check.py", *(sys.argv[1:] if argv is None else argv)]),
            "machine": platform.node(), "wall_s": time.time() - t0, "truth": truth, "point": point,
            "relaxation": args.relaxation, "n_segments": int(len(segs)), **result, "table": md}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1, allow_nan=False) + "\n")
-    print(f"wrote {args.out}")
+    return write_result(args.out, out)
+
+
+def write_result(path: Path, out: dict) -> int:
+    """The JSON result file (no NaN); 0, the exit status."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1, allow_nan=False) + "\n")
+    print(f"wrote {path}")
     return 0
 
 
