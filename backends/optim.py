@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Callable, Dict, Mapping, Tuple
+from typing import Any, Callable, Dict, Mapping, Tuple, Union
 
 import numpy as np
 
@@ -435,7 +435,8 @@ def make_optimizer(backend: Any, values: Mapping[str, float], *, lr: float = 5e-
 
 
 def _hessian_fd(b, f, names, x0, dtype, device, step):
-    """Central differences of reverse-mode gradients: column j = (g(x + h e_j) - g(x - h e_j)) / 2h."""
+    """Central differences of reverse-mode gradients: column j = (g(x + h_j e_j) - g(x - h_j e_j)) / 2h_j
+    (``step``: the h_j, one per name)."""
     def grad_at(x):
         params = {n: b.raw_asarray(x[i], dtype, device) for i, n in enumerate(names)}
         _, grads = b.value_and_grad(lambda p: f({n: raw(p[n]) for n in names}), params)
@@ -445,39 +446,41 @@ def _hessian_fd(b, f, names, x0, dtype, device, step):
     h = np.zeros((n, n))
     for j in range(n):
         e = np.zeros(n)
-        e[j] = step
-        h[:, j] = (grad_at(x0 + e) - grad_at(x0 - e)) / (2 * step)
+        e[j] = step[j]
+        h[:, j] = (grad_at(x0 + e) - grad_at(x0 - e)) / (2 * step[j])
     return h
 
 
 def _hessian_loss(b, f, names, x0, dtype, device, step):
     """Central second differences of the value of ``f`` alone (1 + 2n + 2n(n - 1) forward passes): the curvature
-    on the scale ``step``, for a loss whose gradient is not its slope on that scale (jumps finer than it)."""
+    on the scale ``step`` (one per name), for a loss whose gradient is not its slope on that scale (jumps finer
+    than it)."""
     def value_at(x):
         return float(b.to_numpy(f({n: b.raw_asarray(x[i], dtype, device) for i, n in enumerate(names)})))
 
     n = len(names)
     f0 = value_at(x0)
-    e = np.eye(n) * step
+    e = np.diag(step)
     h = np.zeros((n, n))
     for i in range(n):
-        h[i, i] = (value_at(x0 + e[i]) - 2 * f0 + value_at(x0 - e[i])) / step ** 2
+        h[i, i] = (value_at(x0 + e[i]) - 2 * f0 + value_at(x0 - e[i])) / step[i] ** 2
         for j in range(i):
             h[i, j] = h[j, i] = (value_at(x0 + e[i] + e[j]) - value_at(x0 + e[i] - e[j])
-                                 - value_at(x0 - e[i] + e[j]) + value_at(x0 - e[i] - e[j])) / (4 * step ** 2)
+                                 - value_at(x0 - e[i] + e[j]) + value_at(x0 - e[i] - e[j])) / (4 * step[i] * step[j])
     return h
 
 
 def hessian(backend: Any, f: Callable[[Dict[str, Any]], Any], values: Mapping[str, float], *,
-            method: str = "auto", step: float = 1e-3, dtype: str = "float64", device: Any = None
-            ) -> Tuple[np.ndarray, str]:
+            method: str = "auto", step: Union[float, Mapping[str, float]] = 1e-3, dtype: str = "float64",
+            device: Any = None) -> Tuple[np.ndarray, str]:
     """Hessian of the scalar ``f({name: raw scalar tensor})`` at ``values``; returns ``(H, method_used)``.
 
     ``method``: "fwd_over_rev" (``Backend.hessian``: a jvp of the gradient, exact to rounding), "fd" (central
     differences of gradients with step ``step`` in the parameters' units; O(step^2) truncation error), or "auto"
     (forward-over-reverse, falling back to "fd" when the backend has none or cannot push tangents through ``f``:
     e.g. a simulator step that leaves autodiff for NumPy, or data-dependent shapes under jax tracing), or "loss"
-    (central second differences of the value alone, step ``step``: no gradient used). The result is symmetrised,
+    (central second differences of the value alone, step ``step``: no gradient used); ``step`` is one number or a
+    mapping name -> step (names it lacks take 1e-3). The result is symmetrised,
     (H + H^T) / 2, which for "fwd_over_rev" only removes rounding noise.
     """
     if method not in ("auto", "fwd_over_rev", "fd", "loss"):
@@ -485,6 +488,7 @@ def hessian(backend: Any, f: Callable[[Dict[str, Any]], Any], values: Mapping[st
     b = _gradient_backend(backend, "the Hessian needs derivatives")
     names = list(values)
     x0 = np.array([float(values[n]) for n in names], dtype=np.float64)
+    steps = np.array([float(step.get(n, 1e-3)) if isinstance(step, Mapping) else float(step) for n in names])
     if method == "fwd_over_rev" or (method == "auto" and b.implements("hessian")):
         try:
             h = b.hessian(f, names, x0, dtype, device)
@@ -496,6 +500,6 @@ def hessian(backend: Any, f: Callable[[Dict[str, Any]], Any], values: Mapping[st
                           f"{str(exc)[:200]}); using finite differences of gradients", RuntimeWarning,
                           stacklevel=2)
     if method == "loss":
-        return _hessian_loss(b, f, names, x0, dtype, device, step), "loss"
-    h = _hessian_fd(b, f, names, x0, dtype, device, step)
+        return _hessian_loss(b, f, names, x0, dtype, device, steps), "loss"
+    h = _hessian_fd(b, f, names, x0, dtype, device, steps)
     return (h + h.T) / 2, "fd"

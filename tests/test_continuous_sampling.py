@@ -27,6 +27,14 @@ LONG = float(SPECS["long_diff"].nominal)
 FIELD = float(SPECS["eField"].nominal)
 
 
+@pytest.fixture(autouse=True)
+def _once(backend):
+    """Host planning and the fused kernels' gradient: framework-independent, run once, in the torch environment."""
+    if backend != "torch":
+        pytest.skip("sampling relaxations: tested in the torch environment only")
+    pytest.importorskip("torch")
+
+
 @pytest.fixture(scope="module")
 def steep_segments():
     """One generated muon whose segments are turned steep (0.3 cm in z for ~0.02 cm in x-y), so that the pairs' z

@@ -468,6 +468,10 @@ def test_hessian_of_known_quadratic(backend):
         h, used = hessian(backend, f, at, method=method)
         assert used == method
         np.testing.assert_allclose(h, a, rtol=1e-7, atol=1e-7)
+    # second differences of the value alone, each parameter its own step (exact on a quadratic)
+    h, used = hessian(backend, f, at, method="loss", step={"x": 0.3, "y": 0.05, "z": 1.0})
+    assert used == "loss"
+    np.testing.assert_allclose(h, a, rtol=1e-6, atol=1e-6)
     cov, posdef = covariance_from_hessian(a)
     assert posdef
     np.testing.assert_allclose(cov @ a, np.eye(3), atol=1e-12)

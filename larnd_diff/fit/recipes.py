@@ -90,7 +90,7 @@ DATA = Recipe("data", loss=NoiseLikelihood(), coordinates=Coordinates("log", {"e
               adaptation=StepAdaptation.from_settings({"shrink": 0.7, "tstat": 2.0}),
               convergence=Convergence(1e-3, 10, "log"), relaxation="smooth", batch_length_cm=1.0e6,
               target={"target_simulator": "reference", "target_noise": True, "target_precision": "larnd-sim"},
-              uncertainty=HessianUncertainty(step=0.03, method="loss"))
+              uncertainty=HessianUncertainty(step=0.03, method="loss", steps=(("eField", 2e-3),)))
 RECIPES: Dict[str, Recipe] = {"paper": PAPER, "closure": CLOSURE, "data": DATA}
 PAPER_RECIPE: Dict[str, Any] = PAPER.keywords()
 CLOSURE_RECIPE: Dict[str, Any] = CLOSURE.keywords()
@@ -167,7 +167,8 @@ def build(segments, target, *, recipe=None, **kw) -> Calibrator:
     optimiser = Optimiser.from_keywords(r.optimiser, kw)
     budget, controllers = controllers_from_keywords(settings, coords.parameterization, optimiser.method)
     uncertainty = HessianUncertainty(settings.get("hessian_batches"), float(settings["hessian_step"]),
-                                     float(settings["covariance_scale"]), settings.get("hessian_method", "auto")
+                                     float(settings["covariance_scale"]), settings.get("hessian_method", "auto"),
+                                     tuple((str(n), float(v)) for n, v in (settings.get("hessian_steps") or {}).items())
                                      ) if kw.get("hessian", True) else None
     return Calibrator(objective, names, budget=budget, init=kw.get("init"), coordinates=coords, optimiser=optimiser,
                       gradient=gradient_from_keywords(r.gradient, kw), controllers=controllers,
@@ -194,7 +195,7 @@ def fit(segments, target, params=FIT_PARAMETERS, *, recipe=None, **keywords):
                clip_norm, optimizer_options; fd_params, fd_step, fd_steps, fd_until, fd_switch; max_iter, epochs,
                time_budget_s, stop_tol, stop_window, adapt_steps; checkpoint_dir, checkpoint_every,
                checkpoint_on_error, resume, overwrite, history_path; progress; hessian, hessian_batches, hessian_step,
-               covariance_scale, hessian_method; init, batch_length_cm, seed, callback.
+               hessian_steps, covariance_scale, hessian_method; init, batch_length_cm, seed, callback.
     """
     if "checkpoint_dir" in keywords and keywords["checkpoint_dir"] is not None:
         keywords["checkpoint_dir"] = Path(keywords["checkpoint_dir"])

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Dict, Mapping, Optional, Sequence
+from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -55,6 +55,8 @@ class HessianUncertainty:
     #: differences of the loss alone, ``step`` apart: for losses whose gradient is not their slope on that scale,
     #: e.g. larnd-sim's sampling jumps) or "fwd_over_rev"
     method: str = "auto"
+    #: per-parameter steps ((name, step), ...) in the optimiser's coordinates replacing ``step`` for those names
+    steps: Tuple[Tuple[str, float], ...] = ()
 
     OPTIONS = (
         Option("hessian", "--no-hessian", "skip the Hessian/covariance at the end", action="store_true", negate=True),
@@ -62,11 +64,14 @@ class HessianUncertainty:
         Option("hessian_step", "", "finite-difference step of the Hessian fallback (optimiser coordinates)"),
         Option("covariance_scale", "", "factor on H^-1 (see larnd_diff.fit.uncertainty)"),
         Option("hessian_method", "", "auto | fd | loss | fwd_over_rev (see larnd_diff.fit.uncertainty)"),
+        Option("hessian_steps", "", "{name: step} replacing hessian_step for those parameters (the data recipe: "
+               "eField 2e-3, about two of its sigma)"),
     )
 
     def keywords(self) -> dict:
         return {"hessian_batches": None if self.batches is None else [int(b) for b in self.batches],
-                "hessian_step": self.step, "covariance_scale": self.scale, "hessian_method": self.method}
+                "hessian_step": self.step, "covariance_scale": self.scale, "hessian_method": self.method,
+                "hessian_steps": dict(self.steps)}
 
     def estimate(self, loss: Callable, u: Mapping[str, float], coords, normalized: Mapping[str, float],
                  backend: str, dtype: str, device) -> dict:
@@ -75,7 +80,8 @@ class HessianUncertainty:
         from ..backends.optim import hessian
 
         names = list(u)
-        h, method = hessian(backend, loss, dict(u), method=self.method, step=self.step, dtype=dtype, device=device)
+        step = {n: float(dict(self.steps).get(n, self.step)) for n in names}
+        h, method = hessian(backend, loss, dict(u), method=self.method, step=step, dtype=dtype, device=device)
         cov_u, posdef = covariance_from_hessian(h, self.scale)
         jac = np.array([coords.jacobian(n, normalized[n]) for n in names])
         cov = cov_u * np.outer(jac, jac)
