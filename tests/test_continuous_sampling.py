@@ -101,7 +101,9 @@ def test_pulse_shape_is_continuous_in_the_longitudinal_diffusion(steep_segments)
 
 def test_averaged_phase_is_the_mean_of_the_two_placements(steep_segments):
     """Segment by segment, the reference's pulse R is the pulse sampled on its placement ticks (P, phase of t_start
-    < 1/2) or P one tick later; the averaged pulse is (P + P one tick later) / 2, the same charge."""
+    < 1/2) or P one tick later; the averaged pulse is (P + P one tick later) / 2, the same charge. (To 1e-3 of the
+    row's charge: when R is the late one, its first tick holds the current one tick before the averaged plan's
+    window starts, which the averaged pulse does not have: 0.8 e- of 12,649 on these steep segments.)"""
     later = (lambda w: np.concatenate([[0.0], w[:-1]]))  # noqa: E731
     earlier = (lambda w: np.concatenate([w[1:], [0.0]]))  # noqa: E731
     for s in range(len(steep_segments)):
@@ -109,13 +111,13 @@ def test_averaged_phase_is_the_mean_of_the_two_placements(steep_segments):
         reference = _waveforms(one, CONTINUOUS.replace(tick_phase="reference"), {})
         averaged = _waveforms(one, CONTINUOUS, {})
         assert set(reference) == set(averaged)
-        on_placement = [np.allclose(averaged[k], 0.5 * (w + later(w)), rtol=1e-9, atol=1e-9)
+        on_placement = [np.allclose(averaged[k], 0.5 * (w + later(w)), rtol=0, atol=1e-3 * w.sum() + 1e-9)
                         for k, w in reference.items()]
-        one_late = [np.allclose(averaged[k], 0.5 * (earlier(w) + w), rtol=1e-9, atol=1e-9)
+        one_late = [np.allclose(averaged[k], 0.5 * (earlier(w) + w), rtol=0, atol=1e-3 * w.sum() + 1e-9)
                     for k, w in reference.items()]
         assert all(on_placement) or all(one_late), f"segment {s}"
         for k, w in reference.items():
-            assert averaged[k].sum() == pytest.approx(w.sum(), rel=1e-9)
+            assert averaged[k].sum() == pytest.approx(w.sum(), rel=1e-3, abs=1e-9)
     w = np.array([[0.0, 2.0, 4.0, 0.0]])
     assert average_tick_phase(ep.astensor(w)).numpy().tolist() == [[0.0, 1.0, 3.0, 2.0]]
 
