@@ -397,7 +397,8 @@ def test_one_set_of_relaxation_presets(muons):
 
     assert set(PRESETS) == {"hard", "smooth", "smooth-continuous", "continuous"}
     assert SMOOTH_CONTINUOUS == SMOOTH.replace(adc="continuous", onset="soft")
-    assert CONTINUOUS == SMOOTH_CONTINUOUS.replace(pad_edge="linear") and preset_name(CONTINUOUS) == "continuous"
+    assert CONTINUOUS == SMOOTH_CONTINUOUS.replace(pad_edge="linear", z_step="fixed", tick_phase="averaged")
+    assert preset_name(CONTINUOUS) == "continuous"
     assert as_relaxation("smooth-continuous") is SMOOTH_CONTINUOUS and preset_name(SMOOTH_CONTINUOUS) == \
         "smooth-continuous"
     seg = muons[:30]
