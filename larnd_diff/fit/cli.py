@@ -48,6 +48,8 @@ _GROUPS = (("fit", FIT_OPTIONS), ("model", Model.OPTIONS), ("simulated target", 
 #: job's sample ~1,400 process CPU seconds for 120 iterations with the target and the Hessian; by 120 the learning
 #: rate (x0.98 per step) is 0.004 and the fits have stopped moving (README "Calibration on data").
 CLOSURE_MAX_ITER = {"data": 120}
+#: ... and with the other recipes
+OTHER_CLOSURE_MAX_ITER = 400
 
 def _describe(value) -> str:
     if isinstance(value, dict):
@@ -129,8 +131,9 @@ def add_fit_commands(subparsers) -> None:
     c = subparsers.add_parser("closure", help="closure test: fit random targets from nominal, report errors",
                                description="Closure test: fit random targets (Table I ranges) from nominal and "
                                            "report each parameter's error, sigma and pull. Without --max-iter or "
-                                           "--epochs a fit stops after 150 iterations with the data recipe, 400 "
-                                           "with the others (or earlier by the stopping rule).")
+                                           f"--epochs a fit stops after {CLOSURE_MAX_ITER['data']} iterations with "
+                                           f"the data recipe, {OTHER_CLOSURE_MAX_ITER} with the others (or earlier by "
+                                           "the stopping rule).")
     c.add_argument("--targets", type=int, default=10, help="number of random targets (default 10)")
     c.add_argument("--segments", type=Path, default=None,
                    help="segments HDF5 (default: a generated sample of 1 GeV muons, --events events, through --cuts)")
@@ -300,7 +303,7 @@ def cmd_closure(args) -> int:
     segs = select(_load_segments(args.segments, args.no_swap), args.cuts) if args.segments is not None \
         else default_sample(args.events, args.sample_seed, args.cuts, args.fluctuations, args.tracks)
     if kw.get("epochs") is None and kw.get("max_iter") is None:
-        kw["max_iter"] = CLOSURE_MAX_ITER.get(args.recipe, 400)
+        kw["max_iter"] = CLOSURE_MAX_ITER.get(args.recipe, OTHER_CLOSURE_MAX_ITER)
     if kw.get("resume") and kw.get("checkpoint_dir") is None:
         raise SystemExit("--resume needs --checkpoint-dir")
     seed = kw.pop("seed", 0)

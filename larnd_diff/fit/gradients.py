@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
-from .options import Option, parse_assignments, parse_fd_names, zero_is_none
+from .options import Option, parse_assignments, parse_fd_names, step_pairs, zero_is_none
 
 __all__ = ["Point", "ReverseMode", "CentralDifferences", "FD_STEP", "gradient_from_keywords"]
 
@@ -137,8 +137,7 @@ def gradient_from_keywords(base, kw: Mapping[str, Any]):
     if not params:
         return ReverseMode()
     until, switch = settings["fd_until"], settings["fd_switch"]
-    steps = tuple((str(n), float(v)) for n, v in (settings.get("fd_steps") or {}).items())
-    return CentralDifferences(params=params, step=float(settings["fd_step"]), steps=steps,
+    return CentralDifferences(params=params, step=float(settings["fd_step"]), steps=step_pairs(settings["fd_steps"]),
                               until=None if until is None else int(until),
                               switch=None if switch is None else int(switch))
 

@@ -120,8 +120,9 @@ class Model:
         Option("dtype", "--dtype", "float64 or float32", choices=("float64", "float32")),
         Option("relaxation", "--relaxation", "simulator relaxation: smooth (the reference's values: hard current "
                "onset, integer ADC; straight-through gradients), smooth-continuous (real-valued ADC and sigmoid "
-               "onset in the value), continuous (smooth-continuous with linear pad edges: a pixel's charge "
-               "continuous in tran_diff too), hard", choices=("smooth", "smooth-continuous", "continuous", "hard")),
+               "onset in the value), continuous (smooth-continuous with linear pad edges, fixed z step and averaged "
+               "tick phases: every value continuous in the parameters, not larnd-sim's), hard",
+               choices=("smooth", "smooth-continuous", "continuous", "hard")),
         Option("link_vdrift", "--link-vdrift", "drift velocity follows eField through the mobility model (default: "
                "on when eField is fitted; unlinked, kb and eField are degenerate: they enter recombination only as "
                "kb/eField)", action="store_optional_bool"),

@@ -146,6 +146,12 @@ def parse_loss_scales(text: str) -> dict:
     return {"scales": out} if out else {}
 
 
+def step_pairs(steps) -> tuple:
+    """{name: step} (or None) as the ((name, step), ...) a frozen part keeps (CentralDifferences.steps,
+    HessianUncertainty.steps)."""
+    return tuple((str(n), float(v)) for n, v in (steps or {}).items())
+
+
 def parse_fd_names(text: str) -> tuple:
     """"tran_diff,long_diff" -> ("tran_diff", "long_diff"); "none" -> ()."""
     return () if text.strip().lower() in ("", "none", "off") else parse_names(text)

@@ -22,7 +22,7 @@ from .gradients import CentralDifferences, ReverseMode, gradient_from_keywords
 from .likelihood import NoiseLikelihood
 from .objective import DataTarget, HitsLoss, Model, Objective, SimulatedTarget, true_values
 from .optimizer import Optimiser
-from .options import Option, parse_assignments, parse_names
+from .options import Option, parse_assignments, parse_names, step_pairs
 from .progress import Progress
 from .recorder import Recorder
 from .uncertainty import HessianUncertainty
@@ -168,8 +168,7 @@ def build(segments, target, *, recipe=None, **kw) -> Calibrator:
     budget, controllers = controllers_from_keywords(settings, coords.parameterization, optimiser.method)
     uncertainty = HessianUncertainty(settings.get("hessian_batches"), float(settings["hessian_step"]),
                                      float(settings["covariance_scale"]), settings.get("hessian_method", "auto"),
-                                     tuple((str(n), float(v)) for n, v in (settings.get("hessian_steps") or {}).items())
-                                     ) if kw.get("hessian", True) else None
+                                     step_pairs(settings.get("hessian_steps"))) if kw.get("hessian", True) else None
     return Calibrator(objective, names, budget=budget, init=kw.get("init"), coordinates=coords, optimiser=optimiser,
                       gradient=gradient_from_keywords(r.gradient, kw), controllers=controllers,
                       recorder=Recorder.from_keywords(kw), progress=Progress(bool(kw.get("progress", True))),
