@@ -64,6 +64,9 @@ class Calibrator:
         self.budget, self.controllers = budget, tuple(controllers)
         self.recorder, self.progress, self.uncertainty, self.callback = recorder, progress, uncertainty, callback
         self.total_iterations = budget.total(objective.n_batches)
+        for c in self.controllers:
+            if hasattr(c, "check"):
+                c.check(objective)
 
     # ------------------------------------------------------------------------------------------ settings
     def fingerprint(self) -> dict:
@@ -232,6 +235,13 @@ class Calibrator:
     # ------------------------------------------------------------------------------------------ result
     def _result(self, opt, state: LoopState) -> FitResult:
         u = opt.values()
+        selected, selected_loss, keep = state.iteration, None, "last"
+        for key, c in zip(self._part_names()[1:], self.controllers):
+            if hasattr(c, "select"):  # a controller that picks the result among the iterates (BestIterate)
+                last_loss = self.loss_at(self.coordinates.to_physical(u))
+                selected, selected_loss, chosen = c.select(state.parts[key], state.iteration, last_loss)
+                u = self.coordinates.to_internal(chosen) if chosen is not None else u
+                keep = "best"
         physical = self.coordinates.to_physical(u)
         normalized = {n: physical[n] / float(SPECS[n].nominal) for n in self.names}
         truth = self.objective.true_values
@@ -245,7 +255,8 @@ class Calibrator:
                         history_path=str(self.recorder.history_path) if self.recorder.history_path else None,
                         stopped_early=state.stopped_early,
                         stop_reason=state.stop_reason or ("max_iter/epochs" if done else ""),
-                        bounds=self.coordinates.box(self.names), at_bounds=self.coordinates.at_bounds(physical))
+                        bounds=self.coordinates.box(self.names), at_bounds=self.coordinates.at_bounds(physical),
+                        keep=keep, selected_iteration=selected, selected_loss=selected_loss)
         if self.uncertainty is not None:
             self._add_uncertainties(res, u)
         return res

@@ -31,6 +31,7 @@ from .options import Option, add_options, given_keywords, parse_assignments, par
 from .progress import Progress
 from .recipes import FIT_OPTIONS, RECIPES
 from .recorder import Recorder, json_safe
+from .stages import Warmup
 from .uncertainty import HessianUncertainty
 
 __all__ = ["add_fit_commands", "main"]
@@ -39,15 +40,14 @@ _GROUPS = (("fit", FIT_OPTIONS), ("model", Model.OPTIONS), ("simulated target", 
            ("loss", HitsLoss.OPTIONS + NoiseLikelihood.OPTIONS), ("coordinates", Coordinates.OPTIONS),
            ("optimiser", Optimiser.OPTIONS),
            ("gradient", _gradients.OPTIONS), ("controllers", _controllers.OPTIONS), ("progress", Progress.OPTIONS),
-           ("uncertainty", HessianUncertainty.OPTIONS))
+           ("uncertainty", HessianUncertainty.OPTIONS), ("warm-up stage", Warmup.OPTIONS))
 
 
 
 #: Iterations of a closure fit unless --max-iter or --epochs says otherwise. The data recipe (larnd-sim's values,
-#: the drift group by central differences: a reverse pass and six forward passes per iteration): on the CPU main
-#: job's sample ~1,400 process CPU seconds for 120 iterations with the target and the Hessian; by 120 the learning
-#: rate (x0.98 per step) is 0.004 and the fits have stopped moving (README "Calibration on data").
-CLOSURE_MAX_ITER = {"data": 120}
+#: the drift group by central differences: a reverse pass and six forward passes per iteration) runs them after its
+#: warm-up stage of 60 iterations (larnd_diff/fit/stages.py), from near the optimum (README "Calibration on data").
+CLOSURE_MAX_ITER = {"data": 60}
 #: ... and with the other recipes
 OTHER_CLOSURE_MAX_ITER = 400
 

@@ -53,7 +53,9 @@ def closure(segments, n_targets: int = 10, params: Sequence[str] = FIT_PARAMETER
             "iterations_to_1pct": res.iterations_to(tolerance), "wall_time_s": res.wall_time_s,
             "wall_time_to_1pct_s": res.wall_time_to(tolerance), "n_skipped": res.n_skipped,
             "stop_reason": res.stop_reason, "at_bounds": res.at_bounds, "hessian_method": res.hessian_method,
-            "hessian_posdef": res.hessian_posdef, "correlation": res.correlation}))
+            "hessian_posdef": res.hessian_posdef, "correlation": res.correlation,
+            "selected_iteration": res.selected_iteration, "selected_loss": res.selected_loss,
+            "warmup": res.warmup}))
     return {"targets": rows, "results": results}
 
 

@@ -16,7 +16,11 @@ import numpy as np
 
 from .options import Option, zero_is_none
 
-__all__ = ["Budget", "Convergence", "StepAdaptation", "ADAPT_DEFAULTS", "controllers_from_keywords", "OPTIONS"]
+__all__ = ["Budget", "Convergence", "StepAdaptation", "BestIterate", "KEEP", "ADAPT_DEFAULTS",
+           "controllers_from_keywords", "OPTIONS"]
+
+#: What a fit returns: its last iterate, or its best one (:class:`BestIterate`).
+KEEP = ("last", "best")
 
 #: Defaults of the per-parameter step adaptation (:class:`StepAdaptation`).
 ADAPT_DEFAULTS: Dict[str, float] = {"window": 10, "low": 0.2, "high": 0.6, "shrink": 0.5, "grow": 1.5, "max": 1.0,
@@ -147,6 +151,38 @@ class StepAdaptation:
         return new
 
 
+@dataclass(frozen=True)
+class BestIterate:
+    """Remembers the iterate of the lowest loss; the fit returns it (``keep="best"``) instead of the last one.
+
+    Record i holds the values at which step i's loss was taken, so each record is a candidate; the last iterate
+    (after the last step) is one more, its loss taken at the end. Losses of different batches are not comparable:
+    the fit must see the whole sample in one batch (:meth:`check`).
+    """
+
+    def check(self, objective) -> None:
+        if objective.n_batches != 1:
+            raise ValueError(f"keep='best' compares the losses of iterations, which needs the whole sample in one "
+                             f"batch (this fit has {objective.n_batches}); raise batch_length_cm or keep='last'")
+
+    def init(self) -> dict:
+        return {"loss": None, "iteration": -1, "params": {}}  # JSON-safe (checkpointed): no loss yet = None
+
+    def update(self, record: dict, state: dict, optimizer, **_):
+        loss = record.get("loss")
+        if record.get("skipped") or loss is None or not math.isfinite(loss):
+            return state, None
+        if state["loss"] is None or loss < state["loss"]:
+            state = {"loss": float(loss), "iteration": int(record["iteration"]), "params": dict(record["params"])}
+        return state, None
+
+    def select(self, state: dict, last_iteration: int, last_loss: float):
+        """(iteration, loss, physical values or None = the last iterate) of the lowest loss."""
+        if state["loss"] is None or (math.isfinite(last_loss) and last_loss <= state["loss"]):
+            return last_iteration, float(last_loss), None
+        return int(state["iteration"]), float(state["loss"]), {k: float(v) for k, v in state["params"].items()}
+
+
 def parse_adapt(text: str) -> dict:
     """"off" -> {} (no adaptation); "on" -> {"window": 10}; "shrink=0.7,window=10" -> overrides."""
     text = text.strip()
@@ -177,6 +213,8 @@ OPTIONS = (
     Option("stop_tol", "--stop-tol", "stop when every parameter moved less than this (optimiser coordinates) over "
            "the last --stop-window iterations; 0 = never", parse=zero_is_none(float)),
     Option("stop_window", "--stop-window", "iterations of the stopping rule", parse=int),
+    Option("keep", "--keep", "the result: the last iterate, or the best (lowest loss; whole-sample batches only)",
+           choices=KEEP),
     Option("adapt_steps", "--adapt-steps", "per-parameter step factors adapted from the trajectory (adam-full "
            "only): 'off', 'on' (larnd_diff.fit.ADAPT_DEFAULTS) or overrides such as shrink=0.7,window=10",
            parse=parse_adapt, metavar="off|on|KEY=V,..."),
@@ -184,8 +222,8 @@ OPTIONS = (
 
 
 def controllers_from_keywords(kw: Mapping[str, Any], parameterization: str, optimizer_method: str):
-    """(budget, [adaptation, convergence]) from fit keywords (``stop_tol`` None/0 and ``adapt_steps``
-    None/{} switch those off)."""
+    """(budget, [adaptation, convergence, best iterate]) from fit keywords (``stop_tol`` None/0 and
+    ``adapt_steps`` None/{} switch those off; ``keep="best"`` adds :class:`BestIterate`)."""
     budget = Budget(kw.get("max_iter"), kw.get("epochs"), kw.get("time_budget_s"))
     out = []
     if kw.get("adapt_steps"):
@@ -198,4 +236,9 @@ def controllers_from_keywords(kw: Mapping[str, Any], parameterization: str, opti
         raise ValueError(f"stop_tol must be > 0 or None, got {kw['stop_tol']}")
     if int(kw.get("stop_window") or 20) < 1:
         raise ValueError(f"stop_window must be >= 1, got {kw.get('stop_window')}")
+    keep = kw.get("keep") or "last"
+    if keep not in KEEP:
+        raise ValueError(f"keep must be one of {KEEP}, got {keep!r}")
+    if keep == "best":
+        out.append(BestIterate())
     return budget, out

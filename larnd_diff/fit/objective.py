@@ -321,6 +321,18 @@ class Objective:
         self.seed, self.batch_length_cm = int(seed), float(batch_length_cm)
         self.batches = make_batches(segments, length_cm=batch_length_cm, seed=self.seed)
         self._targets: Dict[int, Hits] = {}
+        self._target_owner: Optional["Objective"] = None
+
+    def share_targets(self, owner: "Objective") -> None:
+        """Take the target hits from ``owner`` (simulated once, by ``owner``'s model): a warm-up stage on another
+        relaxation fits the same target as the main stage (larnd_diff/fit/stages.py)."""
+        if owner.batches.lengths_cm.shape != self.batches.lengths_cm.shape or not np.array_equal(
+                owner.batches.lengths_cm, self.batches.lengths_cm):
+            raise ValueError("share_targets: the two objectives batch the segments differently")
+        if (owner.model.dtype, owner.model.device, owner.model.backend) != (self.model.dtype, self.model.device,
+                                                                           self.model.backend):
+            raise ValueError("share_targets: the two models differ in framework, dtype or device")
+        self._target_owner = owner
 
     @property
     def n_batches(self) -> int:
@@ -332,6 +344,8 @@ class Objective:
         return dict(self.target.values) if isinstance(self.target, SimulatedTarget) else None
 
     def target_hits(self, b: int) -> Hits:
+        if self._target_owner is not None:
+            return self._target_owner.target_hits(b)
         if b not in self._targets:
             self._targets[b] = self.model.to_backend(self.target.hits(self.model, self.batches, b, self.seed))
         return self._targets[b]

@@ -7,6 +7,7 @@ recipe with another one. Every keyword is declared once, by the part it belongs 
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
@@ -25,6 +26,7 @@ from .optimizer import Optimiser
 from .options import Option, parse_assignments, parse_names, step_pairs
 from .progress import Progress
 from .recorder import Recorder
+from .stages import Warmup, run_staged
 from .uncertainty import HessianUncertainty
 
 __all__ = ["Recipe", "PAPER", "CLOSURE", "DATA", "RECIPES", "PAPER_RECIPE", "CLOSURE_RECIPE", "build", "fit",
@@ -47,6 +49,8 @@ class Recipe:
     target: Dict[str, Any] = field(default_factory=lambda: {"target_simulator": "same", "target_noise": False,
                                                             "target_precision": "float64"})
     uncertainty: HessianUncertainty = field(default_factory=HessianUncertainty)
+    keep: str = "last"
+    warmup: Warmup = field(default_factory=Warmup)
 
     def keywords(self) -> Dict[str, Any]:
         """The recipe as :func:`fit` keywords (``fit(segs, target, **recipe.keywords())``)."""
@@ -55,7 +59,7 @@ class Recipe:
                 **self.gradient.keywords(), "relaxation": self.relaxation, "batch_length_cm": self.batch_length_cm,
                 "stop_tol": None if conv is None else conv.tol, "stop_window": 20 if conv is None else conv.window,
                 "adapt_steps": None if self.adaptation is None else self.adaptation.settings(), **self.target,
-                **self.uncertainty.keywords()}
+                **self.uncertainty.keywords(), "keep": self.keep, **self.warmup.keywords()}
 
 
 #: The paper's recipe (arXiv 2309.04639): Adam on p / nominal, lr 5e-2 decaying x0.95 per epoch, global-norm clip 1,
@@ -78,19 +82,22 @@ CLOSURE = Recipe("closure", loss=HitsLoss("sdtw", {"scales": {"adc": 1.5}}),
 #: 5-12 % rms per pixel and biases the diffusion, README "Calibration on data"); the loss is therefore a staircase
 #: in the diffusion parameters and eField (tick phases) whose reverse-mode gradient is the slope between its jumps,
 #: so long_diff and tran_diff take central differences 2 % apart and eField 2e-4 apart (about two of its sigma;
-#: benchmarks/gradient_check.py); full-matrix Adam on ln(p / nominal)
-#: over the whole sample per step (lr 5e-2 x0.98 per step, eField's step x0.1, adapted step factors), the Table I
+#: benchmarks/gradient_check.py). Two stages (:mod:`larnd_diff.fit.stages`): a warm-up of 60 iterations on the
+#: ``continuous`` forward (reverse mode, lr 5e-2), which has no staircase and so no false minimum, then the fit
+#: itself from there at lr 1e-2, returning its best iterate (the loss is the whole sample's, so iterates compare).
+#: Full-matrix Adam on ln(p / nominal) (x0.98 per step, eField's step x0.1, adapted step factors), the Table I
 #: box, the stopping rule; the covariance from second differences of the loss 3 % apart (no gradient: the
 #: curvature of the staircase on that scale). A closure's target is made as a detector makes data: the Numba
 #: reference at larnd-sim precision with electronics noise, whole events.
 DATA = Recipe("data", loss=NoiseLikelihood(), coordinates=Coordinates("log", {"eField": 0.1}, "ranges"),
-              optimiser=Optimiser("adam-full", 5e-2, 0.98, None),
+              optimiser=Optimiser("adam-full", 1e-2, 0.98, None),
               gradient=CentralDifferences(params=("eField", "long_diff", "tran_diff"), step=0.02,
                                           steps=(("eField", 2e-4),)),
               adaptation=StepAdaptation.from_settings({"shrink": 0.7, "tstat": 2.0}),
               convergence=Convergence(1e-3, 10, "log"), relaxation="smooth", batch_length_cm=1.0e6,
               target={"target_simulator": "reference", "target_noise": True, "target_precision": "larnd-sim"},
-              uncertainty=HessianUncertainty(step=0.03, method="loss", steps=(("eField", 2e-3),)))
+              uncertainty=HessianUncertainty(step=0.03, method="loss", steps=(("eField", 2e-3),)),
+              keep="best", warmup=Warmup(max_iter=60, lr=5e-2))
 RECIPES: Dict[str, Recipe] = {"paper": PAPER, "closure": CLOSURE, "data": DATA}
 PAPER_RECIPE: Dict[str, Any] = PAPER.keywords()
 CLOSURE_RECIPE: Dict[str, Any] = CLOSURE.keywords()
@@ -108,7 +115,7 @@ FIT_OPTIONS = (
 ALL_OPTIONS = (FIT_OPTIONS + Model.OPTIONS + SimulatedTarget.OPTIONS + HitsLoss.OPTIONS + NoiseLikelihood.OPTIONS
                + Coordinates.OPTIONS
                + Optimiser.OPTIONS + _gradients.OPTIONS + _controllers.OPTIONS + Recorder.OPTIONS
-               + Progress.OPTIONS + HessianUncertainty.OPTIONS)
+               + Progress.OPTIONS + HessianUncertainty.OPTIONS + Warmup.OPTIONS)
 _KEYWORDS = frozenset(o.keyword for o in ALL_OPTIONS)
 
 
@@ -120,15 +127,21 @@ def _recipe(recipe) -> Recipe:
     return RECIPES[recipe]
 
 
+def _default_recipe(target) -> str:
+    return "data" if isinstance(target, Hits) else "paper"
+
+
 def build(segments, target, *, recipe=None, **kw) -> Calibrator:
     """A :class:`Calibrator` from a recipe (a name of :data:`RECIPES` or a :class:`Recipe`; None: "data" for a
-    :class:`~larnd_diff.hits.Hits` target, "paper" for parameter values) and fit keywords."""
-    if recipe is None:
-        recipe = "data" if isinstance(target, Hits) else "paper"
+    :class:`~larnd_diff.hits.Hits` target, "paper" for parameter values) and fit keywords: one stage (:func:`fit`
+    runs a recipe's warm-up stage first)."""
     unknown = sorted(set(kw) - _KEYWORDS)
     if unknown:
         raise TypeError(f"unknown fit keyword(s) {unknown}; known: {sorted(_KEYWORDS)}")
-    r = _recipe(recipe)
+    staged = sorted(k for k in Warmup.KEYWORDS if kw.get(k))
+    if staged:
+        raise TypeError(f"build() makes one stage; {staged} configure the warm-up stage that fit() runs first")
+    r = _recipe(_default_recipe(target) if recipe is None else recipe)
     if "loss" in kw and "loss_options" not in kw:
         kw["loss_options"] = {}  # the recipe's loss options belong to the recipe's loss
     settings = {**r.keywords(), **{k: v for k, v in kw.items() if v is not None or k in _NULLABLE}}
@@ -165,6 +178,10 @@ def build(segments, target, *, recipe=None, **kw) -> Calibrator:
                           seed=int(kw.get("seed", 0)))
     coords = Coordinates.from_keywords(r.coordinates, kw)
     optimiser = Optimiser.from_keywords(r.optimiser, kw)
+    if settings.get("keep") == "best" and "keep" not in kw and objective.n_batches > 1:
+        warnings.warn(f"the {r.name} recipe returns its best iterate only when the whole sample is one batch; this "
+                      f"fit has {objective.n_batches} batches and returns its last iterate", UserWarning, stacklevel=3)
+        settings["keep"] = "last"
     budget, controllers = controllers_from_keywords(settings, coords.parameterization, optimiser.method)
     uncertainty = HessianUncertainty(settings.get("hessian_batches"), float(settings["hessian_step"]),
                                      float(settings["covariance_scale"]), settings.get("hessian_method", "auto"),
@@ -194,8 +211,17 @@ def fit(segments, target, params=FIT_PARAMETERS, *, recipe=None, **keywords):
                clip_norm, optimizer_options; fd_params, fd_step, fd_steps, fd_until, fd_switch; max_iter, epochs,
                time_budget_s, stop_tol, stop_window, adapt_steps; checkpoint_dir, checkpoint_every,
                checkpoint_on_error, resume, overwrite, history_path; progress; hessian, hessian_batches, hessian_step,
-               hessian_steps, covariance_scale, hessian_method; init, batch_length_cm, seed, callback.
+               hessian_steps, covariance_scale, hessian_method; init, batch_length_cm, seed, callback, keep;
+               warmup_iter, warmup_lr (the warm-up stage, :mod:`larnd_diff.fit.stages`: max_iter and the other
+               keywords then belong to the main stage, time_budget_s to both).
     """
     if "checkpoint_dir" in keywords and keywords["checkpoint_dir"] is not None:
         keywords["checkpoint_dir"] = Path(keywords["checkpoint_dir"])
-    return build(segments, target, recipe=recipe, params=tuple(params), **keywords).run()
+    r = _recipe(_default_recipe(target) if recipe is None else recipe)
+    warmup = r.warmup.with_keywords(keywords)
+    keywords = {k: v for k, v in keywords.items() if k not in Warmup.KEYWORDS}
+
+    def stage(**kw):
+        return build(segments, target, recipe=r, params=tuple(params), **kw)
+
+    return run_staged(stage, warmup, keywords) if warmup.enabled else stage(**keywords).run()

@@ -29,7 +29,7 @@ import numpy as np
 from .options import Option
 
 __all__ = ["Recorder", "LoopState", "CHECKPOINT_NAME", "HISTORY_NAME", "CHECKPOINT_VERSION", "read_history",
-           "read_checkpoint", "json_safe"]
+           "read_checkpoint", "json_safe", "atomic_write"]
 
 CHECKPOINT_NAME = "checkpoint.json"
 HISTORY_NAME = "history.jsonl"
@@ -99,7 +99,7 @@ def _fsync_dir(path: Path) -> None:
         pass
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     """``write(file object)`` into a temporary file beside ``path``, then rename: never a partial ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
@@ -217,13 +217,13 @@ class Recorder:
     def start(self, fingerprint: dict) -> Tuple[LoopState, Optional[dict]]:
         """The loop state to start from (fresh or resumed) and the checkpoint's optimiser state (None: fresh)."""
         if self.resume and self.directory is None:
-            raise ValueError("resume=True (--resume) needs checkpoint_dir (--checkpoint-dir): the history alone "
+            raise ValueError("resume=True needs checkpoint_dir (--checkpoint-dir): the history alone "
                              "cannot restore the optimiser")
         legacy = self.directory is not None and (self.directory / LEGACY_CHECKPOINT).exists()
         exists = self.checkpoint_path is not None and self.checkpoint_path.exists()
         if (exists or legacy) and not self.resume and not self.overwrite:
-            raise FileExistsError(f"{self.directory} holds an earlier fit; pass resume=True (--resume) to continue "
-                                  f"it, overwrite=True (--overwrite) to discard it, or use another checkpoint_dir")
+            raise FileExistsError(f"{self.directory} holds an earlier fit; pass resume=True to continue "
+                                  f"it, overwrite=True to discard it, or use another checkpoint_dir")
         if (exists or legacy) and self.resume:
             ck = read_checkpoint(self.directory)
             diff = _differences(fingerprint, ck["fingerprint"])
@@ -257,7 +257,7 @@ class Recorder:
         if size:
             if not self.overwrite:
                 what = "but there is no checkpoint to resume from" if self.resume else "of an earlier fit"
-                raise FileExistsError(f"{path} holds the history {what}; pass overwrite=True (--overwrite) to start "
+                raise FileExistsError(f"{path} holds the history {what}; pass overwrite=True to start "
                                       f"afresh (the old history is kept aside), or choose another directory")
             aside = _free_name(path)
             os.replace(path, aside)
@@ -293,10 +293,10 @@ class Recorder:
         if bad:
             raise TypeError(f"checkpoint arrays must be plain numbers, not objects: {bad}")
         name = f"checkpoint-{state.iteration:08d}.npz"
-        _atomic_write(self.directory / name, lambda fh: np.savez(fh, **arrays))
+        atomic_write(self.directory / name, lambda fh: np.savez(fh, **arrays))
         meta = {"format": _FORMAT, "version": CHECKPOINT_VERSION, "arrays": name, "fingerprint": json_safe(fingerprint),
                 "loop": json_safe(state.position()), "parts": json_safe(parts)}
-        _atomic_write(self.checkpoint_path, lambda fh: fh.write(json.dumps(meta, indent=1, allow_nan=False).encode()))
+        atomic_write(self.checkpoint_path, lambda fh: fh.write(json.dumps(meta, indent=1, allow_nan=False).encode()))
         for old in self.directory.glob("checkpoint-*.npz"):
             if old.name != name:
                 old.unlink(missing_ok=True)

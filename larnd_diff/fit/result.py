@@ -41,6 +41,10 @@ class FitResult:
     stop_reason: str = ""
     bounds: Dict[str, Tuple[float, float]] = field(default_factory=dict)  # the box of the fit (physical units)
     at_bounds: Dict[str, str] = field(default_factory=dict)  # {name: "lower" | "upper"} held by a bound at the end
+    keep: str = "last"                                  # "best": params are the iterate of the lowest loss
+    selected_iteration: Optional[int] = None            # the iterate returned (= iterations: the last one)
+    selected_loss: Optional[float] = None               # its loss (keep="best")
+    warmup: Optional[dict] = None                       # the warm-up stage (larnd_diff/fit/stages.py), if any
 
     def relative_error(self) -> Dict[str, float]:
         """(fitted - target) / target per parameter (needs a target given as parameter values)."""
@@ -84,6 +88,13 @@ class FitResult:
     def summary(self) -> str:
         lines = [f"{self.iterations} iterations ({self.epochs:.2f} epochs of {self.n_batches} batches) on "
                  f"{self.backend} in {self.wall_time_s:.1f} s; {self.n_skipped} step(s) skipped for NaN/inf"]
+        if self.warmup:
+            w = self.warmup
+            lines.append(f"  after a warm-up of {w['iterations']} iterations ({w['wall_time_s']:.1f} s, included)"
+                         if w.get("finished") else "  this is the warm-up stage, stopped by the time budget: resume "
+                         "the fit to go on")
+        if self.keep == "best" and self.selected_iteration is not None:
+            lines.append(f"  values of iteration {self.selected_iteration} (lowest loss, {self.selected_loss:.6g})")
         for n in self.names:
             err = ""
             if self.errors:
