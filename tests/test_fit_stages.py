@@ -12,7 +12,7 @@ import json
 import pytest
 
 from larnd_diff.fit import DATA, build, fit, read_history, toy_loss, toy_simulator
-from larnd_diff.fit.stages import STAGE_NAME, WARMUP_DIR, Warmup
+from larnd_diff.fit.stages import SCAN_NAME, STAGE_NAME, WARMUP_DIR, Warmup, scan_grid
 
 pytestmark = pytest.mark.backend
 
@@ -43,10 +43,12 @@ class RecordingSimulator:
         return toy_simulator(segments, params, **kw)
 
 
+_OPTS = dict(params=("Ab", "lifetime"), backend="torch", loss=toy_loss, batch_length_cm=1e6, progress=False,
+             hessian=False, seed=5, max_iter=4, warmup_iter=3, relaxation="smooth")
+
+
 def _staged(segments, sim, **kw):
-    opts = dict(params=("Ab", "lifetime"), backend="torch", loss=toy_loss, simulator=sim, batch_length_cm=1e6,
-                progress=False, hessian=False, seed=5, max_iter=4, warmup_iter=3, relaxation="smooth")
-    opts.update(kw)
+    opts = {**_OPTS, "simulator": sim, **kw}
     return fit(segments, {"Ab": 0.84, "lifetime": 3100.0}, **opts)
 
 
@@ -94,6 +96,51 @@ def test_a_time_budget_spent_in_the_warmup_returns_the_unfinished_warmup(segment
     assert not (tmp_path / WARMUP_DIR / STAGE_NAME).exists()
     done = _staged(segments, RecordingSimulator(), checkpoint_dir=tmp_path, resume=True)
     assert done.warmup["finished"] and done.warmup["iterations"] == 3 and done.iterations == 4
+
+
+def test_the_scan_starts_the_warmup_at_the_grid_point_of_the_lowest_loss(segments, tmp_path):
+    truth = {"Ab": 0.84, "lifetime": 3100.0, "long_diff": 6.0e-6}
+    opts = dict(params=("Ab", "lifetime", "long_diff"), warmup_iter=2, warmup_scan={"long_diff": 5})
+    sim = RecordingSimulator()
+    res = fit(segments, truth, **{**_OPTS, "simulator": sim, **opts, "checkpoint_dir": tmp_path})
+    grid = scan_grid((("long_diff", 5),))["long_diff"]
+    assert grid.min() > 2.0e-6 and grid.max() < 9.0e-6, "cell centres: never on a bound of the Table I range"
+    nearest = float(grid[abs(grid - truth["long_diff"]).argmin()])
+    scan = json.loads((tmp_path / WARMUP_DIR / SCAN_NAME).read_text())
+    assert scan["best"] == {"long_diff": pytest.approx(nearest, rel=1e-12)}, "the toy's loss is lowest nearest the truth"
+    assert scan["losses"][int(abs(grid - nearest).argmin())] == min(scan["losses"])
+    assert res.warmup["scan"]["best"] == scan["best"]
+    first_warmup = read_history(tmp_path / WARMUP_DIR / "history.jsonl")[0]
+    assert first_warmup["params"]["long_diff"] == pytest.approx(nearest, rel=1e-12)
+    assert first_warmup["params"]["Ab"] == pytest.approx(0.8), "the other parameters keep their start"
+    # a resumed fit reads the recorded scan instead of scanning again
+    (tmp_path / WARMUP_DIR / STAGE_NAME).unlink()
+    again = RecordingSimulator()
+    fit(segments, truth, **{**_OPTS, "simulator": again, **opts, "checkpoint_dir": tmp_path, "resume": True})
+    assert len(again.relaxations) < 5
+
+
+def test_warmup_params_hold_the_others_at_their_start(segments, tmp_path):
+    truth = {"Ab": 0.84, "lifetime": 3100.0, "long_diff": 6.0e-6}
+    opts = dict(params=("Ab", "lifetime", "long_diff"), warmup_iter=3, warmup_scan={"long_diff": 5},
+                warmup_params=("Ab", "lifetime"), checkpoint_dir=tmp_path)
+    res = fit(segments, truth, **{**_OPTS, "simulator": RecordingSimulator(), **opts})
+    warm = read_history(tmp_path / WARMUP_DIR / "history.jsonl")
+    assert all(set(r["params"]) == {"Ab", "lifetime"} for r in warm), "the warm-up fits only its parameters"
+    held = res.warmup["scan"]["best"]["long_diff"]
+    assert res.warmup["held"] == ["long_diff"] and res.init["long_diff"] == pytest.approx(held, rel=1e-12)
+    assert res.init["Ab"] == pytest.approx(res.warmup["params"]["Ab"]) and res.init["Ab"] != pytest.approx(0.8)
+    assert set(res.params) == {"Ab", "lifetime", "long_diff"}, "the main stage fits every parameter"
+    with pytest.raises(ValueError, match="names none"):
+        fit(segments, truth, **{**_OPTS, "simulator": RecordingSimulator(), **opts, "checkpoint_dir": None,
+                                "warmup_params": ("kb",)})
+
+
+def test_a_scan_of_an_unfitted_parameter_is_refused(segments):
+    with pytest.raises(ValueError, match="not fitted"):
+        _staged(segments, RecordingSimulator(), warmup_scan={"tran_diff": 3})
+    with pytest.raises(ValueError, match="points >= 2"):
+        Warmup(scan=(("tran_diff", 1),))
 
 
 def test_keep_best_returns_the_lowest_loss_iterate(segments):

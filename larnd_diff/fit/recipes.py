@@ -82,9 +82,11 @@ CLOSURE = Recipe("closure", loss=HitsLoss("sdtw", {"scales": {"adc": 1.5}}),
 #: 5-12 % rms per pixel and biases the diffusion, README "Calibration on data"); the loss is therefore a staircase
 #: in the diffusion parameters and eField (tick phases) whose reverse-mode gradient is the slope between its jumps,
 #: so long_diff and tran_diff take central differences 2 % apart and eField 2e-4 apart (about two of its sigma;
-#: benchmarks/gradient_check.py). Two stages (:mod:`larnd_diff.fit.stages`): a warm-up of 60 iterations on the
-#: ``continuous`` forward (reverse mode, lr 5e-2), which has no staircase and so no false minimum, then the fit
-#: itself from there at lr 1e-2, returning its best iterate (the loss is the whole sample's, so iterates compare).
+#: benchmarks/gradient_check.py). Two stages (:mod:`larnd_diff.fit.stages`): a warm-up on the ``continuous``
+#: forward, which has no staircase: a 4 x 4 grid over the Table I ranges of long_diff and tran_diff (their valley is
+#: long and multimodal) picks their start, then 60 iterations (reverse mode, lr 5e-2) fit Ab, kb, eField and
+#: lifetime with the diffusion held there; then the fit itself, all six from that point at lr 1e-2, returning its
+#: best iterate (the loss is the whole sample's, so iterates compare).
 #: Full-matrix Adam on ln(p / nominal) (x0.98 per step, eField's step x0.1, adapted step factors), the Table I
 #: box, the stopping rule; the covariance from second differences of the loss 3 % apart (no gradient: the
 #: curvature of the staircase on that scale). A closure's target is made as a detector makes data: the Numba
@@ -97,7 +99,8 @@ DATA = Recipe("data", loss=NoiseLikelihood(), coordinates=Coordinates("log", {"e
               convergence=Convergence(1e-3, 10, "log"), relaxation="smooth", batch_length_cm=1.0e6,
               target={"target_simulator": "reference", "target_noise": True, "target_precision": "larnd-sim"},
               uncertainty=HessianUncertainty(step=0.03, method="loss", steps=(("eField", 2e-3),)),
-              keep="best", warmup=Warmup(max_iter=60, lr=5e-2))
+              keep="best", warmup=Warmup(max_iter=60, lr=5e-2, scan=(("long_diff", 4), ("tran_diff", 4)),
+                                         params=("Ab", "kb", "eField", "lifetime")))
 RECIPES: Dict[str, Recipe] = {"paper": PAPER, "closure": CLOSURE, "data": DATA}
 PAPER_RECIPE: Dict[str, Any] = PAPER.keywords()
 CLOSURE_RECIPE: Dict[str, Any] = CLOSURE.keywords()
@@ -222,6 +225,6 @@ def fit(segments, target, params=FIT_PARAMETERS, *, recipe=None, **keywords):
     keywords = {k: v for k, v in keywords.items() if k not in Warmup.KEYWORDS}
 
     def stage(**kw):
-        return build(segments, target, recipe=r, params=tuple(params), **kw)
+        return build(segments, target, recipe=r, **{"params": tuple(params), **kw})
 
     return run_staged(stage, warmup, keywords) if warmup.enabled else stage(**keywords).run()

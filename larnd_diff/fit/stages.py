@@ -8,64 +8,113 @@ scale; started at nominal such a fit can stop in a false minimum (seed 1 target 
 -41 %). The ``continuous`` forward has no staircase (reverse-mode gradients equal central differences) and brings
 every parameter near its optimum; the main stage then starts there and removes the quadrature bias.
 
+Before its iterations the warm-up may scan a grid (``scan``): the loss on a log-spaced grid over the Table I ranges of
+a few parameters (the diffusion constants by default in the data recipe), the others at their start values, and
+the best grid point is the warm-up's start. The diffusion's likelihood valley is long and, with larnd-sim's
+quadratures, multimodal; the grid puts the start in the right part of it (README "Calibration on data").
+
 A :class:`Warmup` is a part like the others: its settings are the ``warmup_*`` keywords, its checkpoints live in
-``CHECKPOINT_DIR/warmup`` (resumable), and when it ends it writes ``stage.json`` there (its end point, read back on
-resume, so a finished warm-up is never run again). One time budget covers both stages.
+``CHECKPOINT_DIR/warmup`` (resumable; the scan's result in ``scan.json`` there), and when it ends it writes
+``stage.json`` there (its end point, read back on resume, so a finished warm-up is never run again). One time
+budget covers both stages.
 """
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
-from .options import Option, zero_is_none
+import numpy as np
+
+from ..params import SPECS
+from .options import Option, parse_assignments, parse_names, zero_is_none
 from .recorder import atomic_write, json_safe
 
-__all__ = ["Warmup", "run_staged", "WARMUP_DIR", "STAGE_NAME"]
+__all__ = ["Warmup", "run_staged", "scan_grid", "WARMUP_DIR", "STAGE_NAME", "SCAN_NAME"]
 
 WARMUP_DIR = "warmup"
 STAGE_NAME = "stage.json"
+SCAN_NAME = "scan.json"
 _STAGE_FORMAT = "larnd-diff finished warm-up"
+_SCAN_FORMAT = "larnd-diff warm-up scan"
 
 
 @dataclass(frozen=True)
 class Warmup:
     """The first stage: ``max_iter`` iterations (0 = no warm-up) of the ``relaxation`` forward with reverse-mode
-    gradients and learning rate ``lr`` (None: the recipe's); the recipe's other parts, no covariance."""
+    gradients, the ``optimizer`` (None: the recipe's) at learning rate ``lr`` decaying by ``lr_decay`` per epoch
+    (None: the recipe's); the recipe's other parts, no covariance. A smooth forward suits "bfgs" (trust-region
+    quasi-Newton, ``lr`` its largest step in the coordinates; no step adaptation, which is Adam's). ``scan``:
+    ``((name, points), ...)``, the grid searched first (:func:`scan_grid`; () = none). ``params``: the parameters
+    the warm-up iterations fit (None: all); the others stay at their start values (after the scan) until the main
+    stage, so that the fast parameters settle before the slow ones move."""
 
     max_iter: int = 0
     relaxation: str = "continuous"
     lr: Optional[float] = None
+    optimizer: Optional[str] = None
+    lr_decay: Optional[float] = None
+    scan: Tuple[Tuple[str, int], ...] = ()
+    params: Optional[Tuple[str, ...]] = None
 
     OPTIONS = (
-        Option("warmup_iter", "--warmup-iter", "iterations of the warm-up stage on the smooth continuous forward "
-               "(reverse mode) before the fit itself; 0 = none", parse=zero_is_none(int), metavar="N"),
+        Option("warmup_iter", "--warmup-iter", "iterations of the warm-up stage (reverse mode on its own forward, "
+               "--warmup-relaxation) before the fit itself; 0 = none", parse=zero_is_none(int), metavar="N"),
         Option("warmup_lr", "--warmup-lr", "learning rate of the warm-up stage", parse=float),
+        Option("warmup_relaxation", "--warmup-relaxation", "forward of the warm-up stage and its scan (a relaxation "
+               "preset)"),
+        Option("warmup_params", "--warmup-params", "parameters the warm-up iterations fit (the others stay at their "
+               "start, after the scan); 'all' = every fitted one", parse=lambda t: None if t.strip() == "all"
+               else parse_names(t), metavar="NAME,...|all"),
+        Option("warmup_scan", "--warmup-scan", "grid searched before the warm-up: points per parameter, log-spaced "
+               "over its Table I range; 'none' = no scan", parse=lambda t: {} if t.strip() == "none"
+               else parse_assignments(t), metavar="NAME=POINTS,...|none"),
     )
-    KEYWORDS = ("warmup_iter", "warmup_lr")
+    KEYWORDS = ("warmup_iter", "warmup_lr", "warmup_relaxation", "warmup_scan", "warmup_params")
 
     def __post_init__(self):
         if self.max_iter < 0:
             raise ValueError(f"warmup_iter must be >= 0, got {self.max_iter}")
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"warmup_lr must be > 0, got {self.lr}")
+        unknown = [n for n in self.params or () if n not in SPECS]
+        if unknown:
+            raise ValueError(f"warmup_params: unknown parameter(s) {unknown}; known: {sorted(SPECS)}")
+        for name, points in self.scan:
+            if name not in SPECS:
+                raise ValueError(f"warmup_scan: unknown parameter {name!r}; known: {sorted(SPECS)}")
+            if int(points) < 2 or int(points) != points:
+                raise ValueError(f"warmup_scan: {name} needs a whole number of points >= 2, got {points}")
 
     @property
     def enabled(self) -> bool:
-        return self.max_iter > 0
+        return self.max_iter > 0 or bool(self.scan)
 
     def keywords(self) -> dict:
-        return {"warmup_iter": self.max_iter, "warmup_lr": self.lr}
+        return {"warmup_iter": self.max_iter, "warmup_lr": self.lr, "warmup_relaxation": self.relaxation,
+                "warmup_scan": dict(self.scan), "warmup_params": self.params}
 
     def with_keywords(self, kw: Mapping[str, Any]) -> "Warmup":
-        """This warm-up with the ``warmup_*`` keywords of ``kw`` applied (``warmup_iter`` None or 0: none)."""
+        """This warm-up with the ``warmup_*`` keywords of ``kw`` applied (``warmup_iter`` None or 0: no
+        iterations; ``warmup_scan`` {} or None: no scan)."""
         out = self
         if "warmup_iter" in kw:
             out = replace(out, max_iter=int(kw["warmup_iter"] or 0))
         if kw.get("warmup_lr") is not None:
             out = replace(out, lr=float(kw["warmup_lr"]))
+        if kw.get("warmup_relaxation") is not None:
+            out = replace(out, relaxation=kw["warmup_relaxation"])
+        if "warmup_scan" in kw:
+            out = replace(out, scan=tuple((str(k), int(v)) for k, v in dict(kw["warmup_scan"] or {}).items()))
+        if "warmup_params" in kw:
+            out = replace(out, params=None if kw["warmup_params"] is None else tuple(kw["warmup_params"]))
         return out
+
+    def held(self, names) -> Tuple[str, ...]:
+        """The fitted ``names`` the warm-up iterations hold at their start values."""
+        return tuple(n for n in names if self.params is not None and n not in self.params)
 
     def stage_keywords(self, kw: Mapping[str, Any]) -> dict:
         """The fit keywords of the warm-up stage from those of the whole fit."""
@@ -73,8 +122,11 @@ class Warmup:
         out = {**kw, "relaxation": self.relaxation, "fd_params": (), "max_iter": self.max_iter, "epochs": None,
                "hessian": False, "keep": "last", "history_path": None,
                "checkpoint_dir": None if directory is None else Path(directory) / WARMUP_DIR}
-        if self.lr is not None:
-            out["lr"] = self.lr
+        for key, value in (("lr", self.lr), ("optimizer", self.optimizer), ("lr_decay", self.lr_decay)):
+            if value is not None:
+                out[key] = value
+        if self.optimizer is not None and self.optimizer != "adam-full":
+            out["adapt_steps"] = None
         return out
 
 
@@ -89,6 +141,46 @@ def read_stage(directory: Optional[Path]) -> Optional[dict]:
         raise ValueError(f"{path} is not a finished warm-up record (not JSON: {exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != _STAGE_FORMAT or not isinstance(meta.get("params"), dict):
         raise ValueError(f"{path} is not a finished warm-up record (no 'format': {_STAGE_FORMAT!r} or no params)")
+    return meta
+
+
+def scan_grid(scan: Tuple[Tuple[str, int], ...]) -> Dict[str, np.ndarray]:
+    """The scan's points per parameter (physical units): the centres of ``points`` equal cells of its Table I range in
+    log scale (never on a bound, where a fit in the box would start stuck)."""
+    return {name: SPECS[name].low * (SPECS[name].high / SPECS[name].low) ** ((np.arange(int(points)) + 0.5)
+                                                                            / int(points))
+            for name, points in scan}
+
+
+def _run_scan(probe, scan, directory: Optional[Path], resume: bool, progress: bool) -> dict:
+    """The loss on the grid (the other parameters at ``probe``'s start), or the scan recorded in ``directory``."""
+    path = None if directory is None else Path(directory) / SCAN_NAME
+    if resume and path is not None and path.exists():
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        if meta.get("format") != _SCAN_FORMAT or meta.get("scan") != [list(x) for x in scan]:
+            raise ValueError(f"{path} records another scan than {dict(scan)}; resume with the same warmup_scan")
+        return meta
+    unknown = [n for n, _ in scan if n not in probe.names]
+    if unknown:
+        raise ValueError(f"warmup_scan: {unknown} are not fitted ({probe.names})")
+    axes = scan_grid(scan)
+    names = list(axes)
+    points = [dict(zip(names, combo)) for combo in
+              np.array(np.meshgrid(*axes.values(), indexing="ij")).reshape(len(names), -1).T]
+    t0 = time.perf_counter()
+    losses = []
+    from tqdm.auto import tqdm
+
+    for point in tqdm(points, desc="warm-up scan", unit="point", disable=not progress):
+        losses.append(probe.loss_at({**probe.init, **{k: float(v) for k, v in point.items()}}))
+    best = int(np.nanargmin(np.where(np.isfinite(losses), losses, np.nan)))
+    meta = {"format": _SCAN_FORMAT, "scan": [list(x) for x in scan], "start": dict(probe.init),
+            "points": [{k: float(v) for k, v in p.items()} for p in points], "losses": losses,
+            "best": {k: float(v) for k, v in points[best].items()}, "best_loss": float(losses[best]),
+            "wall_time_s": time.perf_counter() - t0}
+    if path is not None:
+        text = json.dumps(json_safe(meta), indent=1, allow_nan=False).encode("utf-8")
+        atomic_write(path, lambda fh: fh.write(text))
     return meta
 
 
@@ -119,14 +211,35 @@ def run_staged(make: Callable[..., Any], warmup: Warmup, kw: Mapping[str, Any]):
         if directory is not None and (directory / STAGE_NAME).exists() and not kw.get("overwrite"):
             raise FileExistsError(f"{directory / STAGE_NAME} records a finished warm-up of an earlier fit; pass "
                                   f"resume=True to continue that fit or overwrite=True")
-        first = make(**stage_kw)
-        first.objective.share_targets(targets)
-        res = first.run()
+        probe = make(**stage_kw)  # every fitted parameter, the warm-up's forward: the start and the scan
+        probe.objective.share_targets(targets)
+        start, scan = dict(probe.init), None
+        if warmup.scan:
+            scan = _run_scan(probe, warmup.scan, directory, bool(kw.get("resume")), bool(kw.get("progress", True)))
+            start.update(scan["best"])
+        res = None
+        if warmup.max_iter > 0:
+            held = warmup.held(probe.names)
+            free = tuple(n for n in probe.names if n not in held)
+            if not free:
+                raise ValueError(f"warmup_params {warmup.params} names none of the fitted parameters {probe.names}")
+            first = make(**{**stage_kw, "params": free, "init": {n: start[n] for n in free},
+                            "fixed": {**dict(kw.get("fixed") or {}), **{n: start[n] for n in held}}})
+            first.objective.share_targets(targets)
+            res = first.run()
+            summary = {**_summary(res), "params": {**start, **res.params}, "held": list(held)}
+        else:
+            summary = {"params": start, "iterations": 0, "wall_time_s": 0.0, "stop_reason": "scan only",
+                       "final_loss": scan["best_loss"] if scan else None}
+        if scan is not None:
+            summary["wall_time_s"] += float(scan["wall_time_s"])
+            summary["scan"] = {k: scan[k] for k in ("scan", "best", "best_loss", "wall_time_s")}
         budget = kw.get("time_budget_s")
-        if budget is not None and res.wall_time_s >= float(budget):
-            res.warmup = {**_summary(res), "finished": False}
+        if res is not None and budget is not None and summary["wall_time_s"] >= float(budget):
+            res.warmup = {**summary, "finished": False}
             return res
-        done = {"format": _STAGE_FORMAT, **_summary(res), "relaxation": warmup.relaxation, "lr": warmup.lr}
+        done = {"format": _STAGE_FORMAT, **summary, "relaxation": warmup.relaxation, "optimizer": warmup.optimizer,
+                "lr": warmup.lr, "lr_decay": warmup.lr_decay}
         if directory is not None:
             text = json.dumps(json_safe(done), indent=1, allow_nan=False).encode("utf-8")
             atomic_write(directory / STAGE_NAME, lambda fh: fh.write(text))
