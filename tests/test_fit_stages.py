@@ -107,7 +107,7 @@ def test_the_scan_starts_the_warmup_at_the_grid_point_of_the_lowest_loss(segment
     assert grid.min() > 2.0e-6 and grid.max() < 9.0e-6, "cell centres: never on a bound of the Table I range"
     nearest = float(grid[abs(grid - truth["long_diff"]).argmin()])
     scan = json.loads((tmp_path / WARMUP_DIR / SCAN_NAME).read_text())
-    assert scan["best"] == {"long_diff": pytest.approx(nearest, rel=1e-12)}, "the toy's loss is lowest nearest the truth"
+    assert scan["best"] == {"long_diff": pytest.approx(nearest, rel=1e-12)}, "the toy is lowest nearest the truth"
     assert scan["losses"][int(abs(grid - nearest).argmin())] == min(scan["losses"])
     assert res.warmup["scan"]["best"] == scan["best"]
     first_warmup = read_history(tmp_path / WARMUP_DIR / "history.jsonl")[0]
