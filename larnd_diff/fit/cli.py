@@ -324,8 +324,11 @@ def cmd_closure(args) -> int:
     print(f"{within}/{len(out['targets'])} targets within {args.tolerance:.1%} after at most "
           f"{max(r['iterations'] for r in out['targets'])} iterations -> {args.json}")
     for r in out["targets"]:
+        warm = r.get("warmup") or {}
         print(f"  target {r['index']}: max |rel err| {r['max_relative_error']:.3%}, to {args.tolerance:.1%}: "
               f"{r['iterations_to_1pct']} it, {r['wall_time_s']:.1f} s, skipped {r['n_skipped']}"
+              + (f"; after a warm-up of {warm['iterations']} it{' and a scan' if warm.get('scan') else ''}"
+                 if warm else "")
               + "".join(f"; {n} ended on its {side} bound" for n, side in r["at_bounds"].items()))
         print("    " + ", ".join(_error_with_sigma(r, n) for n in r["target"]))
     if args.plots is not None:

@@ -87,19 +87,21 @@ CLOSURE = Recipe("closure", loss=HitsLoss("sdtw", {"scales": {"adc": 1.5}}),
 #: long and multimodal) picks their start, then 60 iterations (reverse mode, lr 5e-2) fit Ab, kb, eField and
 #: lifetime with the diffusion held there; then the fit itself, all six from that point at lr 1e-2, returning its
 #: best iterate (the loss is the whole sample's, so iterates compare).
-#: Full-matrix Adam on ln(p / nominal) (x0.98 per step, eField's step x0.1, adapted step factors), the Table I
-#: box, the stopping rule; the covariance from second differences of the loss 3 % apart (no gradient: the
-#: curvature of the staircase on that scale). A closure's target is made as a detector makes data: the Numba
+#: Full-matrix Adam on ln(p / nominal) (x0.98 per step, adapted step factors; eField's step x0.01 = 1e-4, about
+#: its sigma, in the fit, x0.1 in the warm-up, where it travels percents), the Table I box, the stopping rule; the
+#: covariance from second differences of the loss 3 % apart, eField's 2e-4 (no gradient: the curvature of the
+#: staircase on that scale). A closure's target is made as a detector makes data: the Numba
 #: reference at larnd-sim precision with electronics noise, whole events.
-DATA = Recipe("data", loss=NoiseLikelihood(), coordinates=Coordinates("log", {"eField": 0.1}, "ranges"),
+DATA = Recipe("data", loss=NoiseLikelihood(), coordinates=Coordinates("log", {"eField": 0.01}, "ranges"),
               optimiser=Optimiser("adam-full", 1e-2, 0.98, None),
               gradient=CentralDifferences(params=("eField", "long_diff", "tran_diff"), step=0.02,
                                           steps=(("eField", 2e-4),)),
               adaptation=StepAdaptation.from_settings({"shrink": 0.7, "tstat": 2.0}),
               convergence=Convergence(1e-3, 10, "log"), relaxation="smooth", batch_length_cm=1.0e6,
               target={"target_simulator": "reference", "target_noise": True, "target_precision": "larnd-sim"},
-              uncertainty=HessianUncertainty(step=0.03, method="loss", steps=(("eField", 2e-3),)),
-              keep="best", warmup=Warmup(max_iter=60, lr=5e-2, scan=(("long_diff", 4), ("tran_diff", 4)),
+              uncertainty=HessianUncertainty(step=0.03, method="loss", steps=(("eField", 2e-2),)),
+              keep="best", warmup=Warmup(max_iter=60, lr=5e-2, lr_decay=0.99, step_scales=(("eField", 0.1),),
+                                         scan=(("long_diff", 4), ("tran_diff", 4)),
                                          params=("Ab", "kb", "eField", "lifetime")))
 RECIPES: Dict[str, Recipe] = {"paper": PAPER, "closure": CLOSURE, "data": DATA}
 PAPER_RECIPE: Dict[str, Any] = PAPER.keywords()

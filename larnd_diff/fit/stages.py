@@ -49,7 +49,9 @@ class Warmup:
     quasi-Newton, ``lr`` its largest step in the coordinates; no step adaptation, which is Adam's). ``scan``:
     ``((name, points), ...)``, the grid searched first (:func:`scan_grid`; () = none). ``params``: the parameters
     the warm-up iterations fit (None: all); the others stay at their start values (after the scan) until the main
-    stage, so that the fast parameters settle before the slow ones move."""
+    stage, so that the fast parameters settle before the slow ones move. ``step_scales``: ``((name, factor), ...)``
+    replacing the recipe's step scales in the warm-up (None: the recipe's): far from the optimum eField must travel
+    percents, near it its sigma is 1e-4 relative."""
 
     max_iter: int = 0
     relaxation: str = "continuous"
@@ -58,6 +60,7 @@ class Warmup:
     lr_decay: Optional[float] = None
     scan: Tuple[Tuple[str, int], ...] = ()
     params: Optional[Tuple[str, ...]] = None
+    step_scales: Optional[Tuple[Tuple[str, float], ...]] = None
 
     OPTIONS = (
         Option("warmup_iter", "--warmup-iter", "iterations of the warm-up stage (reverse mode on its own forward, "
@@ -125,6 +128,8 @@ class Warmup:
         for key, value in (("lr", self.lr), ("optimizer", self.optimizer), ("lr_decay", self.lr_decay)):
             if value is not None:
                 out[key] = value
+        if self.step_scales is not None:
+            out["step_scales"] = dict(self.step_scales)
         if self.optimizer is not None and self.optimizer != "adam-full":
             out["adapt_steps"] = None
         return out

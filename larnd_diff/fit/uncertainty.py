@@ -65,7 +65,7 @@ class HessianUncertainty:
         Option("covariance_scale", "", "factor on H^-1 (see larnd_diff.fit.uncertainty)"),
         Option("hessian_method", "", "auto | fd | loss | fwd_over_rev (see larnd_diff.fit.uncertainty)"),
         Option("hessian_steps", "", "{name: step} replacing hessian_step for those parameters (the data recipe: "
-               "eField 2e-3, about two of its sigma)"),
+               "eField 2e-2 in its coordinate, 2e-4 relative: about two of its sigma)"),
     )
 
     def keywords(self) -> dict:
