@@ -176,5 +176,10 @@ def test_build_makes_one_stage_and_the_data_recipe_warms_up():
     with pytest.raises(TypeError, match="warm-up stage"):
         build(None, {"Ab": 0.8}, warmup_iter=5)
     assert DATA.warmup.enabled and DATA.warmup.relaxation == "continuous" and DATA.keep == "best"
+    # a recipe's warm-up applies to the fitted parameters: its scan and warm-up parameters among them
+    two = DATA.warmup.restricted_to(("Ab", "lifetime"))
+    assert two.scan == () and two.params == ("Ab", "lifetime") and two.max_iter == DATA.warmup.max_iter
+    diffusion = DATA.warmup.restricted_to(("long_diff",))
+    assert diffusion.scan == (("long_diff", 4),) and diffusion.max_iter == 0 and diffusion.enabled
     with pytest.raises(ValueError, match="warmup_lr"):
         Warmup(max_iter=3, lr=0.0)

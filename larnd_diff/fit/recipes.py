@@ -223,7 +223,7 @@ def fit(segments, target, params=FIT_PARAMETERS, *, recipe=None, **keywords):
     if "checkpoint_dir" in keywords and keywords["checkpoint_dir"] is not None:
         keywords["checkpoint_dir"] = Path(keywords["checkpoint_dir"])
     r = _recipe(_default_recipe(target) if recipe is None else recipe)
-    warmup = r.warmup.with_keywords(keywords)
+    warmup = r.warmup.restricted_to(params).with_keywords(keywords)
     keywords = {k: v for k, v in keywords.items() if k not in Warmup.KEYWORDS}
 
     def stage(**kw):

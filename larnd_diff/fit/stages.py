@@ -115,6 +115,16 @@ class Warmup:
             out = replace(out, params=None if kw["warmup_params"] is None else tuple(kw["warmup_params"]))
         return out
 
+    def restricted_to(self, names) -> "Warmup":
+        """A recipe's warm-up for a fit of ``names``: its scan and warm-up parameters among them (a warm-up left
+        with no parameter to fit keeps only its scan)."""
+        names = set(names)
+        scan = tuple((n, p) for n, p in self.scan if n in names)
+        if self.params is None:
+            return replace(self, scan=scan)
+        params = tuple(n for n in self.params if n in names)
+        return replace(self, scan=scan, params=params or None, max_iter=self.max_iter if params else 0)
+
     def held(self, names) -> Tuple[str, ...]:
         """The fitted ``names`` the warm-up iterations hold at their start values."""
         return tuple(n for n in names if self.params is not None and n not in self.params)
