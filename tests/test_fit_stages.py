@@ -98,21 +98,22 @@ def test_a_time_budget_spent_in_the_warmup_returns_the_unfinished_warmup(segment
     assert done.warmup["finished"] and done.warmup["iterations"] == 3 and done.iterations == 4
 
 
-def test_the_scan_starts_the_warmup_at_the_grid_point_of_the_lowest_loss(segments, tmp_path):
+def test_the_scan_after_the_warmup_starts_the_fit_at_the_grid_point_of_the_lowest_loss(segments, tmp_path):
     truth = {"Ab": 0.84, "lifetime": 3100.0, "long_diff": 6.0e-6}
-    opts = dict(params=("Ab", "lifetime", "long_diff"), warmup_iter=2, warmup_scan={"long_diff": 5})
-    sim = RecordingSimulator()
-    res = fit(segments, truth, **{**_OPTS, "simulator": sim, **opts, "checkpoint_dir": tmp_path})
+    opts = dict(params=("Ab", "lifetime", "long_diff"), warmup_iter=2, warmup_scan={"long_diff": 5},
+                warmup_params=("Ab", "lifetime"))
+    res = fit(segments, truth, **{**_OPTS, "simulator": RecordingSimulator(), **opts, "checkpoint_dir": tmp_path})
     grid = scan_grid((("long_diff", 5),))["long_diff"]
     assert grid.min() > 2.0e-6 and grid.max() < 9.0e-6, "cell centres: never on a bound of the Table I range"
     nearest = float(grid[abs(grid - truth["long_diff"]).argmin()])
     scan = json.loads((tmp_path / WARMUP_DIR / SCAN_NAME).read_text())
     assert scan["best"] == {"long_diff": pytest.approx(nearest, rel=1e-12)}, "the toy is lowest nearest the truth"
     assert scan["losses"][int(abs(grid - nearest).argmin())] == min(scan["losses"])
+    warm_end = read_history(tmp_path / WARMUP_DIR / "history.jsonl")[-1]["params"]
+    assert scan["base"]["Ab"] != pytest.approx(0.8), "the grid is taken at the warm-up's end, not at the start"
     assert res.warmup["scan"]["best"] == scan["best"]
-    first_warmup = read_history(tmp_path / WARMUP_DIR / "history.jsonl")[0]
-    assert first_warmup["params"]["long_diff"] == pytest.approx(nearest, rel=1e-12)
-    assert first_warmup["params"]["Ab"] == pytest.approx(0.8), "the other parameters keep their start"
+    assert res.init["long_diff"] == pytest.approx(nearest, rel=1e-12)
+    assert res.init["Ab"] == pytest.approx(scan["base"]["Ab"]) and abs(res.init["Ab"] - warm_end["Ab"]) < 0.05
     # a resumed fit reads the recorded scan instead of scanning again
     (tmp_path / WARMUP_DIR / STAGE_NAME).unlink()
     again = RecordingSimulator()
@@ -127,6 +128,7 @@ def test_warmup_params_hold_the_others_at_their_start(segments, tmp_path):
     res = fit(segments, truth, **{**_OPTS, "simulator": RecordingSimulator(), **opts})
     warm = read_history(tmp_path / WARMUP_DIR / "history.jsonl")
     assert all(set(r["params"]) == {"Ab", "lifetime"} for r in warm), "the warm-up fits only its parameters"
+    assert len({json.dumps(r["params"]) for r in warm}) == len(warm), "the warm-up moved Ab and lifetime"
     held = res.warmup["scan"]["best"]["long_diff"]
     assert res.warmup["held"] == ["long_diff"] and res.init["long_diff"] == pytest.approx(held, rel=1e-12)
     assert res.init["Ab"] == pytest.approx(res.warmup["params"]["Ab"]) and res.init["Ab"] != pytest.approx(0.8)

@@ -46,7 +46,8 @@ _GROUPS = (("fit", FIT_OPTIONS), ("model", Model.OPTIONS), ("simulated target", 
 
 #: Iterations of a closure fit unless --max-iter or --epochs says otherwise. The data recipe (larnd-sim's values,
 #: the drift group by central differences: a reverse pass and six forward passes per iteration) runs them after its
-#: warm-up stage of 60 iterations (larnd_diff/fit/stages.py), from near the optimum (README "Calibration on data").
+#: warm-up stage (a 4 x 4 diffusion grid and 60 iterations; larnd_diff/fit/stages.py), from near the optimum, and
+#: returns the best of them (README "Calibration on data").
 CLOSURE_MAX_ITER = {"data": 60}
 #: ... and with the other recipes
 OTHER_CLOSURE_MAX_ITER = 400

@@ -8,10 +8,12 @@ scale; started at nominal such a fit can stop in a false minimum (seed 1 target 
 -41 %). The ``continuous`` forward has no staircase (reverse-mode gradients equal central differences) and brings
 every parameter near its optimum; the main stage then starts there and removes the quadrature bias.
 
-Before its iterations the warm-up may scan a grid (``scan``): the loss on a log-spaced grid over the Table I ranges of
-a few parameters (the diffusion constants by default in the data recipe), the others at their start values, and
-the best grid point is the warm-up's start. The diffusion's likelihood valley is long and, with larnd-sim's
-quadratures, multimodal; the grid puts the start in the right part of it (README "Calibration on data").
+After its iterations the warm-up may scan a grid (``scan``): the loss on a log-spaced grid over the Table I ranges
+of a few parameters (the diffusion constants in the data recipe, held at their start during the iterations), the
+others at the warm-up's end, and the best grid point is the main stage's start for them. The diffusion's likelihood
+valley is long and, with larnd-sim's quadratures, multimodal; a grid taken with the charge scale still wrong
+chose the wrong end of it (README "Calibration on data"), one taken after the fast parameters settled puts the
+start in the right part.
 
 A :class:`Warmup` is a part like the others: its settings are the ``warmup_*`` keywords, its checkpoints live in
 ``CHECKPOINT_DIR/warmup`` (resumable; the scan's result in ``scan.json`` there), and when it ends it writes
@@ -47,11 +49,11 @@ class Warmup:
     gradients, the ``optimizer`` (None: the recipe's) at learning rate ``lr`` decaying by ``lr_decay`` per epoch
     (None: the recipe's); the recipe's other parts, no covariance. A smooth forward suits "bfgs" (trust-region
     quasi-Newton, ``lr`` its largest step in the coordinates; no step adaptation, which is Adam's). ``scan``:
-    ``((name, points), ...)``, the grid searched first (:func:`scan_grid`; () = none). ``params``: the parameters
-    the warm-up iterations fit (None: all); the others stay at their start values (after the scan) until the main
-    stage, so that the fast parameters settle before the slow ones move. ``step_scales``: ``((name, factor), ...)``
-    replacing the recipe's step scales in the warm-up (None: the recipe's): far from the optimum eField must travel
-    percents, near it its sigma is 1e-4 relative."""
+    ``((name, points), ...)``, the grid searched after the iterations (:func:`scan_grid`; () = none). ``params``:
+    the parameters the warm-up iterations fit (None: all); the others stay at their start values until the scan
+    and the main stage, so that the fast parameters settle before the slow ones move. ``step_scales``: ``((name,
+    factor), ...)`` replacing the recipe's step scales in the warm-up (None: the recipe's): far from the optimum
+    eField must travel percents, near it its sigma is 1e-4 relative."""
 
     max_iter: int = 0
     relaxation: str = "continuous"
@@ -69,11 +71,11 @@ class Warmup:
         Option("warmup_relaxation", "--warmup-relaxation", "forward of the warm-up stage and its scan (a relaxation "
                "preset)"),
         Option("warmup_params", "--warmup-params", "parameters the warm-up iterations fit (the others stay at their "
-               "start, after the scan); 'all' = every fitted one", parse=lambda t: None if t.strip() == "all"
+               "start until the scan); 'all' = every fitted one", parse=lambda t: None if t.strip() == "all"
                else parse_names(t), metavar="NAME,...|all"),
-        Option("warmup_scan", "--warmup-scan", "grid searched before the warm-up: points per parameter, log-spaced "
-               "over its Table I range; 'none' = no scan", parse=lambda t: {} if t.strip() == "none"
-               else parse_assignments(t), metavar="NAME=POINTS,...|none"),
+        Option("warmup_scan", "--warmup-scan", "grid searched after the warm-up's iterations: points per "
+               "parameter, log-spaced over its Table I range; 'none' = no scan",
+               parse=lambda t: {} if t.strip() == "none" else parse_assignments(t), metavar="NAME=POINTS,...|none"),
     )
     KEYWORDS = ("warmup_iter", "warmup_lr", "warmup_relaxation", "warmup_scan", "warmup_params")
 
@@ -167,8 +169,9 @@ def scan_grid(scan: Tuple[Tuple[str, int], ...]) -> Dict[str, np.ndarray]:
             for name, points in scan}
 
 
-def _run_scan(probe, scan, directory: Optional[Path], resume: bool, progress: bool) -> dict:
-    """The loss on the grid (the other parameters at ``probe``'s start), or the scan recorded in ``directory``."""
+def _run_scan(probe, base: Mapping[str, float], scan, directory: Optional[Path], resume: bool,
+              progress: bool) -> dict:
+    """The loss on the grid (the other parameters at ``base``), or the scan recorded in ``directory``."""
     path = None if directory is None else Path(directory) / SCAN_NAME
     if resume and path is not None and path.exists():
         meta = json.loads(path.read_text(encoding="utf-8"))
@@ -187,9 +190,9 @@ def _run_scan(probe, scan, directory: Optional[Path], resume: bool, progress: bo
     from tqdm.auto import tqdm
 
     for point in tqdm(points, desc="warm-up scan", unit="point", disable=not progress):
-        losses.append(probe.loss_at({**probe.init, **{k: float(v) for k, v in point.items()}}))
+        losses.append(probe.loss_at({**base, **{k: float(v) for k, v in point.items()}}))
     best = int(np.nanargmin(np.where(np.isfinite(losses), losses, np.nan)))
-    meta = {"format": _SCAN_FORMAT, "scan": [list(x) for x in scan], "start": dict(probe.init),
+    meta = {"format": _SCAN_FORMAT, "scan": [list(x) for x in scan], "base": dict(base),
             "points": [{k: float(v) for k, v in p.items()} for p in points], "losses": losses,
             "best": {k: float(v) for k, v in points[best].items()}, "best_loss": float(losses[best]),
             "wall_time_s": time.perf_counter() - t0}
@@ -228,11 +231,8 @@ def run_staged(make: Callable[..., Any], warmup: Warmup, kw: Mapping[str, Any]):
                                   f"resume=True to continue that fit or overwrite=True")
         probe = make(**stage_kw)  # every fitted parameter, the warm-up's forward: the start and the scan
         probe.objective.share_targets(targets)
-        start, scan = dict(probe.init), None
-        if warmup.scan:
-            scan = _run_scan(probe, warmup.scan, directory, bool(kw.get("resume")), bool(kw.get("progress", True)))
-            start.update(scan["best"])
-        res = None
+        start, res = dict(probe.init), None
+        summary = {"iterations": 0, "wall_time_s": 0.0, "stop_reason": "scan only", "final_loss": None}
         if warmup.max_iter > 0:
             held = warmup.held(probe.names)
             free = tuple(n for n in probe.names if n not in held)
@@ -242,17 +242,20 @@ def run_staged(make: Callable[..., Any], warmup: Warmup, kw: Mapping[str, Any]):
                             "fixed": {**dict(kw.get("fixed") or {}), **{n: start[n] for n in held}}})
             first.objective.share_targets(targets)
             res = first.run()
-            summary = {**_summary(res), "params": {**start, **res.params}, "held": list(held)}
-        else:
-            summary = {"params": start, "iterations": 0, "wall_time_s": 0.0, "stop_reason": "scan only",
-                       "final_loss": scan["best_loss"] if scan else None}
-        if scan is not None:
+            start.update(res.params)
+            summary = {**_summary(res), "held": list(held)}
+            budget = kw.get("time_budget_s")
+            if budget is not None and res.wall_time_s >= float(budget):
+                res.warmup = {**summary, "params": start, "finished": False}
+                return res
+        if warmup.scan:
+            scan = _run_scan(probe, start, warmup.scan, directory, bool(kw.get("resume")),
+                             bool(kw.get("progress", True)))
+            start.update(scan["best"])
             summary["wall_time_s"] += float(scan["wall_time_s"])
             summary["scan"] = {k: scan[k] for k in ("scan", "best", "best_loss", "wall_time_s")}
-        budget = kw.get("time_budget_s")
-        if res is not None and budget is not None and summary["wall_time_s"] >= float(budget):
-            res.warmup = {**summary, "finished": False}
-            return res
+            summary["final_loss"] = scan["best_loss"]
+        summary["params"] = start
         done = {"format": _STAGE_FORMAT, **summary, "relaxation": warmup.relaxation, "optimizer": warmup.optimizer,
                 "lr": warmup.lr, "lr_decay": warmup.lr_decay}
         if directory is not None:
