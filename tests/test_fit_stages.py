@@ -101,7 +101,7 @@ def test_a_time_budget_spent_in_the_warmup_returns_the_unfinished_warmup(segment
 def test_the_scan_after_the_warmup_starts_the_fit_at_the_grid_point_of_the_lowest_loss(segments, tmp_path):
     truth = {"Ab": 0.84, "lifetime": 3100.0, "long_diff": 6.0e-6}
     opts = dict(params=("Ab", "lifetime", "long_diff"), warmup_iter=2, warmup_scan={"long_diff": 5},
-                warmup_params=("Ab", "lifetime"))
+                warmup_params=("Ab", "lifetime"), warmup_scan_at="end")
     res = fit(segments, truth, **{**_OPTS, "simulator": RecordingSimulator(), **opts, "checkpoint_dir": tmp_path})
     grid = scan_grid((("long_diff", 5),))["long_diff"]
     assert grid.min() > 2.0e-6 and grid.max() < 9.0e-6, "cell centres: never on a bound of the Table I range"
@@ -121,16 +121,18 @@ def test_the_scan_after_the_warmup_starts_the_fit_at_the_grid_point_of_the_lowes
     assert len(again.relaxations) < 5
 
 
-def test_warmup_params_hold_the_others_at_their_start(segments, tmp_path):
+def test_warmup_params_hold_the_others_where_the_scan_at_the_start_put_them(segments, tmp_path):
     truth = {"Ab": 0.84, "lifetime": 3100.0, "long_diff": 6.0e-6}
     opts = dict(params=("Ab", "lifetime", "long_diff"), warmup_iter=3, warmup_scan={"long_diff": 5},
-                warmup_params=("Ab", "lifetime"), checkpoint_dir=tmp_path)
+                warmup_params=("Ab", "lifetime"), warmup_scan_at="start", checkpoint_dir=tmp_path)
     res = fit(segments, truth, **{**_OPTS, "simulator": RecordingSimulator(), **opts})
     warm = read_history(tmp_path / WARMUP_DIR / "history.jsonl")
     assert all(set(r["params"]) == {"Ab", "lifetime"} for r in warm), "the warm-up fits only its parameters"
     assert len({json.dumps(r["params"]) for r in warm}) == len(warm), "the warm-up moved Ab and lifetime"
     held = res.warmup["scan"]["best"]["long_diff"]
     assert res.warmup["held"] == ["long_diff"] and res.init["long_diff"] == pytest.approx(held, rel=1e-12)
+    scan = json.loads((tmp_path / WARMUP_DIR / SCAN_NAME).read_text())
+    assert scan["base"]["Ab"] == pytest.approx(0.8), "the grid at the start: the others at their start values"
     assert res.init["Ab"] == pytest.approx(res.warmup["params"]["Ab"]) and res.init["Ab"] != pytest.approx(0.8)
     assert set(res.params) == {"Ab", "lifetime", "long_diff"}, "the main stage fits every parameter"
     with pytest.raises(ValueError, match="names none"):

@@ -83,10 +83,10 @@ CLOSURE = Recipe("closure", loss=HitsLoss("sdtw", {"scales": {"adc": 1.5}}),
 #: in the diffusion parameters and eField (tick phases) whose reverse-mode gradient is the slope between its jumps,
 #: so long_diff and tran_diff take central differences 2 % apart and eField 2e-4 apart (about two of its sigma;
 #: benchmarks/gradient_check.py). Two stages (:mod:`larnd_diff.fit.stages`): a warm-up on the ``continuous``
-#: forward, which has no staircase: 60 iterations (reverse mode, lr 5e-2 x0.99) fit Ab, kb, eField and lifetime
-#: with the diffusion held at its start, then a 4 x 4 grid over the Table I ranges of long_diff and tran_diff (their
-#: valley is long and multimodal) picks their start; then the fit itself, all six from that point at lr 1e-2,
-#: returning its best iterate (the loss is the whole sample's, so iterates compare).
+#: forward, which has no staircase: a 4 x 4 grid over the Table I ranges of long_diff and tran_diff (their valley
+#: is long and multimodal) picks their start, then 60 iterations (reverse mode, lr 5e-2 x0.99) fit Ab, kb, eField
+#: and lifetime with the diffusion held there; then the fit itself, all six from that point at lr 1e-2, returning
+#: its best iterate (the loss is the whole sample's, so iterates compare).
 #: Full-matrix Adam on ln(p / nominal) (x0.98 per step, adapted step factors; eField's step x0.01 = 1e-4, about
 #: its sigma, in the fit, x0.1 in the warm-up, where it travels percents), the Table I box, the stopping rule; the
 #: covariance from second differences of the loss 3 % apart, eField's 2e-4 (no gradient: the curvature of the

@@ -8,12 +8,11 @@ scale; started at nominal such a fit can stop in a false minimum (seed 1 target 
 -41 %). The ``continuous`` forward has no staircase (reverse-mode gradients equal central differences) and brings
 every parameter near its optimum; the main stage then starts there and removes the quadrature bias.
 
-After its iterations the warm-up may scan a grid (``scan``): the loss on a log-spaced grid over the Table I ranges
-of a few parameters (the diffusion constants in the data recipe, held at their start during the iterations), the
-others at the warm-up's end, and the best grid point is the main stage's start for them. The diffusion's likelihood
-valley is long and, with larnd-sim's quadratures, multimodal; a grid taken with the charge scale still wrong
-chose the wrong end of it (README "Calibration on data"), one taken after the fast parameters settled puts the
-start in the right part.
+The warm-up may scan a grid (``scan``): the loss on a log-spaced grid over the Table I ranges of a few parameters
+(the diffusion constants in the data recipe), the others fixed, and the best grid point is the start for them. The
+diffusion's likelihood valley is long and, with larnd-sim's quadratures, multimodal; the grid puts the start in a
+part of it. At the warm-up's start (the data recipe's) it chose the truth's cell on two of three targets tried, at
+its end (the charge scale fitted with the diffusion at nominal) on one of two (README "Calibration on data").
 
 A :class:`Warmup` is a part like the others: its settings are the ``warmup_*`` keywords, its checkpoints live in
 ``CHECKPOINT_DIR/warmup`` (resumable; the scan's result in ``scan.json`` there), and when it ends it writes
@@ -49,11 +48,12 @@ class Warmup:
     gradients, the ``optimizer`` (None: the recipe's) at learning rate ``lr`` decaying by ``lr_decay`` per epoch
     (None: the recipe's); the recipe's other parts, no covariance. A smooth forward suits "bfgs" (trust-region
     quasi-Newton, ``lr`` its largest step in the coordinates; no step adaptation, which is Adam's). ``scan``:
-    ``((name, points), ...)``, the grid searched after the iterations (:func:`scan_grid`; () = none). ``params``:
-    the parameters the warm-up iterations fit (None: all); the others stay at their start values until the scan
-    and the main stage, so that the fast parameters settle before the slow ones move. ``step_scales``: ``((name,
-    factor), ...)`` replacing the recipe's step scales in the warm-up (None: the recipe's): far from the optimum
-    eField must travel percents, near it its sigma is 1e-4 relative."""
+    ``((name, points), ...)``, the grid searched (:func:`scan_grid`; () = none) at the ``scan_at`` "start" of the
+    warm-up (the others at their start values) or at its "end" (the others at the warm-up's end point).
+    ``params``: the parameters the warm-up iterations fit (None: all); the others stay where the start (or the
+    scan at the start) put them until the main stage, so that the fast parameters settle before the slow ones
+    move. ``step_scales``: ``((name, factor), ...)`` replacing the recipe's step scales in the warm-up (None: the
+    recipe's): far from the optimum eField must travel percents, near it its sigma is 1e-4 relative."""
 
     max_iter: int = 0
     relaxation: str = "continuous"
@@ -63,6 +63,7 @@ class Warmup:
     scan: Tuple[Tuple[str, int], ...] = ()
     params: Optional[Tuple[str, ...]] = None
     step_scales: Optional[Tuple[Tuple[str, float], ...]] = None
+    scan_at: str = "start"
 
     OPTIONS = (
         Option("warmup_iter", "--warmup-iter", "iterations of the warm-up stage (reverse mode on its own forward, "
@@ -73,15 +74,19 @@ class Warmup:
         Option("warmup_params", "--warmup-params", "parameters the warm-up iterations fit (the others stay at their "
                "start until the scan); 'all' = every fitted one", parse=lambda t: None if t.strip() == "all"
                else parse_names(t), metavar="NAME,...|all"),
-        Option("warmup_scan", "--warmup-scan", "grid searched after the warm-up's iterations: points per "
-               "parameter, log-spaced over its Table I range; 'none' = no scan",
+        Option("warmup_scan", "--warmup-scan", "grid searched at the start or the end of the warm-up "
+               "(--warmup-scan-at): points per parameter, log-spaced over its Table I range; 'none' = no scan",
                parse=lambda t: {} if t.strip() == "none" else parse_assignments(t), metavar="NAME=POINTS,...|none"),
+        Option("warmup_scan_at", "--warmup-scan-at", "the grid at the warm-up's start (the other parameters at their "
+               "start) or at its end (at the warm-up's end point)", choices=("start", "end")),
     )
-    KEYWORDS = ("warmup_iter", "warmup_lr", "warmup_relaxation", "warmup_scan", "warmup_params")
+    KEYWORDS = ("warmup_iter", "warmup_lr", "warmup_relaxation", "warmup_scan", "warmup_params", "warmup_scan_at")
 
     def __post_init__(self):
         if self.max_iter < 0:
             raise ValueError(f"warmup_iter must be >= 0, got {self.max_iter}")
+        if self.scan_at not in ("start", "end"):
+            raise ValueError(f"warmup_scan_at must be 'start' or 'end', got {self.scan_at!r}")
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"warmup_lr must be > 0, got {self.lr}")
         unknown = [n for n in self.params or () if n not in SPECS]
@@ -99,7 +104,7 @@ class Warmup:
 
     def keywords(self) -> dict:
         return {"warmup_iter": self.max_iter, "warmup_lr": self.lr, "warmup_relaxation": self.relaxation,
-                "warmup_scan": dict(self.scan), "warmup_params": self.params}
+                "warmup_scan": dict(self.scan), "warmup_params": self.params, "warmup_scan_at": self.scan_at}
 
     def with_keywords(self, kw: Mapping[str, Any]) -> "Warmup":
         """This warm-up with the ``warmup_*`` keywords of ``kw`` applied (``warmup_iter`` None or 0: no
@@ -113,6 +118,8 @@ class Warmup:
             out = replace(out, relaxation=kw["warmup_relaxation"])
         if "warmup_scan" in kw:
             out = replace(out, scan=tuple((str(k), int(v)) for k, v in dict(kw["warmup_scan"] or {}).items()))
+        if kw.get("warmup_scan_at") is not None:
+            out = replace(out, scan_at=kw["warmup_scan_at"])
         if "warmup_params" in kw:
             out = replace(out, params=None if kw["warmup_params"] is None else tuple(kw["warmup_params"]))
         return out
@@ -231,8 +238,16 @@ def run_staged(make: Callable[..., Any], warmup: Warmup, kw: Mapping[str, Any]):
                                   f"resume=True to continue that fit or overwrite=True")
         probe = make(**stage_kw)  # every fitted parameter, the warm-up's forward: the start and the scan
         probe.objective.share_targets(targets)
-        start, res = dict(probe.init), None
+        start, res, scan = dict(probe.init), None, None
         summary = {"iterations": 0, "wall_time_s": 0.0, "stop_reason": "scan only", "final_loss": None}
+
+        def grid(base):
+            found = _run_scan(probe, base, warmup.scan, directory, bool(kw.get("resume")),
+                              bool(kw.get("progress", True)))
+            return found, {**base, **found["best"]}
+
+        if warmup.scan and warmup.scan_at == "start":
+            scan, start = grid(start)
         if warmup.max_iter > 0:
             held = warmup.held(probe.names)
             free = tuple(n for n in probe.names if n not in held)
@@ -245,16 +260,15 @@ def run_staged(make: Callable[..., Any], warmup: Warmup, kw: Mapping[str, Any]):
             start.update(res.params)
             summary = {**_summary(res), "held": list(held)}
             budget = kw.get("time_budget_s")
-            if budget is not None and res.wall_time_s >= float(budget):
+            if budget is not None and res.wall_time_s + (scan or {}).get("wall_time_s", 0.0) >= float(budget):
                 res.warmup = {**summary, "params": start, "finished": False}
                 return res
-        if warmup.scan:
-            scan = _run_scan(probe, start, warmup.scan, directory, bool(kw.get("resume")),
-                             bool(kw.get("progress", True)))
-            start.update(scan["best"])
+        if warmup.scan and warmup.scan_at == "end":
+            scan, start = grid(start)
+        if scan is not None:
             summary["wall_time_s"] += float(scan["wall_time_s"])
             summary["scan"] = {k: scan[k] for k in ("scan", "best", "best_loss", "wall_time_s")}
-            summary["final_loss"] = scan["best_loss"]
+            summary["final_loss"] = summary["final_loss"] if res is not None else scan["best_loss"]
         summary["params"] = start
         done = {"format": _STAGE_FORMAT, **summary, "relaxation": warmup.relaxation, "optimizer": warmup.optimizer,
                 "lr": warmup.lr, "lr_decay": warmup.lr_decay}
