@@ -15,7 +15,8 @@ objective          :mod:`.objective`: segments in batches of whole tracks, the t
 coordinates        :mod:`.coordinates`: parameterization, step scales, bounds as one projection
 gradient           :mod:`.gradients`: reverse mode; central differences wrapping another estimator
 optimiser          :mod:`.optimizer`: the framework's Adam or full-matrix Adam (:mod:`larnd_diff.backends.optim`)
-controllers        :mod:`.controllers`: budget, step adaptation, convergence
+controllers        :mod:`.controllers`: budget, step adaptation, convergence, best iterate
+stages             :mod:`.stages`: the warm-up stage (grid scan, a subset of the parameters, another forward)
 recorder           :mod:`.recorder`: history, checkpoints (JSON + npz, never pickle), fingerprint, resume
 progress           :mod:`.progress`; uncertainty :mod:`.uncertainty` (Hessian -> covariance)
 =================  ===========================================================================================
@@ -31,7 +32,7 @@ import sys
 import types
 from .calibrator import Calibrator
 from .closure import closure, default_sample, random_targets, select
-from .controllers import ADAPT_DEFAULTS, Budget, Convergence, StepAdaptation
+from .controllers import ADAPT_DEFAULTS, BestIterate, Budget, Convergence, StepAdaptation
 from .coordinates import Coordinates, resolve_bounds
 from .gradients import FD_STEP, CentralDifferences, ReverseMode
 from .objective import DataTarget, HitsLoss, Model, Objective, SimulatedTarget, resolve_relaxation
@@ -42,10 +43,12 @@ from .likelihood import NoiseLikelihood, match_rows
 from .recipes import CLOSURE, CLOSURE_RECIPE, DATA, PAPER, PAPER_RECIPE, RECIPES, Recipe, build, fit
 from .recorder import CHECKPOINT_NAME, HISTORY_NAME, Recorder, read_checkpoint, read_history
 from .result import FitResult
+from .stages import Warmup
 from .toy import toy_loss, toy_simulator
 from .uncertainty import HessianUncertainty, correlation_from_covariance, covariance_from_hessian
 
-__all__ = ["Calibrator", "closure", "default_sample", "random_targets", "select", "ADAPT_DEFAULTS", "Budget",
+__all__ = ["Calibrator", "closure", "default_sample", "random_targets", "select", "ADAPT_DEFAULTS", "BestIterate",
+           "Budget",
            "Convergence", "StepAdaptation", "Coordinates", "resolve_bounds", "FD_STEP", "CentralDifferences",
            "ReverseMode", "DataTarget", "HitsLoss", "Model", "Objective", "SimulatedTarget", "resolve_relaxation",
            "Optimiser", "plot_convergence_band", "plot_correlation", "plot_loss", "plot_trajectories", "Progress",
@@ -53,7 +56,7 @@ __all__ = ["Calibrator", "closure", "default_sample", "random_targets", "select"
            "Recipe", "build", "fit",
            "CHECKPOINT_NAME", "HISTORY_NAME", "Recorder", "read_checkpoint", "read_history", "FitResult",
            "toy_loss", "toy_simulator", "HessianUncertainty", "correlation_from_covariance",
-           "covariance_from_hessian"]
+           "covariance_from_hessian", "Warmup"]
 
 
 class _CallablePackage(types.ModuleType):
