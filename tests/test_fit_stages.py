@@ -114,8 +114,10 @@ def test_the_scan_after_the_warmup_starts_the_fit_at_the_grid_point_of_the_lowes
     assert res.warmup["scan"]["best"] == scan["best"]
     assert res.init["long_diff"] == pytest.approx(nearest, rel=1e-12)
     assert res.init["Ab"] == pytest.approx(scan["base"]["Ab"]) and abs(res.init["Ab"] - warm_end["Ab"]) < 0.05
-    # a resumed fit reads the recorded scan instead of scanning again
+    # a resumed fit reads the recorded scan instead of scanning again; a fresh one never replaces it unasked
     (tmp_path / WARMUP_DIR / STAGE_NAME).unlink()
+    with pytest.raises(FileExistsError, match="earlier fit"):
+        fit(segments, truth, **{**_OPTS, "simulator": RecordingSimulator(), **opts, "checkpoint_dir": tmp_path})
     again = RecordingSimulator()
     fit(segments, truth, **{**_OPTS, "simulator": again, **opts, "checkpoint_dir": tmp_path, "resume": True})
     assert len(again.relaxations) < 5
@@ -133,6 +135,10 @@ def test_warmup_params_hold_the_others_where_the_scan_at_the_start_put_them(segm
     assert res.warmup["held"] == ["long_diff"] and res.init["long_diff"] == pytest.approx(held, rel=1e-12)
     scan = json.loads((tmp_path / WARMUP_DIR / SCAN_NAME).read_text())
     assert scan["base"]["Ab"] == pytest.approx(0.8), "the grid at the start: the others at their start values"
+    (tmp_path / WARMUP_DIR / STAGE_NAME).unlink()
+    with pytest.raises(FileExistsError, match="scan of an earlier fit"):  # the scan comes first: it is refused first
+        fit(segments, truth, **{**_OPTS, "simulator": RecordingSimulator(), **opts})
+    assert json.loads((tmp_path / WARMUP_DIR / SCAN_NAME).read_text()) == scan
     assert res.init["Ab"] == pytest.approx(res.warmup["params"]["Ab"]) and res.init["Ab"] != pytest.approx(0.8)
     assert set(res.params) == {"Ab", "lifetime", "long_diff"}, "the main stage fits every parameter"
     with pytest.raises(ValueError, match="names none"):

@@ -177,9 +177,12 @@ def scan_grid(scan: Tuple[Tuple[str, int], ...]) -> Dict[str, np.ndarray]:
 
 
 def _run_scan(probe, base: Mapping[str, float], scan, directory: Optional[Path], resume: bool,
-              progress: bool) -> dict:
+              progress: bool, overwrite: bool = False) -> dict:
     """The loss on the grid (the other parameters at ``base``), or the scan recorded in ``directory``."""
     path = None if directory is None else Path(directory) / SCAN_NAME
+    if path is not None and path.exists() and not resume and not overwrite:
+        raise FileExistsError(f"{path} holds the scan of an earlier fit; pass resume=True to continue that fit or "
+                              f"overwrite=True")
     if resume and path is not None and path.exists():
         meta = json.loads(path.read_text(encoding="utf-8"))
         if meta.get("format") != _SCAN_FORMAT or meta.get("scan") != [list(x) for x in scan]:
@@ -243,7 +246,7 @@ def run_staged(make: Callable[..., Any], warmup: Warmup, kw: Mapping[str, Any]):
 
         def grid(base):
             found = _run_scan(probe, base, warmup.scan, directory, bool(kw.get("resume")),
-                              bool(kw.get("progress", True)))
+                              bool(kw.get("progress", True)), bool(kw.get("overwrite")))
             return found, {**base, **found["best"]}
 
         if warmup.scan and warmup.scan_at == "start":
