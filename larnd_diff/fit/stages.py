@@ -154,17 +154,31 @@ class Warmup:
         return out
 
 
-def read_stage(directory: Optional[Path]) -> Optional[dict]:
-    """The finished warm-up recorded in ``directory`` (None: none recorded). Plain JSON, checked."""
-    if directory is None or not (Path(directory) / STAGE_NAME).exists():
-        return None
-    path = Path(directory) / STAGE_NAME
+def _write_record(path: Path, meta: dict) -> None:
+    """A stage record (plain JSON, no NaN), written atomically."""
+    text = json.dumps(json_safe(meta), indent=1, allow_nan=False).encode("utf-8")
+    atomic_write(path, lambda fh: fh.write(text))
+
+
+def _read_record(path: Path, fmt: str) -> dict:
+    """The stage record at ``path``, checked to be of format ``fmt`` (plain JSON: nothing runs)."""
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not a finished warm-up record (not JSON: {exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != _STAGE_FORMAT or not isinstance(meta.get("params"), dict):
-        raise ValueError(f"{path} is not a finished warm-up record (no 'format': {_STAGE_FORMAT!r} or no params)")
+        raise ValueError(f"{path} is not a {fmt} record (not JSON: {exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        raise ValueError(f"{path} is not a {fmt} record (no 'format': {fmt!r})")
+    return meta
+
+
+def read_stage(directory: Optional[Path]) -> Optional[dict]:
+    """The finished warm-up recorded in ``directory`` (None: none recorded)."""
+    if directory is None or not (Path(directory) / STAGE_NAME).exists():
+        return None
+    path = Path(directory) / STAGE_NAME
+    meta = _read_record(path, _STAGE_FORMAT)
+    if not isinstance(meta.get("params"), dict):
+        raise ValueError(f"{path} is not a {_STAGE_FORMAT} record (no params)")
     return meta
 
 
@@ -180,14 +194,15 @@ def _run_scan(probe, base: Mapping[str, float], scan, directory: Optional[Path],
               progress: bool, overwrite: bool = False) -> dict:
     """The loss on the grid (the other parameters at ``base``), or the scan recorded in ``directory``."""
     path = None if directory is None else Path(directory) / SCAN_NAME
-    if path is not None and path.exists() and not resume and not overwrite:
-        raise FileExistsError(f"{path} holds the scan of an earlier fit; pass resume=True to continue that fit or "
-                              f"overwrite=True")
-    if resume and path is not None and path.exists():
-        meta = json.loads(path.read_text(encoding="utf-8"))
-        if meta.get("format") != _SCAN_FORMAT or meta.get("scan") != [list(x) for x in scan]:
-            raise ValueError(f"{path} records another scan than {dict(scan)}; resume with the same warmup_scan")
-        return meta
+    if path is not None and path.exists():
+        if resume:
+            meta = _read_record(path, _SCAN_FORMAT)
+            if meta.get("scan") != [list(x) for x in scan]:
+                raise ValueError(f"{path} records another scan than {dict(scan)}; resume with the same warmup_scan")
+            return meta
+        if not overwrite:
+            raise FileExistsError(f"{path} holds the scan of an earlier fit; pass resume=True to continue that fit "
+                                  f"or overwrite=True")
     unknown = [n for n, _ in scan if n not in probe.names]
     if unknown:
         raise ValueError(f"warmup_scan: {unknown} are not fitted ({probe.names})")
@@ -207,8 +222,7 @@ def _run_scan(probe, base: Mapping[str, float], scan, directory: Optional[Path],
             "best": {k: float(v) for k, v in points[best].items()}, "best_loss": float(losses[best]),
             "wall_time_s": time.perf_counter() - t0}
     if path is not None:
-        text = json.dumps(json_safe(meta), indent=1, allow_nan=False).encode("utf-8")
-        atomic_write(path, lambda fh: fh.write(text))
+        _write_record(path, meta)
     return meta
 
 
@@ -271,13 +285,13 @@ def run_staged(make: Callable[..., Any], warmup: Warmup, kw: Mapping[str, Any]):
         if scan is not None:
             summary["wall_time_s"] += float(scan["wall_time_s"])
             summary["scan"] = {k: scan[k] for k in ("scan", "best", "best_loss", "wall_time_s")}
-            summary["final_loss"] = summary["final_loss"] if res is not None else scan["best_loss"]
+            if res is None:
+                summary["final_loss"] = scan["best_loss"]
         summary["params"] = start
         done = {"format": _STAGE_FORMAT, **summary, "relaxation": warmup.relaxation, "optimizer": warmup.optimizer,
                 "lr": warmup.lr, "lr_decay": warmup.lr_decay}
         if directory is not None:
-            text = json.dumps(json_safe(done), indent=1, allow_nan=False).encode("utf-8")
-            atomic_write(directory / STAGE_NAME, lambda fh: fh.write(text))
+            _write_record(directory / STAGE_NAME, done)
     main_kw: Dict[str, Any] = {**kw, "init": {n: float(v) for n, v in done["params"].items()}}
     if kw.get("time_budget_s") is not None:
         main_kw["time_budget_s"] = max(float(kw["time_budget_s"]) - float(done["wall_time_s"]), 1e-9)
