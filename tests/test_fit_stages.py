@@ -8,6 +8,7 @@ closed-form toy model (:mod:`larnd_diff.fit.toy`), which records the relaxation 
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -193,3 +194,44 @@ def test_build_makes_one_stage_and_the_data_recipe_warms_up():
     assert diffusion.scan == (("long_diff", 4),) and diffusion.max_iter == 0 and diffusion.enabled
     with pytest.raises(ValueError, match="warmup_lr"):
         Warmup(max_iter=3, lr=0.0)
+
+
+def test_a_profile_of_starts_warms_up_from_each_and_keeps_the_end_point_the_main_forward_likes_best(segments,
+                                                                                                    tmp_path):
+    truth = {"Ab": 0.84, "lifetime": 3100.0, "long_diff": 6.0e-6}
+    opts = dict(params=("Ab", "lifetime", "long_diff"), warmup_iter=2, warmup_scan={"long_diff": 3},
+                warmup_params=("Ab", "lifetime"), warmup_starts="profile", checkpoint_dir=tmp_path)
+    sim = RecordingSimulator()
+    res = fit(segments, truth, **{**_OPTS, "simulator": sim, **opts})
+    grid = scan_grid((("long_diff", 3),))["long_diff"]
+    starts = res.warmup["starts"]
+    assert [s["start"]["long_diff"] for s in starts] == pytest.approx(list(grid), rel=1e-12), "one start per value"
+    assert sim.relaxations.count("continuous") == 3 + 3 * 2, "the scan, then two iterations from each start"
+    assert all(s["params"]["long_diff"] == s["start"]["long_diff"] for s in starts), "the diffusion is held"
+    losses = [s["loss"] for s in starts]
+    assert res.warmup["chosen"] == losses.index(min(losses)) and len(set(losses)) == 3
+    assert res.init == pytest.approx(starts[res.warmup["chosen"]]["params"], rel=1e-12)
+    assert res.warmup["iterations"] == 6
+    for k in range(3):
+        record = json.loads((tmp_path / WARMUP_DIR / f"start_{k}" / STAGE_NAME).read_text())
+        assert record["params"] == pytest.approx(starts[k]["params"], rel=1e-12)
+    # a resume after the warm-up's first start: it is read back, the others run
+    (tmp_path / WARMUP_DIR / STAGE_NAME).unlink()
+    for k in (1, 2):
+        shutil.rmtree(tmp_path / WARMUP_DIR / f"start_{k}")
+    again = RecordingSimulator()
+    resumed = fit(segments, truth, **{**_OPTS, "simulator": again, **opts, "resume": True, "overwrite": True})
+    assert again.relaxations.count("continuous") == 2 * 2, "the scan and the first start are read back"
+    assert resumed.warmup["starts"][0]["params"] == pytest.approx(starts[0]["params"], rel=1e-12)
+    assert resumed.warmup["chosen"] == res.warmup["chosen"]
+
+
+def test_a_profile_of_starts_needs_a_scan_at_the_start():
+    with pytest.raises(ValueError, match="scan at the start"):
+        Warmup(max_iter=3, starts="profile")
+    with pytest.raises(ValueError, match="scan at the start"):
+        Warmup(max_iter=3, scan=(("long_diff", 3),), scan_at="end", starts="profile")
+    profile = Warmup(max_iter=3, scan=(("long_diff", 3),), starts="profile")
+    assert profile.with_keywords({"warmup_scan": None}).starts == "best", "no scan left: one start"
+    assert profile.restricted_to(("Ab",)).starts == "best"
+    assert profile.with_keywords({"warmup_iter": 5}).starts == "profile"

@@ -25,7 +25,7 @@ import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -33,13 +33,14 @@ from ..params import SPECS
 from .options import Option, parse_assignments, parse_names, zero_is_none
 from .recorder import atomic_write, json_safe
 
-__all__ = ["Warmup", "run_staged", "scan_grid", "WARMUP_DIR", "STAGE_NAME", "SCAN_NAME"]
+__all__ = ["Warmup", "run_staged", "scan_grid", "profile_starts", "WARMUP_DIR", "STAGE_NAME", "SCAN_NAME"]
 
 WARMUP_DIR = "warmup"
 STAGE_NAME = "stage.json"
 SCAN_NAME = "scan.json"
 _STAGE_FORMAT = "larnd-diff finished warm-up"
 _SCAN_FORMAT = "larnd-diff warm-up scan"
+STARTS = ("best", "profile")
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class Warmup:
     params: Optional[Tuple[str, ...]] = None
     step_scales: Optional[Tuple[Tuple[str, float], ...]] = None
     scan_at: str = "start"
+    starts: str = "best"
 
     OPTIONS = (
         Option("warmup_iter", "--warmup-iter", "iterations of the warm-up stage (reverse mode on its own forward, "
@@ -79,14 +81,22 @@ class Warmup:
                parse=lambda t: {} if t.strip() == "none" else parse_assignments(t), metavar="NAME=POINTS,...|none"),
         Option("warmup_scan_at", "--warmup-scan-at", "the grid at the warm-up's start (the other parameters at their "
                "start) or at its end (at the warm-up's end point)", choices=("start", "end")),
+        Option("warmup_starts", "--warmup-starts", "where the warm-up iterations start: the grid's 'best' point, or a "
+               "'profile': once from the best point of every value of the first scanned parameter, the main stage "
+               "then starting from the end point of lowest loss under its own forward", choices=STARTS),
     )
-    KEYWORDS = ("warmup_iter", "warmup_lr", "warmup_relaxation", "warmup_scan", "warmup_params", "warmup_scan_at")
+    KEYWORDS = ("warmup_iter", "warmup_lr", "warmup_relaxation", "warmup_scan", "warmup_params", "warmup_scan_at",
+                "warmup_starts")
 
     def __post_init__(self):
         if self.max_iter < 0:
             raise ValueError(f"warmup_iter must be >= 0, got {self.max_iter}")
         if self.scan_at not in ("start", "end"):
             raise ValueError(f"warmup_scan_at must be 'start' or 'end', got {self.scan_at!r}")
+        if self.starts not in STARTS:
+            raise ValueError(f"warmup_starts must be one of {STARTS}, got {self.starts!r}")
+        if self.starts == "profile" and not (self.scan and self.scan_at == "start"):
+            raise ValueError("warmup_starts='profile' needs a scan at the start (warmup_scan, warmup_scan_at='start')")
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"warmup_lr must be > 0, got {self.lr}")
         unknown = [n for n in self.params or () if n not in SPECS]
@@ -104,35 +114,43 @@ class Warmup:
 
     def keywords(self) -> dict:
         return {"warmup_iter": self.max_iter, "warmup_lr": self.lr, "warmup_relaxation": self.relaxation,
-                "warmup_scan": dict(self.scan), "warmup_params": self.params, "warmup_scan_at": self.scan_at}
+                "warmup_scan": dict(self.scan), "warmup_params": self.params, "warmup_scan_at": self.scan_at,
+                "warmup_starts": self.starts}
 
     def with_keywords(self, kw: Mapping[str, Any]) -> "Warmup":
         """This warm-up with the ``warmup_*`` keywords of ``kw`` applied (``warmup_iter`` None or 0: no
-        iterations; ``warmup_scan`` {} or None: no scan)."""
-        out = self
+        iterations; ``warmup_scan`` {} or None: no scan). A profile of starts needs the scan at the start: a warm-up
+        left without it starts from one point unless ``warmup_starts`` says otherwise."""
+        changes: Dict[str, Any] = {}
         if "warmup_iter" in kw:
-            out = replace(out, max_iter=int(kw["warmup_iter"] or 0))
+            changes["max_iter"] = int(kw["warmup_iter"] or 0)
         if kw.get("warmup_lr") is not None:
-            out = replace(out, lr=float(kw["warmup_lr"]))
+            changes["lr"] = float(kw["warmup_lr"])
         if kw.get("warmup_relaxation") is not None:
-            out = replace(out, relaxation=kw["warmup_relaxation"])
+            changes["relaxation"] = kw["warmup_relaxation"]
         if "warmup_scan" in kw:
-            out = replace(out, scan=tuple((str(k), int(v)) for k, v in dict(kw["warmup_scan"] or {}).items()))
+            changes["scan"] = tuple((str(k), int(v)) for k, v in dict(kw["warmup_scan"] or {}).items())
         if kw.get("warmup_scan_at") is not None:
-            out = replace(out, scan_at=kw["warmup_scan_at"])
+            changes["scan_at"] = kw["warmup_scan_at"]
         if "warmup_params" in kw:
-            out = replace(out, params=None if kw["warmup_params"] is None else tuple(kw["warmup_params"]))
-        return out
+            changes["params"] = None if kw["warmup_params"] is None else tuple(kw["warmup_params"])
+        if kw.get("warmup_starts") is not None:
+            changes["starts"] = kw["warmup_starts"]
+        elif not (changes.get("scan", self.scan) and changes.get("scan_at", self.scan_at) == "start"):
+            changes["starts"] = "best"
+        return replace(self, **changes)
 
     def restricted_to(self, names) -> "Warmup":
         """A recipe's warm-up for a fit of ``names``: its scan and warm-up parameters among them (a warm-up left
         with no parameter to fit keeps only its scan)."""
         names = set(names)
         scan = tuple((n, p) for n, p in self.scan if n in names)
+        starts = self.starts if scan else "best"
         if self.params is None:
-            return replace(self, scan=scan)
+            return replace(self, scan=scan, starts=starts)
         params = tuple(n for n in self.params if n in names)
-        return replace(self, scan=scan, params=params or None, max_iter=self.max_iter if params else 0)
+        return replace(self, scan=scan, params=params or None, max_iter=self.max_iter if params else 0,
+                       starts=starts)
 
     def held(self, names) -> Tuple[str, ...]:
         """The fitted ``names`` the warm-up iterations hold at their start values."""
@@ -236,10 +254,52 @@ def _last_loss(history) -> Optional[float]:
     return float(losses[-1]) if losses else None
 
 
+def profile_starts(scan: Mapping[str, Any]) -> List[Dict[str, float]]:
+    """One start per value of the scan's first parameter: the grid point of lowest loss among those with that value
+    (a profile of the loss over the first parameter), in increasing order of the value."""
+    first = scan["scan"][0][0]
+    best: Dict[float, Tuple[float, Dict[str, float]]] = {}
+    for point, loss in zip(scan["points"], scan["losses"]):
+        if loss is None or not np.isfinite(loss):
+            continue
+        value = float(point[first])
+        if value not in best or loss < best[value][0]:
+            best[value] = (float(loss), dict(point))
+    return [best[v][1] for v in sorted(best)]
+
+
+def _warm_up_from(make, stage_kw: Mapping[str, Any], warmup: Warmup, start: Dict[str, float], targets,
+                  directory: Optional[Path], kw: Mapping[str, Any], budget_s: Optional[float]):
+    """The warm-up iterations from ``start`` (checkpoints in ``directory``): ``(summary, result)``, the summary with
+    the end point under "params"; a finished run recorded in ``directory`` is read back on resume (result None)."""
+    done = read_stage(directory) if kw.get("resume") else None
+    if done is not None:
+        return {k: v for k, v in done.items() if k != "format"}, None
+    if directory is not None and (directory / STAGE_NAME).exists() and not kw.get("overwrite"):
+        raise FileExistsError(f"{directory / STAGE_NAME} records a finished warm-up of an earlier fit; pass "
+                              f"resume=True to continue that fit or overwrite=True")
+    names = list(start)
+    held = warmup.held(names)
+    free = tuple(n for n in names if n not in held)
+    if not free:
+        raise ValueError(f"warmup_params {warmup.params} names none of the fitted parameters {names}")
+    stage = make(**{**stage_kw, "params": free, "init": {n: start[n] for n in free}, "checkpoint_dir": directory,
+                    "time_budget_s": budget_s, "fixed": {**dict(kw.get("fixed") or {}),
+                                                         **{n: start[n] for n in held}}})
+    stage.objective.share_targets(targets)
+    res = stage.run()
+    summary = {**_summary(res), "held": list(held), "start": dict(start), "params": {**start, **res.params}}
+    return summary, res
+
+
 def run_staged(make: Callable[..., Any], warmup: Warmup, kw: Mapping[str, Any]):
     """Run the warm-up (unless ``checkpoint_dir`` records it as finished and ``resume`` is on), then the main
     stage from its end point. ``make(**keywords)`` builds a :class:`~larnd_diff.fit.calibrator.Calibrator`. The
     target is made once, by the main stage's model, and fitted by both stages.
+
+    With ``starts="profile"`` the warm-up runs once from every start of :func:`profile_starts` (checkpoints in
+    ``CHECKPOINT_DIR/warmup/start_K``, each resumable) and the main stage starts from the end point whose loss under
+    the main stage's own forward is lowest (recorded under "starts" and "chosen").
 
     Returns the main stage's :class:`~larnd_diff.fit.result.FitResult` with ``warmup`` = the warm-up's summary
     (end point, iterations, wall time, stop reason, last loss) and ``wall_time_s`` of both stages; if the time
@@ -247,7 +307,9 @@ def run_staged(make: Callable[..., Any], warmup: Warmup, kw: Mapping[str, Any]):
     """
     stage_kw = warmup.stage_keywords(kw)
     directory = stage_kw["checkpoint_dir"]
-    targets = make(**kw).objective  # the main stage's model makes the target once; both stages fit it
+    main_probe = make(**kw)
+    targets = main_probe.objective  # the main stage's model makes the target once; both stages fit it
+    budget = None if kw.get("time_budget_s") is None else float(kw["time_budget_s"])
     done = read_stage(directory) if kw.get("resume") else None
     if done is None:
         if directory is not None and (directory / STAGE_NAME).exists() and not kw.get("overwrite"):
@@ -255,7 +317,7 @@ def run_staged(make: Callable[..., Any], warmup: Warmup, kw: Mapping[str, Any]):
                                   f"resume=True to continue that fit or overwrite=True")
         probe = make(**stage_kw)  # every fitted parameter, the warm-up's forward: the start and the scan
         probe.objective.share_targets(targets)
-        start, res, scan = dict(probe.init), None, None
+        start, scan, spent = dict(probe.init), None, 0.0
         summary = {"iterations": 0, "wall_time_s": 0.0, "stop_reason": "scan only", "final_loss": None}
 
         def grid(base):
@@ -265,39 +327,55 @@ def run_staged(make: Callable[..., Any], warmup: Warmup, kw: Mapping[str, Any]):
 
         if warmup.scan and warmup.scan_at == "start":
             scan, start = grid(start)
+            spent += float(scan["wall_time_s"])
         if warmup.max_iter > 0:
-            held = warmup.held(probe.names)
-            free = tuple(n for n in probe.names if n not in held)
-            if not free:
-                raise ValueError(f"warmup_params {warmup.params} names none of the fitted parameters {probe.names}")
-            first = make(**{**stage_kw, "params": free, "init": {n: start[n] for n in free},
-                            "fixed": {**dict(kw.get("fixed") or {}), **{n: start[n] for n in held}}})
-            first.objective.share_targets(targets)
-            res = first.run()
-            start.update(res.params)
-            summary = {**_summary(res), "held": list(held)}
-            budget = kw.get("time_budget_s")
-            if budget is not None and res.wall_time_s + (scan or {}).get("wall_time_s", 0.0) >= float(budget):
-                res.warmup = {**summary, "params": start, "finished": False}
-                return res
+            starts = ([{**start, **p} for p in profile_starts(scan)] if warmup.starts == "profile" else [start])
+            runs = []
+            for k, point in enumerate(starts):
+                sub = directory if directory is None or len(starts) == 1 else directory / f"start_{k}"
+                left = None if budget is None else max(budget - spent, 1e-9)
+                run, res = _warm_up_from(make, stage_kw, warmup, point, targets, sub, kw, left)
+                spent += float(run["wall_time_s"])
+                if budget is not None and spent >= budget and res is not None:
+                    res.warmup = {**run, "finished": False}
+                    return res
+                if sub is not None and len(starts) > 1:
+                    _write_record(sub / STAGE_NAME, {"format": _STAGE_FORMAT, **run})
+                runs.append(run)
+            t0 = time.perf_counter()
+            summary = _chosen(runs, main_probe) if len(runs) > 1 else runs[0]
+            spent += time.perf_counter() - t0
+            start = dict(summary["params"])
         if warmup.scan and warmup.scan_at == "end":
             scan, start = grid(start)
+            spent += float(scan["wall_time_s"])
         if scan is not None:
-            summary["wall_time_s"] += float(scan["wall_time_s"])
             summary["scan"] = {k: scan[k] for k in ("scan", "best", "best_loss", "wall_time_s")}
-            if res is None:
+            if warmup.max_iter == 0:
                 summary["final_loss"] = scan["best_loss"]
         summary["params"] = start
+        summary["wall_time_s"] = spent
         done = {"format": _STAGE_FORMAT, **summary, "relaxation": warmup.relaxation, "optimizer": warmup.optimizer,
-                "lr": warmup.lr, "lr_decay": warmup.lr_decay}
+                "lr": warmup.lr, "lr_decay": warmup.lr_decay, "starts_rule": warmup.starts}
         if directory is not None:
             _write_record(directory / STAGE_NAME, done)
     main_kw: Dict[str, Any] = {**kw, "init": {n: float(v) for n, v in done["params"].items()}}
-    if kw.get("time_budget_s") is not None:
-        main_kw["time_budget_s"] = max(float(kw["time_budget_s"]) - float(done["wall_time_s"]), 1e-9)
+    if budget is not None:
+        main_kw["time_budget_s"] = max(budget - float(done["wall_time_s"]), 1e-9)
     main = make(**main_kw)
     main.objective.share_targets(targets)
     res = main.run()
     res.warmup = {k: v for k, v in done.items() if k != "format"} | {"finished": True}
     res.wall_time_s = float(res.wall_time_s) + float(done["wall_time_s"])
     return res
+
+
+def _chosen(runs, judge) -> dict:
+    """The warm-up of several starts: the run whose end point has the lowest loss under ``judge`` (the main
+    stage's forward), with every run's start, end point and both losses under "starts"."""
+    for run in runs:
+        run["loss"] = judge.loss_at(run["params"])
+    losses = [r["loss"] if np.isfinite(r["loss"]) else np.inf for r in runs]
+    k = int(np.argmin(losses))
+    return {**runs[k], "iterations": sum(int(r["iterations"]) for r in runs), "chosen": k, "starts": [{key: r[key] for key in ("start", "params", "final_loss", "loss", "iterations",
+                                                             "stop_reason")} for r in runs]}
