@@ -217,9 +217,9 @@ def fit(segments, target, params=FIT_PARAMETERS, *, recipe=None, **keywords):
                time_budget_s, stop_tol, stop_window, adapt_steps; checkpoint_dir, checkpoint_every,
                checkpoint_on_error, resume, overwrite, history_path; progress; hessian, hessian_batches, hessian_step,
                hessian_steps, covariance_scale, hessian_method; init, batch_length_cm, seed, callback, keep;
-               warmup_iter, warmup_lr, warmup_relaxation, warmup_params, warmup_scan, warmup_scan_at (the warm-up
-               stage, :mod:`larnd_diff.fit.stages`: max_iter and the other keywords then belong to the main stage,
-               time_budget_s to both).
+               warmup_iter, warmup_lr, warmup_relaxation, warmup_params, warmup_scan, warmup_scan_at, warmup_starts
+               (the warm-up stage, :mod:`larnd_diff.fit.stages`: max_iter and the other keywords then belong to the
+               main stage, time_budget_s to both).
     """
     if "checkpoint_dir" in keywords and keywords["checkpoint_dir"] is not None:
         keywords["checkpoint_dir"] = Path(keywords["checkpoint_dir"])

@@ -13,6 +13,9 @@ The warm-up may scan a grid (``scan``): the loss on a log-spaced grid over the T
 diffusion's likelihood valley is long and, with larnd-sim's quadratures, multimodal; the grid puts the start in a
 part of it. At the warm-up's start (the data recipe's) it chose the truth's cell on two of three targets tried, at
 its end (the charge scale fitted with the diffusion at nominal) on one of two (README "Calibration on data").
+A profile of starts (``starts="profile"``) warms up once per value of the first scanned parameter and keeps the
+end point the main stage's forward likes best: it found a target the single grid point lost and lost one it found
+(README, "Where the warm-up must start"), so it is an option, not the data recipe's default.
 
 A :class:`Warmup` is a part like the others: its settings are the ``warmup_*`` keywords, its checkpoints live in
 ``CHECKPOINT_DIR/warmup`` (resumable; the scan's result in ``scan.json`` there), and when it ends it writes
@@ -377,5 +380,6 @@ def _chosen(runs, judge) -> dict:
         run["loss"] = judge.loss_at(run["params"])
     losses = [r["loss"] if np.isfinite(r["loss"]) else np.inf for r in runs]
     k = int(np.argmin(losses))
-    return {**runs[k], "iterations": sum(int(r["iterations"]) for r in runs), "chosen": k, "starts": [{key: r[key] for key in ("start", "params", "final_loss", "loss", "iterations",
-                                                             "stop_reason")} for r in runs]}
+    keys = ("start", "params", "final_loss", "loss", "iterations", "stop_reason")
+    return {**runs[k], "iterations": sum(int(r["iterations"]) for r in runs), "chosen": k,
+            "starts": [{key: r[key] for key in keys} for r in runs]}
