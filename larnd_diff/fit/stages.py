@@ -14,7 +14,7 @@ diffusion's likelihood valley is long and, with larnd-sim's quadratures, multimo
 part of it. At the warm-up's start (the data recipe's) it chose the truth's cell on two of three targets tried, at
 its end (the charge scale fitted with the diffusion at nominal) on one of two (README "Calibration on data").
 A profile of starts (``starts="profile"``) warms up once per value of the first scanned parameter and keeps the
-end point the main stage's forward likes best: it found a target the single grid point lost and lost one it found
+end point the main stage's forward likes best: it found a target the single grid point lost and lost two it found
 (README, "Where the warm-up must start"), so it is an option, not the data recipe's default.
 
 A :class:`Warmup` is a part like the others: its settings are the ``warmup_*`` keywords, its checkpoints live in
