@@ -138,6 +138,18 @@ def _join_arrays(tree, arrays):
     return tree
 
 
+def read_json_record(path: Path, fmt: str, kind: str) -> dict:
+    """The JSON object at ``path``, checked to carry ``"format": fmt`` (plain JSON: nothing runs); a file that is
+    not one is refused as not a ``kind``."""
+    try:
+        meta = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not a {kind} (not JSON: {exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        raise ValueError(f"{path} is not a {kind} (no 'format': {fmt!r})")
+    return meta
+
+
 def read_checkpoint(directory) -> dict:
     """The checkpoint of a fit directory as a dict (``fingerprint``, ``loop``, ``parts``, ``optimizer``), read
     without running code: JSON and an ``.npz`` loaded with ``allow_pickle=False``."""
@@ -148,12 +160,7 @@ def read_checkpoint(directory) -> dict:
         raise ValueError(f"{legacy} is a pickle checkpoint of an older larnd-diff; pickles can run arbitrary code, so "
                          f"it is not read. Start the fit afresh (overwrite=True / --overwrite, or another checkpoint "
                          f"directory); its history.jsonl stays readable")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not a larnd-diff checkpoint (not JSON: {exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
-        raise ValueError(f"{path} is not a larnd-diff checkpoint (no 'format': {_FORMAT!r})")
+    meta = read_json_record(path, _FORMAT, "larnd-diff checkpoint")
     if meta.get("version") != CHECKPOINT_VERSION:
         raise ValueError(f"{path}: checkpoint version {meta.get('version')} is not {CHECKPOINT_VERSION} (written by "
                          f"another larnd-diff version); start the fit afresh or use that version")

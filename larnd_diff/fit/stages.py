@@ -34,7 +34,7 @@ import numpy as np
 
 from ..params import SPECS
 from .options import Option, parse_assignments, parse_names, zero_is_none
-from .recorder import atomic_write, json_safe
+from .recorder import atomic_write, json_safe, read_json_record
 
 __all__ = ["Warmup", "run_staged", "scan_grid", "profile_starts", "WARMUP_DIR", "STAGE_NAME", "SCAN_NAME"]
 
@@ -182,14 +182,8 @@ def _write_record(path: Path, meta: dict) -> None:
 
 
 def _read_record(path: Path, fmt: str) -> dict:
-    """The stage record at ``path``, checked to be of format ``fmt`` (plain JSON: nothing runs)."""
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not a {fmt} record (not JSON: {exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != fmt:
-        raise ValueError(f"{path} is not a {fmt} record (no 'format': {fmt!r})")
-    return meta
+    """The stage record at ``path``, checked to be of format ``fmt``."""
+    return read_json_record(path, fmt, f"{fmt} record")
 
 
 def read_stage(directory: Optional[Path]) -> Optional[dict]:
@@ -271,16 +265,23 @@ def profile_starts(scan: Mapping[str, Any]) -> List[Dict[str, float]]:
     return [best[v][1] for v in sorted(best)]
 
 
+def _finished(directory: Optional[Path], kw: Mapping[str, Any]) -> Optional[dict]:
+    """The finished warm-up recorded in ``directory`` when the fit resumes (None: none, or not resuming); an
+    earlier fit's record is refused unless ``overwrite``."""
+    done = read_stage(directory) if kw.get("resume") else None
+    if done is None and directory is not None and (directory / STAGE_NAME).exists() and not kw.get("overwrite"):
+        raise FileExistsError(f"{directory / STAGE_NAME} records a finished warm-up of an earlier fit; pass "
+                              f"resume=True to continue that fit or overwrite=True")
+    return done
+
+
 def _warm_up_from(make, stage_kw: Mapping[str, Any], warmup: Warmup, start: Dict[str, float], targets,
                   directory: Optional[Path], kw: Mapping[str, Any], budget_s: Optional[float]):
     """The warm-up iterations from ``start`` (checkpoints in ``directory``): ``(summary, result)``, the summary with
     the end point under "params"; a finished run recorded in ``directory`` is read back on resume (result None)."""
-    done = read_stage(directory) if kw.get("resume") else None
+    done = _finished(directory, kw)
     if done is not None:
         return {k: v for k, v in done.items() if k != "format"}, None
-    if directory is not None and (directory / STAGE_NAME).exists() and not kw.get("overwrite"):
-        raise FileExistsError(f"{directory / STAGE_NAME} records a finished warm-up of an earlier fit; pass "
-                              f"resume=True to continue that fit or overwrite=True")
     names = list(start)
     held = warmup.held(names)
     free = tuple(n for n in names if n not in held)
@@ -313,11 +314,8 @@ def run_staged(make: Callable[..., Any], warmup: Warmup, kw: Mapping[str, Any]):
     main_probe = make(**kw)
     targets = main_probe.objective  # the main stage's model makes the target once; both stages fit it
     budget = None if kw.get("time_budget_s") is None else float(kw["time_budget_s"])
-    done = read_stage(directory) if kw.get("resume") else None
+    done = _finished(directory, kw)
     if done is None:
-        if directory is not None and (directory / STAGE_NAME).exists() and not kw.get("overwrite"):
-            raise FileExistsError(f"{directory / STAGE_NAME} records a finished warm-up of an earlier fit; pass "
-                                  f"resume=True to continue that fit or overwrite=True")
         probe = make(**stage_kw)  # every fitted parameter, the warm-up's forward: the start and the scan
         probe.objective.share_targets(targets)
         start, scan, spent = dict(probe.init), None, 0.0
